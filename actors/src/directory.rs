@@ -1,0 +1,179 @@
+//! Where callers find a tier's actor. The supervisor replaces an entry when it restarts a tier,
+//! so callers look a tier up per request instead of keeping its `ActorRef`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use letl_storage::{
+    ByteStream, ContentHash, KeyPrefix, ObjectKey, ObjectMeta, ObjectReader, StorageError, TierName,
+};
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, MessagingErr, RpcReplyPort};
+
+use crate::tier::{PutRequest, TierMsg, TierStats};
+
+#[derive(Clone, Debug)]
+enum TierEntry {
+    Up(ActorRef<TierMsg>),
+    /// The supervisor gave up restarting it; the reason is told to every caller.
+    Down(String),
+}
+
+/// The node's tiers by name, in name order.
+#[derive(Clone, Debug, Default)]
+pub struct TierDirectory {
+    entries: Arc<RwLock<BTreeMap<TierName, TierEntry>>>,
+}
+
+impl TierDirectory {
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<TierName, TierEntry>> {
+        // Entries are replaced whole, so a panic elsewhere cannot leave one half-written.
+        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<TierName, TierEntry>> {
+        self.entries.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_up(&self, name: TierName, actor: ActorRef<TierMsg>) {
+        self.write().insert(name, TierEntry::Up(actor));
+    }
+
+    pub(crate) fn set_down(&self, name: TierName, reason: String) {
+        self.write().insert(name, TierEntry::Down(reason));
+    }
+
+    pub fn names(&self) -> Vec<TierName> {
+        self.read().keys().cloned().collect()
+    }
+
+    /// The tier's handle, or an error naming the tiers this node has.
+    pub fn get(&self, name: &TierName) -> Result<TierHandle, StorageError> {
+        match self.read().get(name) {
+            Some(TierEntry::Up(actor)) => Ok(TierHandle {
+                name: name.clone(),
+                actor: actor.clone(),
+            }),
+            Some(TierEntry::Down(reason)) => Err(StorageError::Unavailable {
+                tier: name.to_string(),
+                reason: reason.clone(),
+            }),
+            None => Err(StorageError::UnknownTier {
+                tier: name.to_string(),
+                known: self
+                    .names()
+                    .iter()
+                    .map(TierName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    pub(crate) fn actors(&self) -> Vec<(TierName, ActorRef<TierMsg>)> {
+        self.read()
+            .iter()
+            .filter_map(|(name, entry)| match entry {
+                TierEntry::Up(actor) => Some((name.clone(), actor.clone())),
+                TierEntry::Down(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// A typed front to one tier actor.
+#[derive(Clone, Debug)]
+pub struct TierHandle {
+    name: TierName,
+    actor: ActorRef<TierMsg>,
+}
+
+impl TierHandle {
+    pub fn name(&self) -> &TierName {
+        &self.name
+    }
+
+    pub async fn put(
+        &self,
+        key: ObjectKey,
+        body: ByteStream,
+        declared_len: Option<u64>,
+        expected_hash: Option<ContentHash>,
+    ) -> Result<ObjectMeta, StorageError> {
+        let request = PutRequest {
+            key,
+            body,
+            declared_len,
+            expected_hash,
+        };
+        self.call(|reply| TierMsg::Put(request, reply)).await
+    }
+
+    pub async fn get(&self, key: ObjectKey) -> Result<(ObjectMeta, ObjectReader), StorageError> {
+        self.call(|reply| TierMsg::Get(key, reply)).await
+    }
+
+    pub async fn head(&self, key: ObjectKey) -> Result<ObjectMeta, StorageError> {
+        self.call(|reply| TierMsg::Head(key, reply)).await
+    }
+
+    pub async fn list(
+        &self,
+        prefix: KeyPrefix,
+        start_after: Option<ObjectKey>,
+        limit: usize,
+    ) -> Result<Vec<(ObjectKey, ObjectMeta)>, StorageError> {
+        self.call(|reply| TierMsg::List {
+            prefix,
+            start_after,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn delete(
+        &self,
+        key: ObjectKey,
+        expected_hash: Option<ContentHash>,
+    ) -> Result<ObjectMeta, StorageError> {
+        self.call(|reply| TierMsg::Delete {
+            key,
+            expected_hash,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn stats(&self) -> Result<TierStats, StorageError> {
+        match self.actor.call(TierMsg::Stats, None).await {
+            Ok(CallResult::Success(stats)) => Ok(stats),
+            Ok(_) | Err(_) => Err(self.unavailable()),
+        }
+    }
+
+    #[doc(hidden)]
+    pub fn crash_for_test(&self) {
+        let _ = self.actor.cast(TierMsg::CrashForTest);
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        message: impl FnOnce(RpcReplyPort<Result<T, StorageError>>) -> TierMsg,
+    ) -> Result<T, StorageError> {
+        match self.actor.call(message, None).await {
+            Ok(CallResult::Success(result)) => result,
+            Ok(CallResult::Timeout | CallResult::SenderError) | Err(MessagingErr::SendErr(_)) => {
+                Err(self.unavailable())
+            }
+            Err(_) => Err(self.unavailable()),
+        }
+    }
+
+    fn unavailable(&self) -> StorageError {
+        StorageError::Unavailable {
+            tier: self.name.to_string(),
+            reason: "its actor stopped while handling the request; retry".to_string(),
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! letl's actors (ractor on tokio): the node supervisor and one tier actor per tier.
+//!
+//! The supervisor is the root of a node: it starts the tier actors, restarts one that fails, and
+//! drains them all at shutdown. A tier actor owns its tier's backend and is the only writer of
+//! that tier's index. Stage and cache actors for pipelines join them with the pipeline work.
+//! Every actor has one closed message enum. This crate never speaks HTTP, parses config or reads
+//! the process environment; it never names sled or a file path: storage hands it backends and
+//! indexes as trait objects, so the simulator can hand it in-memory ones.
+
+mod directory;
+mod supervisor;
+mod tier;
+
+pub use directory::{TierDirectory, TierHandle};
+pub use supervisor::{NodeSupervisor, RestartPolicy, SupervisorArgs, SupervisorMsg, TIER_DRAIN_TIMEOUT};
+pub use tier::{PutRequest, TIER_PUTS_IN_FLIGHT_MAX, TierActor, TierArgs, TierMsg, TierSpec, TierStats};

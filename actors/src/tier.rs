@@ -1,0 +1,405 @@
+//! The tier actor: one per configured tier. It owns the tier's backend and is the only writer of
+//! the tier's index, so an object's bytes and its metadata change together, in mailbox order.
+//!
+//! Bytes never pass through the mailbox. A put is staged by a task the actor spawns (streaming
+//! from the network to the backend while hashing), and the task mails the staged result back; the
+//! actor then commits it and writes the index entry in one step. A get hands the caller a stream
+//! straight from the backend.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use letl_storage::{
+    ByteStream, Clock, ContentHash, KeyPrefix, ObjectIndex, ObjectKey, ObjectMeta, ObjectReader,
+    PutLimits, Staged, StorageError, TierBackend, TierDescription, TierName, reconcile,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
+use tracing::{debug, error, info, warn};
+
+/// Puts one tier stages at once; more are refused as "unavailable" until some finish.
+pub const TIER_PUTS_IN_FLIGHT_MAX: usize = 256;
+
+/// Everything a tier actor is built from; kept by the supervisor to rebuild it after a failure.
+#[derive(Clone, Debug)]
+pub struct TierSpec {
+    pub backend: Arc<dyn TierBackend>,
+    pub index: Arc<dyn ObjectIndex>,
+    pub clock: Arc<dyn Clock>,
+    /// The largest object a put may bring.
+    pub object_bytes_max: u64,
+}
+
+impl TierSpec {
+    pub fn name(&self) -> TierName {
+        self.backend.describe().name
+    }
+}
+
+#[derive(Debug)]
+pub struct TierArgs {
+    pub spec: TierSpec,
+    /// Check the index against the backend before serving (at node start, not on restarts).
+    pub reconcile: bool,
+}
+
+/// A put as the tier actor receives it.
+pub struct PutRequest {
+    pub key: ObjectKey,
+    pub body: ByteStream,
+    /// The length announced by the sender, which the body must match.
+    pub declared_len: Option<u64>,
+    /// Refuse to publish unless the bytes hash to this (copies and moves check their source).
+    pub expected_hash: Option<ContentHash>,
+}
+
+impl fmt::Debug for PutRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PutRequest")
+            .field("key", &self.key)
+            .field("declared_len", &self.declared_len)
+            .field("expected_hash", &self.expected_hash)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts for `letl tiers` and `/metrics`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TierStats {
+    pub description: TierDescription,
+    pub objects: u64,
+    /// Bytes of committed objects.
+    pub bytes: u64,
+    /// Bytes counted against capacity: committed objects plus puts in progress.
+    pub used_bytes: u64,
+    pub puts_in_flight: u64,
+}
+
+type Reply<T> = RpcReplyPort<Result<T, StorageError>>;
+
+/// The tier actor's one message enum.
+pub enum TierMsg {
+    Put(PutRequest, Reply<ObjectMeta>),
+    /// A staging task finished (sent by the actor's own tasks).
+    Staged {
+        key: ObjectKey,
+        result: Result<Staged, StorageError>,
+        expected_hash: Option<ContentHash>,
+        reply: Reply<ObjectMeta>,
+    },
+    Get(ObjectKey, Reply<(ObjectMeta, ObjectReader)>),
+    Head(ObjectKey, Reply<ObjectMeta>),
+    List {
+        prefix: KeyPrefix,
+        start_after: Option<ObjectKey>,
+        limit: usize,
+        reply: Reply<Vec<(ObjectKey, ObjectMeta)>>,
+    },
+    /// Deletes, optionally only if the object still has the given hash (the last step of a move).
+    Delete {
+        key: ObjectKey,
+        expected_hash: Option<ContentHash>,
+        reply: Reply<ObjectMeta>,
+    },
+    Stats(RpcReplyPort<TierStats>),
+    /// Panics inside the handler: lets tests prove that the supervisor restarts a failed tier.
+    #[doc(hidden)]
+    CrashForTest,
+}
+
+impl fmt::Debug for TierMsg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Put(request, _) => f.debug_tuple("Put").field(request).finish(),
+            Self::Staged { key, .. } => f.debug_struct("Staged").field("key", key).finish_non_exhaustive(),
+            Self::Get(key, _) => f.debug_tuple("Get").field(key).finish(),
+            Self::Head(key, _) => f.debug_tuple("Head").field(key).finish(),
+            Self::List { prefix, .. } => f.debug_struct("List").field("prefix", prefix).finish_non_exhaustive(),
+            Self::Delete { key, .. } => f.debug_struct("Delete").field("key", key).finish_non_exhaustive(),
+            Self::Stats(_) => f.write_str("Stats"),
+            Self::CrashForTest => f.write_str("CrashForTest"),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct TierActor;
+
+#[derive(Debug)]
+pub struct TierState {
+    spec: TierSpec,
+    name: TierName,
+    /// Keys with a put being staged: a second put of the same key is refused rather than raced,
+    /// so the index always describes the bytes that were committed last.
+    puts_in_flight: BTreeSet<ObjectKey>,
+    objects: u64,
+    bytes: u64,
+}
+
+impl Actor for TierActor {
+    type Msg = TierMsg;
+    type State = TierState;
+    type Arguments = TierArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: TierArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let spec = args.spec;
+        let name = spec.name();
+        if args.reconcile {
+            reconcile(spec.backend.as_ref(), spec.index.as_ref())
+                .await
+                .map_err(|e| format!("tier `{name}`: checking the index against the tier: {e}"))?;
+        }
+        let (objects, bytes) = spec
+            .index
+            .totals()
+            .map_err(|e| format!("tier `{name}`: reading the index: {e}"))?;
+        info!(tier = %name, objects, bytes, "tier started");
+        Ok(TierState {
+            spec,
+            name,
+            puts_in_flight: BTreeSet::new(),
+            objects,
+            bytes,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Err(e) = state.spec.index.flush().await {
+            error!(tier = %state.name, error = %e, "flushing the index at stop failed");
+        }
+        debug!(tier = %state.name, "tier stopped");
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            TierMsg::Put(request, reply) => state.start_put(myself, request, reply),
+            TierMsg::Staged {
+                key,
+                result,
+                expected_hash,
+                reply,
+            } => {
+                let outcome = state.finish_put(&key, result, expected_hash).await;
+                state.reply_after_flush(reply, outcome);
+            }
+            TierMsg::Get(key, reply) => {
+                let _ = reply.send(state.get(&key).await);
+            }
+            TierMsg::Head(key, reply) => {
+                let _ = reply.send(state.head(&key));
+            }
+            TierMsg::List {
+                prefix,
+                start_after,
+                limit,
+                reply,
+            } => {
+                let listed = state.spec.index.list(&prefix, start_after.as_ref(), limit);
+                let _ = reply.send(listed);
+            }
+            TierMsg::Delete {
+                key,
+                expected_hash,
+                reply,
+            } => {
+                let outcome = state.delete(&key, expected_hash).await;
+                state.reply_after_flush(reply, outcome);
+            }
+            TierMsg::Stats(reply) => {
+                let _ = reply.send(state.stats());
+            }
+            TierMsg::CrashForTest => panic!("tier `{}` was told to crash", state.name),
+        }
+        Ok(())
+    }
+}
+
+impl TierState {
+    fn start_put(&mut self, myself: ActorRef<TierMsg>, request: PutRequest, reply: Reply<ObjectMeta>) {
+        let PutRequest {
+            key,
+            body,
+            declared_len,
+            expected_hash,
+        } = request;
+        if self.puts_in_flight.contains(&key) {
+            let _ = reply.send(Err(StorageError::Conflict {
+                tier: self.name.to_string(),
+                key: key.to_string(),
+                reason: "another put of this key is in progress".to_string(),
+            }));
+            return;
+        }
+        if self.puts_in_flight.len() >= TIER_PUTS_IN_FLIGHT_MAX {
+            let _ = reply.send(Err(StorageError::Unavailable {
+                tier: self.name.to_string(),
+                reason: format!("{TIER_PUTS_IN_FLIGHT_MAX} puts already in progress"),
+            }));
+            return;
+        }
+        self.puts_in_flight.insert(key.clone());
+        let backend = Arc::clone(&self.spec.backend);
+        let limits = PutLimits {
+            declared_len,
+            object_bytes_max: self.spec.object_bytes_max,
+        };
+        let tier = self.name.clone();
+        tokio::spawn(async move {
+            let result = backend.stage(&key, body, limits).await;
+            let message = TierMsg::Staged {
+                key,
+                result,
+                expected_hash,
+                reply,
+            };
+            if let Err(MessagingErr::SendErr(TierMsg::Staged { result, reply, .. })) = myself.cast(message) {
+                // The actor stopped while we streamed: nothing may be published without it.
+                if let Ok(staged) = result {
+                    backend.abort(staged).await;
+                }
+                let _ = reply.send(Err(StorageError::Unavailable {
+                    tier: tier.to_string(),
+                    reason: "the tier stopped during the put".to_string(),
+                }));
+            }
+        });
+    }
+
+    async fn finish_put(
+        &mut self,
+        key: &ObjectKey,
+        staged: Result<Staged, StorageError>,
+        expected_hash: Option<ContentHash>,
+    ) -> Result<ObjectMeta, StorageError> {
+        self.puts_in_flight.remove(key);
+        let staged = staged?;
+        if let Some(expected) = expected_hash
+            && staged.hash != expected
+        {
+            let actual = staged.hash;
+            self.spec.backend.abort(staged).await;
+            return Err(StorageError::HashMismatch {
+                key: key.to_string(),
+                expected,
+                actual,
+            });
+        }
+        let previous = match self.spec.index.get(key) {
+            Ok(previous) => previous,
+            Err(e) => {
+                self.spec.backend.abort(staged).await;
+                return Err(e);
+            }
+        };
+        let (size, hash) = (staged.size, staged.hash);
+        self.spec.backend.commit(staged).await?;
+        let now = self.spec.clock.now_ms();
+        let meta = ObjectMeta {
+            size,
+            hash,
+            created_ms: previous.as_ref().map_or(now, |p| p.created_ms),
+            modified_ms: now,
+            version: previous.as_ref().map_or(1, |p| p.version + 1),
+        };
+        // Should this fail, the committed file is indexed by the next start's reconciliation.
+        self.spec.index.insert(key, &meta)?;
+        match previous {
+            Some(previous) => self.bytes = self.bytes - previous.size + size,
+            None => {
+                self.objects += 1;
+                self.bytes += size;
+            }
+        }
+        debug!(tier = %self.name, %key, size, version = meta.version, "object committed");
+        Ok(meta)
+    }
+
+    async fn get(&mut self, key: &ObjectKey) -> Result<(ObjectMeta, ObjectReader), StorageError> {
+        let meta = self.head(key)?;
+        match self.spec.backend.get(key).await {
+            Ok(reader) => Ok((meta, reader)),
+            Err(StorageError::NotFound { .. }) => {
+                warn!(tier = %self.name, %key, "indexed object is missing from the tier; dropping its entry");
+                self.forget(key)?;
+                Err(self.not_found(key))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn head(&self, key: &ObjectKey) -> Result<ObjectMeta, StorageError> {
+        self.spec.index.get(key)?.ok_or_else(|| self.not_found(key))
+    }
+
+    async fn delete(
+        &mut self,
+        key: &ObjectKey,
+        expected_hash: Option<ContentHash>,
+    ) -> Result<ObjectMeta, StorageError> {
+        let meta = self.head(key)?;
+        if let Some(expected) = expected_hash
+            && meta.hash != expected
+        {
+            return Err(StorageError::Conflict {
+                tier: self.name.to_string(),
+                key: key.to_string(),
+                reason: format!("it changed (now {}, expected {expected})", meta.hash),
+            });
+        }
+        self.spec.backend.delete(key).await?;
+        self.forget(key)?;
+        Ok(meta)
+    }
+
+    fn forget(&mut self, key: &ObjectKey) -> Result<(), StorageError> {
+        if let Some(meta) = self.spec.index.remove(key)? {
+            self.objects -= 1;
+            self.bytes -= meta.size;
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> TierStats {
+        TierStats {
+            description: self.spec.backend.describe(),
+            objects: self.objects,
+            bytes: self.bytes,
+            used_bytes: self.spec.backend.gauge().used_bytes(),
+            puts_in_flight: self.puts_in_flight.len() as u64,
+        }
+    }
+
+    fn not_found(&self, key: &ObjectKey) -> StorageError {
+        StorageError::NotFound {
+            tier: self.name.to_string(),
+            key: key.to_string(),
+        }
+    }
+
+    /// Answers a write only once the index holds it durably. The flush runs beside the actor, so
+    /// other requests go on meanwhile; sled batches concurrent flushes into one.
+    fn reply_after_flush(&self, reply: Reply<ObjectMeta>, outcome: Result<ObjectMeta, StorageError>) {
+        let index = Arc::clone(&self.spec.index);
+        tokio::spawn(async move {
+            let outcome = match outcome {
+                Ok(meta) => index.flush().await.map(|()| meta),
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(outcome);
+        });
+    }
+}

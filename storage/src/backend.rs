@@ -1,0 +1,311 @@
+//! The tier backend trait: streaming put (as stage, then commit) and get, head, list, delete.
+//!
+//! A put is split in two so that the caller decides when an object becomes visible: `stage`
+//! streams the bytes somewhere invisible while hashing them, `commit` publishes them atomically.
+//! The tier actor commits and writes the index entry in one step of its mailbox, so readers never
+//! see a file whose metadata says otherwise, and a put can be checked against an expected hash
+//! before anything is replaced.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StorageError};
+use crate::hash::{ContentHash, Hasher};
+use crate::uri::{KeyPrefix, ObjectKey, TierName};
+
+/// Object bytes in flight, in bounded chunks. Objects can be many GiB: no code path collects one.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// Most entries one `list` call returns; callers page with `start_after`.
+pub const LIST_PAGE_ENTRIES_MAX: usize = 10_000;
+
+/// What a put may bring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutLimits {
+    /// The length the sender announced (Content-Length), if any; the body must match it.
+    pub declared_len: Option<u64>,
+    /// The largest object this node accepts.
+    pub object_bytes_max: u64,
+}
+
+/// An object as the backend sees it, without the index's metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendObject {
+    pub key: ObjectKey,
+    pub size: u64,
+    pub modified_ms: u64,
+}
+
+/// A readable object: its size and a stream of its bytes.
+pub struct ObjectReader {
+    pub size: u64,
+    pub body: ByteStream,
+}
+
+impl fmt::Debug for ObjectReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectReader")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What kind of storage a tier is, for `letl tiers` and for placement decisions later.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierDescription {
+    pub name: TierName,
+    /// The backend: `fs`, `memory` (and `s3` once remote tiers exist).
+    pub backend: String,
+    /// A directory path or an endpoint URL.
+    pub location: String,
+    pub capacity_bytes: Option<u64>,
+}
+
+/// Bytes staged by a put and not yet visible. Commit or abort it; dropping it releases its
+/// capacity reservation and leaves the staged bytes for the backend's start-up clean-up.
+#[derive(Debug)]
+pub struct Staged {
+    pub key: ObjectKey,
+    pub size: u64,
+    pub hash: ContentHash,
+    /// Backend-specific handle on the staged bytes (a temporary path, an upload id).
+    pub token: String,
+    pub reservation: Reservation,
+}
+
+/// The outcome of a commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// Size of the object this commit replaced, if any.
+    pub replaced_size: Option<u64>,
+}
+
+/// Counts the bytes a tier holds and refuses growth past its capacity.
+///
+/// Bytes are reserved before they are written, so concurrent puts cannot together overrun the
+/// tier: a put of known length reserves it all up front and is refused before writing anything.
+#[derive(Debug)]
+pub struct CapacityGauge {
+    tier: TierName,
+    capacity_bytes: Option<u64>,
+    used_bytes: AtomicU64,
+}
+
+impl CapacityGauge {
+    pub fn new(tier: TierName, capacity_bytes: Option<u64>) -> Arc<Self> {
+        Arc::new(Self {
+            tier,
+            capacity_bytes,
+            used_bytes: AtomicU64::new(0),
+        })
+    }
+
+    pub fn capacity_bytes(&self) -> Option<u64> {
+        self.capacity_bytes
+    }
+
+    /// Bytes held by committed objects plus bytes reserved by puts in progress.
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::Acquire)
+    }
+
+    /// Reserves `bytes` for a put, or refuses naming the tier and what is left.
+    pub fn reserve(self: &Arc<Self>, bytes: u64) -> Result<Reservation> {
+        let mut reservation = Reservation {
+            gauge: Arc::clone(self),
+            bytes: 0,
+        };
+        reservation.grow(bytes)?;
+        Ok(reservation)
+    }
+
+    fn try_add(&self, bytes: u64) -> Result<()> {
+        let mut used = self.used_bytes.load(Ordering::Acquire);
+        loop {
+            let next = used.saturating_add(bytes);
+            if let Some(capacity) = self.capacity_bytes
+                && next > capacity
+            {
+                return Err(StorageError::TierFull {
+                    tier: self.tier.to_string(),
+                    needed: bytes,
+                    available: capacity.saturating_sub(used),
+                    capacity,
+                });
+            }
+            match self.used_bytes.compare_exchange_weak(
+                used,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(actual) => used = actual,
+            }
+        }
+    }
+
+    /// Accounts bytes that are already on the tier (found at start-up); never refused.
+    pub fn add_existing(&self, bytes: u64) {
+        self.used_bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Gives back the bytes of a deleted or replaced object.
+    pub fn release(&self, bytes: u64) {
+        let previous = self.used_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        assert!(previous >= bytes, "capacity gauge of tier {} underflow", self.tier);
+    }
+}
+
+/// Bytes held for a put in progress. Released on drop unless kept by a commit.
+#[derive(Debug)]
+pub struct Reservation {
+    gauge: Arc<CapacityGauge>,
+    bytes: u64,
+}
+
+impl Reservation {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Reserves `more` bytes for a body whose length was not announced.
+    pub fn grow(&mut self, more: u64) -> Result<()> {
+        self.gauge.try_add(more)?;
+        self.bytes += more;
+        Ok(())
+    }
+
+    /// Gives back what was reserved but not written (a body shorter than announced).
+    pub fn shrink_to(&mut self, bytes: u64) {
+        assert!(bytes <= self.bytes, "reservation can only shrink");
+        self.gauge.release(self.bytes - bytes);
+        self.bytes = bytes;
+    }
+
+    /// The bytes now belong to a committed object.
+    pub fn keep(mut self) {
+        self.bytes = 0;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.gauge.release(self.bytes);
+        }
+    }
+}
+
+/// One place where objects live. Implementations: [`crate::FsTier`], [`crate::MemoryTier`].
+#[async_trait::async_trait]
+pub trait TierBackend: Send + Sync + fmt::Debug + 'static {
+    fn describe(&self) -> TierDescription;
+
+    fn gauge(&self) -> &Arc<CapacityGauge>;
+
+    /// Streams `body` somewhere invisible, hashing it, within `limits` and the tier's capacity.
+    /// On error nothing stays behind.
+    async fn stage(&self, key: &ObjectKey, body: ByteStream, limits: PutLimits) -> Result<Staged>;
+
+    /// Makes staged bytes the object at their key, replacing any previous one, durably.
+    async fn commit(&self, staged: Staged) -> Result<Committed>;
+
+    /// Throws staged bytes away.
+    async fn abort(&self, staged: Staged);
+
+    async fn get(&self, key: &ObjectKey) -> Result<ObjectReader>;
+
+    async fn head(&self, key: &ObjectKey) -> Result<Option<BackendObject>>;
+
+    /// Objects whose key starts with `prefix` and sorts after `start_after`, in key order,
+    /// at most `limit` (itself at most [`LIST_PAGE_ENTRIES_MAX`]).
+    async fn list(
+        &self,
+        prefix: &KeyPrefix,
+        start_after: Option<&ObjectKey>,
+        limit: usize,
+    ) -> Result<Vec<BackendObject>>;
+
+    /// Removes an object; returns its size, or `None` if there was none.
+    async fn delete(&self, key: &ObjectKey) -> Result<Option<u64>>;
+}
+
+/// Reads a stream to its end, returning its length and hash. Used to rebuild index entries.
+pub async fn hash_stream(mut body: ByteStream) -> io::Result<(u64, ContentHash)> {
+    let mut hasher = Hasher::new();
+    let mut size = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        size += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    Ok((size, hasher.finish()))
+}
+
+/// Checks a body's running length against the limits; shared by every backend's `stage`.
+pub(crate) fn check_running_len(received: u64, limits: PutLimits) -> Result<()> {
+    if received > limits.object_bytes_max {
+        return Err(StorageError::TooLarge {
+            size: received,
+            max: limits.object_bytes_max,
+        });
+    }
+    if let Some(declared) = limits.declared_len
+        && received > declared
+    {
+        return Err(StorageError::LengthMismatch { declared, received });
+    }
+    Ok(())
+}
+
+/// Refuses a put up front when its announced length already breaks a limit, and reserves it.
+pub(crate) fn reserve_for_put(gauge: &Arc<CapacityGauge>, limits: PutLimits) -> Result<Reservation> {
+    match limits.declared_len {
+        Some(declared) if declared > limits.object_bytes_max => Err(StorageError::TooLarge {
+            size: declared,
+            max: limits.object_bytes_max,
+        }),
+        Some(declared) => gauge.reserve(declared),
+        None => gauge.reserve(0),
+    }
+}
+
+/// After the body ended: the announced length must have arrived in full.
+pub(crate) fn check_final_len(received: u64, limits: PutLimits) -> Result<()> {
+    match limits.declared_len {
+        Some(declared) if declared != received => {
+            Err(StorageError::LengthMismatch { declared, received })
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauge_refuses_past_capacity_and_releases_on_drop() {
+        let gauge = CapacityGauge::new(TierName::new("ssd").unwrap(), Some(100));
+        let a = gauge.reserve(60).unwrap();
+        let err = gauge.reserve(50).unwrap_err();
+        assert!(err.to_string().contains("tier `ssd` is full"), "{err}");
+        drop(a);
+        assert_eq!(gauge.used_bytes(), 0);
+        let mut b = gauge.reserve(0).unwrap();
+        b.grow(100).unwrap();
+        assert!(b.grow(1).is_err());
+        b.shrink_to(40);
+        assert_eq!(gauge.used_bytes(), 40);
+        b.keep();
+        assert_eq!(gauge.used_bytes(), 40);
+    }
+}

@@ -1,0 +1,616 @@
+//! A tier in a local directory (PMem on DAX or tmpfs, SSD, HDD, or a DAOS dfuse mount).
+//!
+//! Layout: objects live at `<root>/<key>`, so the directory is readable by other tools; staged
+//! puts live in `<root>/.letl-tmp/` on the same file system, so publishing is one `rename`.
+//! A put is durable when `commit` returns: the file was fsynced before the rename, and the
+//! directory (and any directory it created) after it. Whatever a crash leaves in `.letl-tmp`
+//! is removed by the next `open`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::backend::{
+    BackendObject, ByteStream, CapacityGauge, Committed, ObjectReader, PutLimits, Staged,
+    TierBackend, TierDescription, check_final_len, check_running_len, reserve_for_put,
+};
+use crate::clock::system_time_ms;
+use crate::error::{Result, StorageError};
+use crate::hash::{ContentHash, Hasher};
+use crate::uri::{KeyPrefix, ObjectKey, TierName};
+
+/// Directory under a tier's root that holds staged puts; no key may start with it.
+pub const TMP_DIR_NAME: &str = ".letl-tmp";
+/// Longest file name most local file systems take.
+const SEGMENT_BYTES_MAX: usize = 255;
+/// Body chunks queued between the network and the writer thread.
+const WRITE_CHUNKS_IN_FLIGHT_MAX: usize = 32;
+/// Bytes the writer gathers before hashing and writing them: large blocks let BLAKE3 use SIMD
+/// across chunks and keep the system-call count low.
+const WRITE_BLOCK_BYTES: usize = 1 << 20;
+/// Bytes one read of a get returns.
+const READ_BLOCK_BYTES: usize = 1 << 20;
+/// Read blocks queued between the reader thread and the network.
+const READ_BLOCKS_IN_FLIGHT_MAX: usize = 4;
+
+#[derive(Debug)]
+pub struct FsTier {
+    description: TierDescription,
+    root: PathBuf,
+    tmp_dir: PathBuf,
+    gauge: Arc<CapacityGauge>,
+    /// Names staged files uniquely within this process; the directory is emptied at open.
+    next_staged: AtomicU64,
+}
+
+/// What `open` found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FsOpenReport {
+    pub objects: u64,
+    pub bytes: u64,
+    pub staged_files_removed: u64,
+}
+
+impl FsTier {
+    /// Opens (creating if needed) a tier rooted at `root`, removes staged files a crash left
+    /// behind, and counts the bytes already there against `capacity_bytes`.
+    pub async fn open(
+        name: TierName,
+        kind: &str,
+        root: PathBuf,
+        capacity_bytes: Option<u64>,
+    ) -> Result<(Self, FsOpenReport)> {
+        let tmp_dir = root.join(TMP_DIR_NAME);
+        let (root, tmp_dir, report) = blocking(move || {
+            fs::create_dir_all(&root)
+                .map_err(|e| StorageError::io(format!("create tier directory {}", root.display()), e))?;
+            let mut report = FsOpenReport::default();
+            if tmp_dir.exists() {
+                for entry in fs::read_dir(&tmp_dir)
+                    .map_err(|e| StorageError::io(format!("read {}", tmp_dir.display()), e))?
+                {
+                    let entry = entry.map_err(|e| StorageError::io("read staged files", e))?;
+                    fs::remove_file(entry.path()).map_err(|e| {
+                        StorageError::io(format!("remove staged file {}", entry.path().display()), e)
+                    })?;
+                    report.staged_files_removed += 1;
+                }
+            }
+            fs::create_dir_all(&tmp_dir)
+                .map_err(|e| StorageError::io(format!("create {}", tmp_dir.display()), e))?;
+            sum_tree(&root, true, &mut report)
+                .map_err(|e| StorageError::io(format!("scan tier directory {}", root.display()), e))?;
+            Ok((root, tmp_dir, report))
+        })
+        .await?;
+        let gauge = CapacityGauge::new(name.clone(), capacity_bytes);
+        gauge.add_existing(report.bytes);
+        if report.staged_files_removed > 0 {
+            info!(tier = %name, files = report.staged_files_removed, "removed staged files left by a crash");
+        }
+        let tier = Self {
+            description: TierDescription {
+                name,
+                backend: format!("fs ({kind})"),
+                location: root.display().to_string(),
+                capacity_bytes,
+            },
+            root,
+            tmp_dir,
+            gauge,
+            next_staged: AtomicU64::new(0),
+        };
+        Ok((tier, report))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path_of(&self, key: &ObjectKey) -> PathBuf {
+        let mut path = self.root.clone();
+        path.extend(key.segments());
+        path
+    }
+
+    fn check_key(&self, key: &ObjectKey) -> Result<()> {
+        let invalid = |reason: String| StorageError::InvalidKey {
+            key: key.to_string(),
+            reason,
+        };
+        if key.segments().next() == Some(TMP_DIR_NAME) {
+            return Err(invalid(format!("`{TMP_DIR_NAME}` is reserved on fs tiers")));
+        }
+        if key.segments().any(|s| s.len() > SEGMENT_BYTES_MAX) {
+            return Err(invalid(format!(
+                "fs tiers take segments of at most {SEGMENT_BYTES_MAX} bytes"
+            )));
+        }
+        Ok(())
+    }
+
+    fn conflict(&self, key: &ObjectKey, reason: impl Into<String>) -> StorageError {
+        StorageError::Conflict {
+            tier: self.description.name.to_string(),
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    fn not_found(&self, key: &ObjectKey) -> StorageError {
+        StorageError::NotFound {
+            tier: self.description.name.to_string(),
+            key: key.to_string(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl TierBackend for FsTier {
+    fn describe(&self) -> TierDescription {
+        self.description.clone()
+    }
+
+    fn gauge(&self) -> &Arc<CapacityGauge> {
+        &self.gauge
+    }
+
+    async fn stage(&self, key: &ObjectKey, mut body: ByteStream, limits: PutLimits) -> Result<Staged> {
+        self.check_key(key)?;
+        let mut reservation = reserve_for_put(&self.gauge, limits)?;
+        let serial = self.next_staged.fetch_add(1, Ordering::Relaxed);
+        let staged_path = self.tmp_dir.join(format!("{serial:016x}"));
+        let (chunks_tx, chunks_rx) = mpsc::channel::<Bytes>(WRITE_CHUNKS_IN_FLIGHT_MAX);
+        let writer_path = staged_path.clone();
+        let writer = tokio::task::spawn_blocking(move || write_staged(&writer_path, chunks_rx));
+
+        let mut received = 0u64;
+        let streamed: Result<()> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(StorageError::Body)?;
+                let len = chunk.len() as u64;
+                received += len;
+                check_running_len(received, limits)?;
+                if limits.declared_len.is_none() {
+                    reservation.grow(len)?;
+                }
+                if chunks_tx.send(chunk).await.is_err() {
+                    // The writer stopped; its error is reported below.
+                    break;
+                }
+            }
+            check_final_len(received, limits)
+        }
+        .await;
+        drop(chunks_tx);
+        let written = match writer.await {
+            Ok(Ok(written)) => Ok(written),
+            Ok(Err(e)) => Err(StorageError::io(
+                format!("write staged object for `{key}` on tier `{}`", self.description.name),
+                e,
+            )),
+            Err(join) => Err(StorageError::io("staged object writer failed", io::Error::other(join))),
+        };
+        let outcome = streamed.and(written);
+        match outcome {
+            Ok((size, hash)) => {
+                debug_assert_eq!(size, received);
+                Ok(Staged {
+                    key: key.clone(),
+                    size,
+                    hash,
+                    token: staged_path.display().to_string(),
+                    reservation,
+                })
+            }
+            Err(e) => {
+                remove_staged(staged_path).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn commit(&self, staged: Staged) -> Result<Committed> {
+        let final_path = self.path_of(&staged.key);
+        let staged_path = PathBuf::from(&staged.token);
+        let root = self.root.clone();
+        let published = blocking(move || publish(&root, &staged_path, &final_path)).await;
+        match published {
+            Ok(Published::Replaced(replaced_size)) => {
+                staged.reservation.keep();
+                if let Some(old) = replaced_size {
+                    self.gauge.release(old);
+                }
+                Ok(Committed { replaced_size })
+            }
+            Ok(Published::ParentIsObject(parent)) => {
+                let err = self.conflict(
+                    &staged.key,
+                    format!("`{parent}` is an object, so no object can be stored under it"),
+                );
+                self.abort(staged).await;
+                Err(err)
+            }
+            Ok(Published::KeyIsDirectory) => {
+                let err = self.conflict(
+                    &staged.key,
+                    "other objects are stored under this key, so it cannot be an object itself",
+                );
+                self.abort(staged).await;
+                Err(err)
+            }
+            Err(e) => {
+                self.abort(staged).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(&self, staged: Staged) {
+        remove_staged(PathBuf::from(&staged.token)).await;
+        drop(staged.reservation);
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<ObjectReader> {
+        self.check_key(key)?;
+        let path = self.path_of(key);
+        let opened = blocking(move || {
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if is_absent(&e) => return Ok(None),
+                Err(e) => return Err(StorageError::io(format!("open {}", path.display()), e)),
+            };
+            let meta = file
+                .metadata()
+                .map_err(|e| StorageError::io(format!("stat {}", path.display()), e))?;
+            Ok(meta.is_file().then(|| (file, meta.len())))
+        })
+        .await?;
+        let Some((file, size)) = opened else {
+            return Err(self.not_found(key));
+        };
+        Ok(ObjectReader {
+            size,
+            body: read_blocks(file),
+        })
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<Option<BackendObject>> {
+        self.check_key(key)?;
+        let path = self.path_of(key);
+        let key = key.clone();
+        blocking(move || match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => Ok(Some(BackendObject {
+                key,
+                size: meta.len(),
+                modified_ms: meta.modified().map(system_time_ms).unwrap_or(0),
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(StorageError::io(format!("stat {}", path.display()), e)),
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        prefix: &KeyPrefix,
+        start_after: Option<&ObjectKey>,
+        limit: usize,
+    ) -> Result<Vec<BackendObject>> {
+        let root = self.root.clone();
+        let prefix = prefix.clone();
+        let start_after = start_after.map(|k| k.as_str().to_string());
+        let limit = limit.min(crate::backend::LIST_PAGE_ENTRIES_MAX);
+        blocking(move || {
+            let mut out = Vec::new();
+            if limit == 0 {
+                return Ok(out);
+            }
+            let rel = prefix.directory().to_string();
+            let mut dir = root.clone();
+            dir.extend(rel.split('/').filter(|s| !s.is_empty()));
+            let walk = Walk {
+                prefix: prefix.as_str(),
+                start_after: start_after.as_deref(),
+                limit,
+            };
+            match walk.dir(&dir, &rel, &mut out) {
+                Ok(_) => Ok(out),
+                Err(e) if is_absent(&e) => Ok(out),
+                Err(e) => Err(StorageError::io(format!("list {}", dir.display()), e)),
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<Option<u64>> {
+        self.check_key(key)?;
+        let path = self.path_of(key);
+        let root = self.root.clone();
+        let removed = blocking(move || {
+            let size = match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_file() => meta.len(),
+                Ok(_) => return Ok(None),
+                Err(e) if is_absent(&e) => return Ok(None),
+                Err(e) => return Err(StorageError::io(format!("stat {}", path.display()), e)),
+            };
+            fs::remove_file(&path)
+                .map_err(|e| StorageError::io(format!("remove {}", path.display()), e))?;
+            let parent = path.parent().unwrap_or(&root);
+            sync_dir(parent)?;
+            prune_empty_dirs(&root, parent);
+            Ok(Some(size))
+        })
+        .await?;
+        if let Some(size) = removed {
+            self.gauge.release(size);
+        }
+        Ok(removed)
+    }
+}
+
+/// Runs file-system work off the async threads: the one seam through which this backend blocks.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|join| StorageError::io("file-system task failed", io::Error::other(join)))?
+}
+
+fn is_absent(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory)
+}
+
+/// The writer thread of a put: gathers chunks into blocks, hashes and writes each, then fsyncs.
+fn write_staged(path: &Path, mut chunks: mpsc::Receiver<Bytes>) -> io::Result<(u64, ContentHash)> {
+    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    let mut hasher = Hasher::new();
+    let mut block = Vec::with_capacity(WRITE_BLOCK_BYTES);
+    let mut size = 0u64;
+    let mut flush_block = |block: &mut Vec<u8>, file: &mut File| -> io::Result<()> {
+        hasher.update(block);
+        file.write_all(block)?;
+        block.clear();
+        Ok(())
+    };
+    while let Some(chunk) = chunks.blocking_recv() {
+        size += chunk.len() as u64;
+        if block.is_empty() && chunk.len() >= WRITE_BLOCK_BYTES {
+            // Already a large block: no need to copy it.
+            let mut owned = chunk.to_vec();
+            flush_block(&mut owned, &mut file)?;
+            continue;
+        }
+        block.extend_from_slice(&chunk);
+        if block.len() >= WRITE_BLOCK_BYTES {
+            flush_block(&mut block, &mut file)?;
+        }
+    }
+    if !block.is_empty() {
+        flush_block(&mut block, &mut file)?;
+    }
+    file.sync_all()?;
+    Ok((size, hasher.finish()))
+}
+
+async fn remove_staged(path: PathBuf) {
+    let result = tokio::task::spawn_blocking(move || match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if is_absent(&e) => Ok(()),
+        Err(e) => Err((path, e)),
+    })
+    .await;
+    if let Ok(Err((path, e))) = result {
+        warn!(path = %path.display(), error = %e, "could not remove staged file; the next start removes it");
+    }
+}
+
+/// A get's reader thread: reads blocks and queues them for the network.
+fn read_blocks(mut file: File) -> ByteStream {
+    let (blocks_tx, blocks_rx) = mpsc::channel::<io::Result<Bytes>>(READ_BLOCKS_IN_FLIGHT_MAX);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let mut block = vec![0u8; READ_BLOCK_BYTES];
+            let mut filled = 0;
+            let read = loop {
+                match file.read(&mut block[filled..]) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        filled += n;
+                        if filled == block.len() {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            if let Err(e) = read {
+                let _ = blocks_tx.blocking_send(Err(e));
+                return;
+            }
+            if filled == 0 {
+                return;
+            }
+            block.truncate(filled);
+            if blocks_tx.blocking_send(Ok(Bytes::from(block))).is_err() {
+                // The reader went away (client disconnected).
+                return;
+            }
+        }
+    });
+    Box::pin(futures_util::stream::unfold(blocks_rx, |mut rx| async move {
+        rx.recv().await.map(|block| (block, rx))
+    }))
+}
+
+enum Published {
+    Replaced(Option<u64>),
+    ParentIsObject(String),
+    KeyIsDirectory,
+}
+
+/// Renames a staged file to its key's path, creating parent directories, and fsyncs every
+/// directory whose entries changed.
+fn publish(root: &Path, staged: &Path, final_path: &Path) -> Result<Published> {
+    let io_err = |what: &str, path: &Path, e| StorageError::io(format!("{what} {}", path.display()), e);
+    let parent = final_path.parent().unwrap_or(root);
+    // Walk up to the deepest ancestor that exists; it must be a directory.
+    let mut missing = Vec::new();
+    let mut existing = parent;
+    loop {
+        match fs::metadata(existing) {
+            Ok(meta) if meta.is_dir() => break,
+            Ok(_) => {
+                let rel = existing.strip_prefix(root).unwrap_or(existing);
+                return Ok(Published::ParentIsObject(rel.display().to_string()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                missing.push(existing);
+                existing = existing.parent().unwrap_or(root);
+            }
+            Err(e) => return Err(io_err("stat", existing, e)),
+        }
+    }
+    for dir in missing.iter().rev() {
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("create directory", dir, e)),
+        }
+    }
+    let replaced = match fs::symlink_metadata(final_path) {
+        Ok(meta) if meta.is_dir() => return Ok(Published::KeyIsDirectory),
+        Ok(meta) => Some(meta.len()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err("stat", final_path, e)),
+    };
+    fs::rename(staged, final_path).map_err(|e| io_err("rename into", final_path, e))?;
+    sync_dir(parent)?;
+    // New directories are durable only once their own parents are synced.
+    for dir in &missing {
+        if let Some(up) = dir.parent() {
+            sync_dir(up)?;
+        }
+    }
+    Ok(Published::Replaced(replaced))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io(format!("fsync directory {}", dir.display()), e))
+}
+
+/// Removes directories left empty by a delete, up to (not including) the root, so that a key
+/// that was a directory can become an object again.
+fn prune_empty_dirs(root: &Path, mut dir: &Path) {
+    while dir != root && dir.starts_with(root) {
+        if fs::remove_dir(dir).is_err() {
+            return;
+        }
+        match dir.parent() {
+            Some(up) => dir = up,
+            None => return,
+        }
+    }
+}
+
+fn sum_tree(dir: &Path, is_root: bool, report: &mut FsOpenReport) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let file_type = entry.file_type()?;
+        if is_root && entry.file_name() == TMP_DIR_NAME {
+            continue;
+        }
+        if file_type.is_dir() {
+            sum_tree(&entry.path(), false, report)?;
+        } else if file_type.is_file() {
+            report.objects += 1;
+            report.bytes += entry.metadata()?.len();
+        }
+    }
+    Ok(())
+}
+
+/// A depth-first walk in key order. Directories sort as `name/`, so the walk meets keys in the
+/// same byte order as the index does (`a-b` before `a/x`).
+struct Walk<'a> {
+    prefix: &'a str,
+    start_after: Option<&'a str>,
+    limit: usize,
+}
+
+impl Walk<'_> {
+    /// Returns true once `limit` entries were collected.
+    fn dir(&self, dir: &Path, rel: &str, out: &mut Vec<BackendObject>) -> io::Result<bool> {
+        let mut entries = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                warn!(dir = %dir.display(), "skipping a file name that is not UTF-8");
+                continue;
+            };
+            if rel.is_empty() && name == TMP_DIR_NAME {
+                continue;
+            }
+            let file_type = entry.file_type()?;
+            if file_type.is_dir() {
+                entries.push((format!("{rel}{name}/"), true));
+            } else if file_type.is_file() {
+                entries.push((format!("{rel}{name}"), false));
+            }
+        }
+        entries.sort();
+        for (path, is_dir) in entries {
+            if is_dir {
+                let may_match = path.starts_with(self.prefix) || self.prefix.starts_with(&path);
+                // Every key below `path` starts with it: skip the subtree when all of them sort
+                // at or before `start_after`.
+                let already_listed = self
+                    .start_after
+                    .is_some_and(|s| !s.starts_with(&path) && path.as_str() < s);
+                if may_match && !already_listed {
+                    let mut sub = dir.to_path_buf();
+                    sub.push(path.trim_end_matches('/').rsplit('/').next().unwrap_or_default());
+                    match self.dir(&sub, &path, out) {
+                        Ok(true) => return Ok(true),
+                        Ok(false) => {}
+                        // Removed while we walked: nothing to list there.
+                        Err(e) if is_absent(&e) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                continue;
+            }
+            if !path.starts_with(self.prefix) || self.start_after.is_some_and(|s| path.as_str() <= s) {
+                continue;
+            }
+            let Ok(key) = ObjectKey::new(path.clone()) else {
+                debug!(path, "skipping a file whose name is not a valid key");
+                continue;
+            };
+            let meta = match fs::metadata(dir.join(key.basename())) {
+                Ok(meta) => meta,
+                Err(e) if is_absent(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            out.push(BackendObject {
+                key,
+                size: meta.len(),
+                modified_ms: meta.modified().map(system_time_ms).unwrap_or(0),
+            });
+            if out.len() >= self.limit {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,267 @@
+//! The object index: key -> size, hash, times, version, one per tier. On sled in a node, in a
+//! `BTreeMap` in tests and the simulator.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::{Result, StorageError};
+use crate::hash::ContentHash;
+use crate::uri::{KeyPrefix, ObjectKey, TierName};
+
+/// What letl knows about an object beyond its bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    pub size: u64,
+    pub hash: ContentHash,
+    pub created_ms: u64,
+    pub modified_ms: u64,
+    /// 1 for a new object, one more on each overwrite.
+    pub version: u64,
+}
+
+#[async_trait::async_trait]
+pub trait ObjectIndex: Send + Sync + Debug + 'static {
+    fn get(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>>;
+
+    /// Inserts or replaces, returning what was there.
+    fn insert(&self, key: &ObjectKey, meta: &ObjectMeta) -> Result<Option<ObjectMeta>>;
+
+    fn remove(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>>;
+
+    /// Entries under `prefix` after `start_after`, in key order, at most `limit`.
+    fn list(
+        &self,
+        prefix: &KeyPrefix,
+        start_after: Option<&ObjectKey>,
+        limit: usize,
+    ) -> Result<Vec<(ObjectKey, ObjectMeta)>>;
+
+    /// Number of objects and their total size (a full scan: for start-up, not per request).
+    fn totals(&self) -> Result<(u64, u64)>;
+
+    /// Makes every write so far durable.
+    async fn flush(&self) -> Result<()>;
+}
+
+/// One sled database per node; each tier's index is a tree in it.
+#[derive(Debug, Clone)]
+pub struct IndexDb {
+    db: sled::Db,
+}
+
+impl IndexDb {
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|e| StorageError::Index(format!("open {}: {e}", path.display())))?;
+        Ok(Self { db })
+    }
+
+    pub fn tier(&self, tier: &TierName) -> Result<SledIndex> {
+        let tree = self.db.open_tree(format!("tier/{tier}"))?;
+        Ok(SledIndex { tree })
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SledIndex {
+    tree: sled::Tree,
+}
+
+fn key_of(bytes: &[u8]) -> Result<ObjectKey> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| StorageError::Index(format!("stored key is not UTF-8: {e}")))?;
+    ObjectKey::new(text)
+}
+
+#[async_trait::async_trait]
+impl ObjectIndex for SledIndex {
+    fn get(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
+        self.tree.get(key.as_str())?.map(|v| codec::decode(&v)).transpose()
+    }
+
+    fn insert(&self, key: &ObjectKey, meta: &ObjectMeta) -> Result<Option<ObjectMeta>> {
+        self.tree
+            .insert(key.as_str(), codec::encode(meta)?)?
+            .map(|v| codec::decode(&v))
+            .transpose()
+    }
+
+    fn remove(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
+        self.tree.remove(key.as_str())?.map(|v| codec::decode(&v)).transpose()
+    }
+
+    fn list(
+        &self,
+        prefix: &KeyPrefix,
+        start_after: Option<&ObjectKey>,
+        limit: usize,
+    ) -> Result<Vec<(ObjectKey, ObjectMeta)>> {
+        let lower = lower_bound(prefix, start_after);
+        let mut out = Vec::new();
+        for item in self
+            .tree
+            .range::<&[u8], _>((lower.as_ref().map(|s| s.as_bytes()), Bound::Unbounded))
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            if !k.starts_with(prefix.as_str().as_bytes()) {
+                break;
+            }
+            out.push((key_of(&k)?, codec::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    fn totals(&self) -> Result<(u64, u64)> {
+        let mut objects = 0;
+        let mut bytes = 0;
+        for item in self.tree.iter() {
+            let (_, v) = item?;
+            let meta: ObjectMeta = codec::decode(&v)?;
+            objects += 1;
+            bytes += meta.size;
+        }
+        Ok((objects, bytes))
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.tree.flush_async().await?;
+        Ok(())
+    }
+}
+
+/// Where a listing starts: at the prefix, or just after `start_after` if that is further on.
+fn lower_bound<'a>(prefix: &'a KeyPrefix, start_after: Option<&'a ObjectKey>) -> Bound<&'a str> {
+    match start_after {
+        Some(after) if after.as_str() >= prefix.as_str() => Bound::Excluded(after.as_str()),
+        _ => Bound::Included(prefix.as_str()),
+    }
+}
+
+/// The index's in-memory twin.
+#[derive(Debug, Default)]
+pub struct MemoryIndex {
+    entries: Mutex<BTreeMap<String, ObjectMeta>>,
+}
+
+impl MemoryIndex {
+    fn entries(&self) -> MutexGuard<'_, BTreeMap<String, ObjectMeta>> {
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectIndex for MemoryIndex {
+    fn get(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
+        Ok(self.entries().get(key.as_str()).cloned())
+    }
+
+    fn insert(&self, key: &ObjectKey, meta: &ObjectMeta) -> Result<Option<ObjectMeta>> {
+        Ok(self.entries().insert(key.to_string(), meta.clone()))
+    }
+
+    fn remove(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
+        Ok(self.entries().remove(key.as_str()))
+    }
+
+    fn list(
+        &self,
+        prefix: &KeyPrefix,
+        start_after: Option<&ObjectKey>,
+        limit: usize,
+    ) -> Result<Vec<(ObjectKey, ObjectMeta)>> {
+        let lower = lower_bound(prefix, start_after);
+        let entries = self.entries();
+        let mut out = Vec::new();
+        for (k, v) in entries.range::<str, _>((lower, Bound::Unbounded)) {
+            if out.len() >= limit || !k.starts_with(prefix.as_str()) {
+                break;
+            }
+            out.push((ObjectKey::new(k.clone())?, v.clone()));
+        }
+        Ok(out)
+    }
+
+    fn totals(&self) -> Result<(u64, u64)> {
+        let entries = self.entries();
+        Ok((entries.len() as u64, entries.values().map(|m| m.size).sum()))
+    }
+
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(size: u64) -> ObjectMeta {
+        ObjectMeta {
+            size,
+            hash: ContentHash::of(&size.to_le_bytes()),
+            created_ms: 1,
+            modified_ms: 2,
+            version: 1,
+        }
+    }
+
+    fn exercise(index: &dyn ObjectIndex) {
+        for key in ["a/1", "a/2", "a-b", "b/1", "a/3"] {
+            index.insert(&ObjectKey::new(key).unwrap(), &meta(key.len() as u64)).unwrap();
+        }
+        let keys = |prefix: &str, after: Option<&str>, limit| -> Vec<String> {
+            let after = after.map(|a| ObjectKey::new(a).unwrap());
+            index
+                .list(&KeyPrefix::new(prefix).unwrap(), after.as_ref(), limit)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k.to_string())
+                .collect()
+        };
+        assert_eq!(keys("", None, 100), ["a-b", "a/1", "a/2", "a/3", "b/1"]);
+        assert_eq!(keys("a/", None, 2), ["a/1", "a/2"]);
+        assert_eq!(keys("a/", Some("a/2"), 10), ["a/3"]);
+        assert_eq!(keys("a/", Some("0"), 10), ["a/1", "a/2", "a/3"]);
+        assert_eq!(keys("b", Some("z"), 10), Vec::<String>::new());
+        assert_eq!(index.totals().unwrap(), (5, 3 + 3 + 3 + 3 + 3));
+        let k = ObjectKey::new("a/2").unwrap();
+        assert_eq!(index.remove(&k).unwrap(), Some(meta(3)));
+        assert_eq!(index.get(&k).unwrap(), None);
+    }
+
+    #[test]
+    fn memory_index_lists_in_key_order() {
+        exercise(&MemoryIndex::default());
+    }
+
+    #[test]
+    fn sled_index_lists_in_key_order_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = TierName::new("ssd").unwrap();
+        {
+            let db = IndexDb::open(&dir.path().join("index")).unwrap();
+            exercise(&db.tier(&tier).unwrap());
+            db.flush().unwrap();
+        }
+        let db = IndexDb::open(&dir.path().join("index")).unwrap();
+        let index = db.tier(&tier).unwrap();
+        assert_eq!(index.totals().unwrap().0, 4);
+        assert_eq!(index.get(&ObjectKey::new("a/1").unwrap()).unwrap(), Some(meta(3)));
+    }
+}

@@ -1,0 +1,41 @@
+//! letl's storage: the vocabulary of objects and tiers, the tier backends and the object index.
+//!
+//! This crate owns object URIs and key validation, the [`TierBackend`] trait with its fs and
+//! in-memory backends (the S3 backend joins them with the remote-tiers work), the sled object
+//! index with its in-memory twin, and the one storage error type. It is the only crate that
+//! names sled (and, later, aws-sdk-s3). It never spawns actors, speaks HTTP, or knows about
+//! raft: it is a library of places to put bytes and of facts about them.
+
+mod backend;
+mod clock;
+mod codec;
+mod error;
+mod fs;
+mod hash;
+mod index;
+mod memory;
+mod reconcile;
+mod uri;
+
+pub use backend::{
+    BackendObject, ByteStream, CapacityGauge, Committed, LIST_PAGE_ENTRIES_MAX, ObjectReader,
+    PutLimits, Reservation, Staged, TierBackend, TierDescription, hash_stream,
+};
+pub use clock::{Clock, ManualClock, SystemClock, system_time_ms};
+pub use error::{Result, StorageError};
+pub use fs::{FsOpenReport, FsTier, TMP_DIR_NAME};
+pub use hash::{ContentHash, Hasher};
+pub use index::{IndexDb, MemoryIndex, ObjectIndex, ObjectMeta, SledIndex};
+pub use memory::MemoryTier;
+pub use reconcile::{ReconcileReport, reconcile};
+pub use uri::{KEY_BYTES_MAX, KeyPrefix, ObjectKey, ObjectUri, PrefixUri, TierName};
+
+/// A stream over one buffer, in chunks of `chunk_bytes`: for tests and small bodies.
+pub fn stream_of(data: bytes::Bytes, chunk_bytes: usize) -> ByteStream {
+    assert!(chunk_bytes > 0, "chunk size must be positive");
+    let chunks: Vec<std::io::Result<bytes::Bytes>> = (0..data.len())
+        .step_by(chunk_bytes)
+        .map(|start| Ok(data.slice(start..data.len().min(start + chunk_bytes))))
+        .collect();
+    Box::pin(futures_util::stream::iter(chunks))
+}
