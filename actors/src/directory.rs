@@ -109,6 +109,20 @@ impl TierHandle {
         self.call(|reply| TierMsg::Put(request, reply)).await
     }
 
+    /// Whether a put of `key` with `declared_len` bytes would be accepted now.
+    pub async fn check_put(
+        &self,
+        key: ObjectKey,
+        declared_len: Option<u64>,
+    ) -> Result<(), StorageError> {
+        self.call(|reply| TierMsg::CheckPut {
+            key,
+            declared_len,
+            reply,
+        })
+        .await
+    }
+
     pub async fn get(&self, key: ObjectKey) -> Result<(ObjectMeta, ObjectReader), StorageError> {
         self.call(|reply| TierMsg::Get(key, reply)).await
     }

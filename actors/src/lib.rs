@@ -12,5 +12,10 @@ mod supervisor;
 mod tier;
 
 pub use directory::{TierDirectory, TierHandle};
-pub use supervisor::{NodeSupervisor, RestartPolicy, SupervisorArgs, SupervisorMsg, TIER_DRAIN_TIMEOUT};
-pub use tier::{PutRequest, TIER_PUTS_IN_FLIGHT_MAX, TierActor, TierArgs, TierMsg, TierSpec, TierStats};
+pub use supervisor::{
+    NodeSupervisor, RestartPolicy, SupervisorArgs, SupervisorHandle, SupervisorMsg,
+    TIER_DRAIN_TIMEOUT,
+};
+pub use tier::{
+    PutRequest, TIER_PUTS_IN_FLIGHT_MAX, TierActor, TierArgs, TierMsg, TierSpec, TierStats,
+};

@@ -90,7 +90,10 @@ impl Actor for NodeSupervisor {
         };
         for spec in args.tiers {
             let name = spec.name();
-            assert!(!state.tiers.contains_key(&name), "tier {name} configured twice");
+            assert!(
+                !state.tiers.contains_key(&name),
+                "tier {name} configured twice"
+            );
             state.tiers.insert(
                 name.clone(),
                 TierChild {
@@ -157,7 +160,9 @@ impl Actor for NodeSupervisor {
         }
         if let Err(e) = state.spawn_tier(&myself, &name, false).await {
             error!(tier = %name, error = %e, "restarting the tier actor failed; tier left down");
-            state.directory.set_down(name, format!("restart failed: {e}"));
+            state
+                .directory
+                .set_down(name, format!("restart failed: {e}"));
         }
         Ok(())
     }
@@ -206,5 +211,32 @@ impl SupervisorState {
         }
         child.restarts.push_back(now);
         true
+    }
+}
+
+/// A running supervisor, as the node holds it: start it, and later shut it down.
+#[derive(Debug)]
+pub struct SupervisorHandle {
+    actor: ActorRef<SupervisorMsg>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl SupervisorHandle {
+    /// Starts the supervisor and, through it, every tier actor (reconciling each tier's index).
+    pub async fn start(args: SupervisorArgs) -> Result<Self, String> {
+        let (actor, done) = Actor::spawn(None, NodeSupervisor, args)
+            .await
+            .map_err(|e| format!("starting the node supervisor: {e}"))?;
+        Ok(Self { actor, done })
+    }
+
+    /// Drains and stops every tier actor, then the supervisor itself.
+    pub async fn shutdown(self) -> Result<(), String> {
+        self.actor
+            .call(SupervisorMsg::Shutdown, None)
+            .await
+            .map_err(|e| format!("stopping the tiers: {e}"))?;
+        self.actor.stop(None);
+        self.done.await.map_err(|e| format!("node supervisor: {e}"))
     }
 }

@@ -87,6 +87,12 @@ pub enum TierMsg {
         expected_hash: Option<ContentHash>,
         reply: Reply<ObjectMeta>,
     },
+    /// Would a put of this key and length be accepted now? Changes nothing.
+    CheckPut {
+        key: ObjectKey,
+        declared_len: Option<u64>,
+        reply: Reply<()>,
+    },
     Get(ObjectKey, Reply<(ObjectMeta, ObjectReader)>),
     Head(ObjectKey, Reply<ObjectMeta>),
     List {
@@ -111,11 +117,24 @@ impl fmt::Debug for TierMsg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Put(request, _) => f.debug_tuple("Put").field(request).finish(),
-            Self::Staged { key, .. } => f.debug_struct("Staged").field("key", key).finish_non_exhaustive(),
+            Self::Staged { key, .. } => f
+                .debug_struct("Staged")
+                .field("key", key)
+                .finish_non_exhaustive(),
+            Self::CheckPut { key, .. } => f
+                .debug_struct("CheckPut")
+                .field("key", key)
+                .finish_non_exhaustive(),
             Self::Get(key, _) => f.debug_tuple("Get").field(key).finish(),
             Self::Head(key, _) => f.debug_tuple("Head").field(key).finish(),
-            Self::List { prefix, .. } => f.debug_struct("List").field("prefix", prefix).finish_non_exhaustive(),
-            Self::Delete { key, .. } => f.debug_struct("Delete").field("key", key).finish_non_exhaustive(),
+            Self::List { prefix, .. } => f
+                .debug_struct("List")
+                .field("prefix", prefix)
+                .finish_non_exhaustive(),
+            Self::Delete { key, .. } => f
+                .debug_struct("Delete")
+                .field("key", key)
+                .finish_non_exhaustive(),
             Self::Stats(_) => f.write_str("Stats"),
             Self::CrashForTest => f.write_str("CrashForTest"),
         }
@@ -196,6 +215,13 @@ impl Actor for TierActor {
                 let outcome = state.finish_put(&key, result, expected_hash).await;
                 state.reply_after_flush(reply, outcome);
             }
+            TierMsg::CheckPut {
+                key,
+                declared_len,
+                reply,
+            } => {
+                let _ = reply.send(state.check_put(&key, declared_len));
+            }
             TierMsg::Get(key, reply) => {
                 let _ = reply.send(state.get(&key).await);
             }
@@ -229,7 +255,37 @@ impl Actor for TierActor {
 }
 
 impl TierState {
-    fn start_put(&mut self, myself: ActorRef<TierMsg>, request: PutRequest, reply: Reply<ObjectMeta>) {
+    fn check_put(&self, key: &ObjectKey, declared_len: Option<u64>) -> Result<(), StorageError> {
+        self.spec.backend.check_key(key)?;
+        if self.puts_in_flight.contains(key) {
+            return Err(self.put_in_progress(key));
+        }
+        if let Some(len) = declared_len {
+            if len > self.spec.object_bytes_max {
+                return Err(StorageError::TooLarge {
+                    size: len,
+                    max: self.spec.object_bytes_max,
+                });
+            }
+            self.spec.backend.gauge().check(len)?;
+        }
+        Ok(())
+    }
+
+    fn put_in_progress(&self, key: &ObjectKey) -> StorageError {
+        StorageError::Conflict {
+            tier: self.name.to_string(),
+            key: key.to_string(),
+            reason: "another put of this key is in progress".to_string(),
+        }
+    }
+
+    fn start_put(
+        &mut self,
+        myself: ActorRef<TierMsg>,
+        request: PutRequest,
+        reply: Reply<ObjectMeta>,
+    ) {
         let PutRequest {
             key,
             body,
@@ -237,11 +293,7 @@ impl TierState {
             expected_hash,
         } = request;
         if self.puts_in_flight.contains(&key) {
-            let _ = reply.send(Err(StorageError::Conflict {
-                tier: self.name.to_string(),
-                key: key.to_string(),
-                reason: "another put of this key is in progress".to_string(),
-            }));
+            let _ = reply.send(Err(self.put_in_progress(&key)));
             return;
         }
         if self.puts_in_flight.len() >= TIER_PUTS_IN_FLIGHT_MAX {
@@ -266,7 +318,9 @@ impl TierState {
                 expected_hash,
                 reply,
             };
-            if let Err(MessagingErr::SendErr(TierMsg::Staged { result, reply, .. })) = myself.cast(message) {
+            if let Err(MessagingErr::SendErr(TierMsg::Staged { result, reply, .. })) =
+                myself.cast(message)
+            {
                 // The actor stopped while we streamed: nothing may be published without it.
                 if let Ok(staged) = result {
                     backend.abort(staged).await;
@@ -392,7 +446,11 @@ impl TierState {
 
     /// Answers a write only once the index holds it durably. The flush runs beside the actor, so
     /// other requests go on meanwhile; sled batches concurrent flushes into one.
-    fn reply_after_flush(&self, reply: Reply<ObjectMeta>, outcome: Result<ObjectMeta, StorageError>) {
+    fn reply_after_flush(
+        &self,
+        reply: Reply<ObjectMeta>,
+        outcome: Result<ObjectMeta, StorageError>,
+    ) {
         let index = Arc::clone(&self.spec.index);
         tokio::spawn(async move {
             let outcome = match outcome {

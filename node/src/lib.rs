@@ -1,1 +1,18 @@
-//! placeholder
+//! The `letl` binary's library: the clap CLI and its HTTP client, the TOML config and its
+//! validation, the HTTP API (axum), tracing set-up, signals, and the wiring that turns a config
+//! into running actors. [`node::start`] takes already-built parts and a shutdown future, so tests
+//! and the simulator run the same code that production runs.
+//!
+//! This is the only crate that knows about clap, axum, reqwest, TOML or process signals. It
+//! never touches a tier's files or the index directly: it goes through the tier actors.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod node;
+pub mod server;
+pub mod service;
+pub mod token;

@@ -61,7 +61,9 @@ impl fmt::Debug for ObjectReader {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TierDescription {
     pub name: TierName,
-    /// The backend: `fs`, `memory` (and `s3` once remote tiers exist).
+    /// What the tier is for users: `pmem`, `ssd`, `hdd`, `daos`, `cortx`, ...
+    pub kind: String,
+    /// How it stores objects: `fs`, `memory` (and `s3` once remote tiers exist).
     pub backend: String,
     /// A directory path or an endpoint URL.
     pub location: String,
@@ -152,6 +154,22 @@ impl CapacityGauge {
         }
     }
 
+    /// Whether `bytes` more would fit now, without reserving them (a preflight check).
+    pub fn check(&self, bytes: u64) -> Result<()> {
+        let used = self.used_bytes();
+        match self.capacity_bytes {
+            Some(capacity) if used.saturating_add(bytes) > capacity => {
+                Err(StorageError::TierFull {
+                    tier: self.tier.to_string(),
+                    needed: bytes,
+                    available: capacity.saturating_sub(used),
+                    capacity,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Accounts bytes that are already on the tier (found at start-up); never refused.
     pub fn add_existing(&self, bytes: u64) {
         self.used_bytes.fetch_add(bytes, Ordering::AcqRel);
@@ -160,7 +178,11 @@ impl CapacityGauge {
     /// Gives back the bytes of a deleted or replaced object.
     pub fn release(&self, bytes: u64) {
         let previous = self.used_bytes.fetch_sub(bytes, Ordering::AcqRel);
-        assert!(previous >= bytes, "capacity gauge of tier {} underflow", self.tier);
+        assert!(
+            previous >= bytes,
+            "capacity gauge of tier {} underflow",
+            self.tier
+        );
     }
 }
 
@@ -210,6 +232,11 @@ pub trait TierBackend: Send + Sync + fmt::Debug + 'static {
     fn describe(&self) -> TierDescription;
 
     fn gauge(&self) -> &Arc<CapacityGauge>;
+
+    /// Refuses keys this backend cannot store (beyond the rules every key follows).
+    fn check_key(&self, _key: &ObjectKey) -> Result<()> {
+        Ok(())
+    }
 
     /// Streams `body` somewhere invisible, hashing it, within `limits` and the tier's capacity.
     /// On error nothing stays behind.
@@ -267,7 +294,10 @@ pub(crate) fn check_running_len(received: u64, limits: PutLimits) -> Result<()> 
 }
 
 /// Refuses a put up front when its announced length already breaks a limit, and reserves it.
-pub(crate) fn reserve_for_put(gauge: &Arc<CapacityGauge>, limits: PutLimits) -> Result<Reservation> {
+pub(crate) fn reserve_for_put(
+    gauge: &Arc<CapacityGauge>,
+    limits: PutLimits,
+) -> Result<Reservation> {
     match limits.declared_len {
         Some(declared) if declared > limits.object_bytes_max => Err(StorageError::TooLarge {
             size: declared,

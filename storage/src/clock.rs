@@ -42,6 +42,9 @@ impl Clock for ManualClock {
 
 /// A file time as milliseconds since the epoch (0 for times before it).
 pub fn system_time_ms(time: SystemTime) -> u64 {
-    let ms = time.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let ms = time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     u64::try_from(ms).unwrap_or(u64::MAX)
 }

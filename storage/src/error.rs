@@ -18,7 +18,9 @@ pub enum StorageError {
     UnknownTier { tier: String, known: String },
     #[error("no object `{key}` on tier `{tier}`")]
     NotFound { tier: String, key: String },
-    #[error("tier `{tier}` is full: {needed} more bytes needed, {available} available of {capacity}")]
+    #[error(
+        "tier `{tier}` is full: {needed} more bytes needed, {available} available of {capacity}"
+    )]
     TierFull {
         tier: String,
         needed: u64,

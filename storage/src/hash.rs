@@ -68,7 +68,9 @@ impl FromStr for ContentHash {
             .strip_prefix(PREFIX)
             .ok_or_else(|| format!("content hash `{s}` does not start with `{PREFIX}`"))?;
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("content hash `{s}` is not 64 hex digits after `{PREFIX}`"));
+            return Err(format!(
+                "content hash `{s}` is not 64 hex digits after `{PREFIX}`"
+            ));
         }
         let mut bytes = [0u8; 32];
         for (i, byte) in bytes.iter_mut().enumerate() {

@@ -6,6 +6,7 @@ use std::fmt::Debug;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -55,13 +56,30 @@ pub struct IndexDb {
     db: sled::Db,
 }
 
+/// How long opening waits for the database lock: a previous holder (a node still exiting, or
+/// sled's flusher thread after the last handle in this process was dropped) lets go shortly.
+const INDEX_LOCK_WAIT: Duration = Duration::from_secs(10);
+const INDEX_LOCK_RETRY: Duration = Duration::from_millis(50);
+
 impl IndexDb {
+    /// Opens (creating) the node's index database. Blocks: call it off the async threads.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|e| StorageError::Index(format!("open {}: {e}", path.display())))?;
-        Ok(Self { db })
+        let deadline = Instant::now() + INDEX_LOCK_WAIT;
+        loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => return Ok(Self { db }),
+                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Err(StorageError::Index(format!(
+                            "{} is locked by another process: is another letl node running on this data dir?",
+                            path.display()
+                        )));
+                    }
+                    std::thread::sleep(INDEX_LOCK_RETRY);
+                }
+                Err(e) => return Err(StorageError::Index(format!("open {}: {e}", path.display()))),
+            }
+        }
     }
 
     pub fn tier(&self, tier: &TierName) -> Result<SledIndex> {
@@ -89,7 +107,10 @@ fn key_of(bytes: &[u8]) -> Result<ObjectKey> {
 #[async_trait::async_trait]
 impl ObjectIndex for SledIndex {
     fn get(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
-        self.tree.get(key.as_str())?.map(|v| codec::decode(&v)).transpose()
+        self.tree
+            .get(key.as_str())?
+            .map(|v| codec::decode(&v))
+            .transpose()
     }
 
     fn insert(&self, key: &ObjectKey, meta: &ObjectMeta) -> Result<Option<ObjectMeta>> {
@@ -100,7 +121,10 @@ impl ObjectIndex for SledIndex {
     }
 
     fn remove(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
-        self.tree.remove(key.as_str())?.map(|v| codec::decode(&v)).transpose()
+        self.tree
+            .remove(key.as_str())?
+            .map(|v| codec::decode(&v))
+            .transpose()
     }
 
     fn list(
@@ -161,7 +185,9 @@ pub struct MemoryIndex {
 
 impl MemoryIndex {
     fn entries(&self) -> MutexGuard<'_, BTreeMap<String, ObjectMeta>> {
-        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -223,7 +249,9 @@ mod tests {
 
     fn exercise(index: &dyn ObjectIndex) {
         for key in ["a/1", "a/2", "a-b", "b/1", "a/3"] {
-            index.insert(&ObjectKey::new(key).unwrap(), &meta(key.len() as u64)).unwrap();
+            index
+                .insert(&ObjectKey::new(key).unwrap(), &meta(key.len() as u64))
+                .unwrap();
         }
         let keys = |prefix: &str, after: Option<&str>, limit| -> Vec<String> {
             let after = after.map(|a| ObjectKey::new(a).unwrap());
@@ -262,6 +290,9 @@ mod tests {
         let db = IndexDb::open(&dir.path().join("index")).unwrap();
         let index = db.tier(&tier).unwrap();
         assert_eq!(index.totals().unwrap().0, 4);
-        assert_eq!(index.get(&ObjectKey::new("a/1").unwrap()).unwrap(), Some(meta(3)));
+        assert_eq!(
+            index.get(&ObjectKey::new("a/1").unwrap()).unwrap(),
+            Some(meta(3))
+        );
     }
 }

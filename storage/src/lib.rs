@@ -23,7 +23,7 @@ pub use backend::{
 };
 pub use clock::{Clock, ManualClock, SystemClock, system_time_ms};
 pub use error::{Result, StorageError};
-pub use fs::{FsOpenReport, FsTier, TMP_DIR_NAME};
+pub use fs::{FsOpenReport, FsTier, TMP_DIR_NAME, read_blocks, write_blocks};
 pub use hash::{ContentHash, Hasher};
 pub use index::{IndexDb, MemoryIndex, ObjectIndex, ObjectMeta, SledIndex};
 pub use memory::MemoryTier;

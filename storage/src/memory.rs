@@ -40,6 +40,7 @@ impl MemoryTier {
         Self {
             description: TierDescription {
                 name: name.clone(),
+                kind: "memory".to_string(),
                 backend: "memory".to_string(),
                 location: "memory".to_string(),
                 capacity_bytes,
@@ -53,7 +54,9 @@ impl MemoryTier {
 
     fn state(&self) -> MutexGuard<'_, MemoryState> {
         // A panic while holding this lock leaves plain maps behind, still consistent.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Staged puts not yet committed or aborted; tests check that failures leave none.
@@ -72,7 +75,12 @@ impl TierBackend for MemoryTier {
         &self.gauge
     }
 
-    async fn stage(&self, key: &ObjectKey, mut body: ByteStream, limits: PutLimits) -> Result<Staged> {
+    async fn stage(
+        &self,
+        key: &ObjectKey,
+        mut body: ByteStream,
+        limits: PutLimits,
+    ) -> Result<Staged> {
         let mut reservation = reserve_for_put(&self.gauge, limits)?;
         let mut data = BytesMut::new();
         let mut hasher = Hasher::new();
@@ -88,7 +96,10 @@ impl TierBackend for MemoryTier {
         }
         let size = data.len() as u64;
         check_final_len(size, limits)?;
-        let token = format!("staged-{}", self.next_staged.fetch_add(1, Ordering::Relaxed));
+        let token = format!(
+            "staged-{}",
+            self.next_staged.fetch_add(1, Ordering::Relaxed)
+        );
         self.state().staged.insert(token.clone(), data.freeze());
         Ok(Staged {
             key: key.clone(),
@@ -140,11 +151,15 @@ impl TierBackend for MemoryTier {
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<BackendObject>> {
-        Ok(self.state().objects.get(key).map(|(data, modified_ms)| BackendObject {
-            key: key.clone(),
-            size: data.len() as u64,
-            modified_ms: *modified_ms,
-        }))
+        Ok(self
+            .state()
+            .objects
+            .get(key)
+            .map(|(data, modified_ms)| BackendObject {
+                key: key.clone(),
+                size: data.len() as u64,
+                modified_ms: *modified_ms,
+            }))
     }
 
     async fn list(
@@ -169,7 +184,11 @@ impl TierBackend for MemoryTier {
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<Option<u64>> {
-        let removed = self.state().objects.remove(key).map(|(data, _)| data.len() as u64);
+        let removed = self
+            .state()
+            .objects
+            .remove(key)
+            .map(|(data, _)| data.len() as u64);
         if let Some(size) = removed {
             self.gauge.release(size);
         }

@@ -25,7 +25,10 @@ pub struct ReconcileReport {
     pub rehashed: u64,
 }
 
-pub async fn reconcile(backend: &dyn TierBackend, index: &dyn ObjectIndex) -> Result<ReconcileReport> {
+pub async fn reconcile(
+    backend: &dyn TierBackend,
+    index: &dyn ObjectIndex,
+) -> Result<ReconcileReport> {
     let tier = backend.describe().name;
     let all = KeyPrefix::default();
     let mut report = ReconcileReport::default();
@@ -59,17 +62,22 @@ pub async fn reconcile(backend: &dyn TierBackend, index: &dyn ObjectIndex) -> Re
         report.checked += 1;
         match order {
             std::cmp::Ordering::Less => {
-                let Some(object) = objects.pop_front() else { break };
+                let Some(object) = objects.pop_front() else {
+                    break;
+                };
                 index_object(backend, index, &object, None).await?;
                 report.added += 1;
             }
             std::cmp::Ordering::Greater => {
-                let Some((key, _)) = entries.pop_front() else { break };
+                let Some((key, _)) = entries.pop_front() else {
+                    break;
+                };
                 index.remove(&key)?;
                 report.removed += 1;
             }
             std::cmp::Ordering::Equal => {
-                let (Some(object), Some((_, meta))) = (objects.pop_front(), entries.pop_front()) else {
+                let (Some(object), Some((_, meta))) = (objects.pop_front(), entries.pop_front())
+                else {
                     break;
                 };
                 if object.size != meta.size {

@@ -247,10 +247,14 @@ fn split_uri(uri: &str) -> Result<(TierName, &str), StorageError> {
         reason: reason.to_string(),
     };
     let Some((tier, rest)) = uri.split_once(':') else {
-        return Err(malformed("expected <tier>:/<key>, e.g. ssd:/covid/NC_045512.fasta"));
+        return Err(malformed(
+            "expected <tier>:/<key>, e.g. ssd:/covid/NC_045512.fasta",
+        ));
     };
     let Some(key) = rest.strip_prefix('/') else {
-        return Err(malformed("expected <tier>:/<key>: the key must follow ':/'"));
+        return Err(malformed(
+            "expected <tier>:/<key>: the key must follow ':/'",
+        ));
     };
     let tier = TierName::new(tier).map_err(|e| e.in_uri(uri))?;
     Ok((tier, key))
@@ -268,7 +272,10 @@ fn check_key_text(key: &str) -> Result<(), StorageError> {
 
 fn check_segment(key: &str, segment: &str) -> Result<(), StorageError> {
     match segment {
-        "" => Err(invalid_key(key, "it has an empty segment ('//' or a leading or trailing '/')")),
+        "" => Err(invalid_key(
+            key,
+            "it has an empty segment ('//' or a leading or trailing '/')",
+        )),
         "." => Err(invalid_key(key, "it has a '.' segment")),
         ".." => Err(invalid_key(key, "it has a '..' segment")),
         _ => Ok(()),
@@ -325,7 +332,12 @@ mod tests {
             assert!(err.contains(reason), "{uri:?}: {err}");
         }
         let long = format!("ssd:/{}", "k".repeat(KEY_BYTES_MAX + 1));
-        assert!(ObjectUri::parse(&long).unwrap_err().to_string().contains("1024"));
+        assert!(
+            ObjectUri::parse(&long)
+                .unwrap_err()
+                .to_string()
+                .contains("1024")
+        );
         let just_fits = format!("ssd:/{}", "k".repeat(KEY_BYTES_MAX));
         assert!(ObjectUri::parse(&just_fits).is_ok());
     }

@@ -1,15 +1,17 @@
 //! The backend contract, checked on the fs and in-memory backends alike, plus what only the fs
 //! backend promises (files on disk, crash leftovers cleaned, index repaired).
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use letl_storage::{
-    ByteStream, KeyPrefix, ManualClock, MemoryIndex, MemoryTier, ObjectIndex, ObjectKey, PutLimits,
-    StorageError, TMP_DIR_NAME, TierBackend, TierName, hash_stream, reconcile, stream_of,
-    ContentHash, FsTier, IndexDb, ObjectMeta,
+    ByteStream, ContentHash, FsTier, IndexDb, KeyPrefix, ManualClock, MemoryIndex, MemoryTier,
+    ObjectIndex, ObjectKey, ObjectMeta, PutLimits, StorageError, TMP_DIR_NAME, TierBackend,
+    TierName, hash_stream, reconcile, stream_of,
 };
 
 const UNLIMITED: u64 = u64::MAX;
@@ -19,16 +21,34 @@ fn key(k: &str) -> ObjectKey {
 }
 
 fn limits(declared: Option<u64>) -> PutLimits {
-    PutLimits { declared_len: declared, object_bytes_max: UNLIMITED }
+    PutLimits {
+        declared_len: declared,
+        object_bytes_max: UNLIMITED,
+    }
 }
 
 fn pattern(len: usize) -> Bytes {
-    Bytes::from((0..len).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>())
+    Bytes::from(
+        (0..len)
+            .map(|i| u8::try_from(i * 31 % 251).unwrap())
+            .collect::<Vec<u8>>(),
+    )
 }
 
-async fn put(tier: &dyn TierBackend, k: &str, data: Bytes, declared: bool) -> Result<ContentHash, StorageError> {
+async fn put(
+    tier: &dyn TierBackend,
+    k: &str,
+    data: Bytes,
+    declared: bool,
+) -> Result<ContentHash, StorageError> {
     let len = data.len() as u64;
-    let staged = tier.stage(&key(k), stream_of(data, 7_000), limits(declared.then_some(len))).await?;
+    let staged = tier
+        .stage(
+            &key(k),
+            stream_of(data, 7_000),
+            limits(declared.then_some(len)),
+        )
+        .await?;
     let hash = staged.hash;
     tier.commit(staged).await?;
     Ok(hash)
@@ -40,43 +60,76 @@ async fn read(tier: &dyn TierBackend, k: &str) -> Result<(u64, ContentHash), Sto
 }
 
 async fn fs_tier(dir: &Path, capacity: Option<u64>) -> FsTier {
-    FsTier::open(TierName::new("ssd").unwrap(), "ssd", dir.join("ssd"), capacity).await.unwrap().0
+    FsTier::open(
+        TierName::new("ssd").unwrap(),
+        "ssd",
+        dir.join("ssd"),
+        capacity,
+    )
+    .await
+    .unwrap()
+    .0
 }
 
 fn memory_tier(capacity: Option<u64>) -> MemoryTier {
-    MemoryTier::new(TierName::new("mem").unwrap(), capacity, Arc::new(ManualClock::new(5)))
+    MemoryTier::new(
+        TierName::new("mem").unwrap(),
+        capacity,
+        Arc::new(ManualClock::new(5)),
+    )
 }
 
 async fn contract(tier: &dyn TierBackend) {
     // Round trip, with and without a declared length.
     let data = pattern(3 * 1024 * 1024 + 17);
-    let hash = put(tier, "covid/NC_045512.fasta", data.clone(), true).await.unwrap();
+    let hash = put(tier, "covid/NC_045512.fasta", data.clone(), true)
+        .await
+        .unwrap();
     assert_eq!(hash, ContentHash::of(&data));
-    assert_eq!(read(tier, "covid/NC_045512.fasta").await.unwrap(), (data.len() as u64, hash));
-    put(tier, "covid/a-b", Bytes::from_static(b"x"), false).await.unwrap();
-    put(tier, "covid/a/z", Bytes::from_static(b"yy"), false).await.unwrap();
+    assert_eq!(
+        read(tier, "covid/NC_045512.fasta").await.unwrap(),
+        (data.len() as u64, hash)
+    );
+    put(tier, "covid/a-b", Bytes::from_static(b"x"), false)
+        .await
+        .unwrap();
+    put(tier, "covid/a/z", Bytes::from_static(b"yy"), false)
+        .await
+        .unwrap();
     put(tier, "empty", Bytes::new(), true).await.unwrap();
     assert_eq!(read(tier, "empty").await.unwrap().0, 0);
     assert_eq!(tier.gauge().used_bytes(), data.len() as u64 + 3);
 
     // Overwrite replaces the bytes and the accounting.
-    put(tier, "covid/a-b", Bytes::from_static(b"xyz"), true).await.unwrap();
+    put(tier, "covid/a-b", Bytes::from_static(b"xyz"), true)
+        .await
+        .unwrap();
     assert_eq!(read(tier, "covid/a-b").await.unwrap().0, 3);
     assert_eq!(tier.gauge().used_bytes(), data.len() as u64 + 5);
 
     // Listing: key order ('-' sorts before '/'), prefixes, pages.
     let list = |prefix: &'static str, after: Option<&'static str>, limit: usize| async move {
-        tier.list(&KeyPrefix::new(prefix).unwrap(), after.map(key).as_ref(), limit)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key.to_string())
-            .collect::<Vec<_>>()
+        tier.list(
+            &KeyPrefix::new(prefix).unwrap(),
+            after.map(key).as_ref(),
+            limit,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key.to_string())
+        .collect::<Vec<_>>()
     };
-    assert_eq!(list("", None, 100).await, ["covid/NC_045512.fasta", "covid/a-b", "covid/a/z", "empty"]);
+    assert_eq!(
+        list("", None, 100).await,
+        ["covid/NC_045512.fasta", "covid/a-b", "covid/a/z", "empty"]
+    );
     assert_eq!(list("covid/a", None, 100).await, ["covid/a-b", "covid/a/z"]);
     assert_eq!(list("covid/", Some("covid/a-b"), 100).await, ["covid/a/z"]);
-    assert_eq!(list("", None, 2).await, ["covid/NC_045512.fasta", "covid/a-b"]);
+    assert_eq!(
+        list("", None, 2).await,
+        ["covid/NC_045512.fasta", "covid/a-b"]
+    );
     assert_eq!(list("", Some("covid/a-b"), 1).await, ["covid/a/z"]);
     assert_eq!(list("nothing/", None, 10).await, Vec::<String>::new());
     let head = tier.head(&key("covid/a/z")).await.unwrap().unwrap();
@@ -88,30 +141,61 @@ async fn contract(tier: &dyn TierBackend) {
         .stage(&key("short"), stream_of(pattern(10), 3), limits(Some(11)))
         .await
         .unwrap_err();
-    assert!(matches!(err, StorageError::LengthMismatch { declared: 11, received: 10 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StorageError::LengthMismatch {
+                declared: 11,
+                received: 10
+            }
+        ),
+        "{err}"
+    );
     let err = tier
         .stage(&key("long"), stream_of(pattern(12), 3), limits(Some(11)))
         .await
         .unwrap_err();
     assert!(matches!(err, StorageError::LengthMismatch { .. }), "{err}");
     let err = tier
-        .stage(&key("big"), stream_of(pattern(100), 10), PutLimits { declared_len: None, object_bytes_max: 50 })
+        .stage(
+            &key("big"),
+            stream_of(pattern(100), 10),
+            PutLimits {
+                declared_len: None,
+                object_bytes_max: 50,
+            },
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, StorageError::TooLarge { max: 50, .. }), "{err}");
+    assert!(
+        matches!(err, StorageError::TooLarge { max: 50, .. }),
+        "{err}"
+    );
     let failing: ByteStream = Box::pin(futures_util::stream::iter(vec![
         Ok(Bytes::from_static(b"abc")),
-        Err(io::Error::new(io::ErrorKind::ConnectionReset, "client went away")),
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "client went away",
+        )),
     ]));
-    let err = tier.stage(&key("cut"), failing, limits(None)).await.unwrap_err();
+    let err = tier
+        .stage(&key("cut"), failing, limits(None))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StorageError::Body(_)), "{err}");
-    assert!(matches!(tier.get(&key("cut")).await, Err(StorageError::NotFound { .. })));
+    assert!(matches!(
+        tier.get(&key("cut")).await,
+        Err(StorageError::NotFound { .. })
+    ));
     assert_eq!(tier.gauge().used_bytes(), data.len() as u64 + 5);
 
     // Delete.
     assert_eq!(tier.delete(&key("covid/a/z")).await.unwrap(), Some(2));
     assert_eq!(tier.delete(&key("covid/a/z")).await.unwrap(), None);
-    assert!(matches!(tier.get(&key("covid/a/z")).await, Err(StorageError::NotFound { .. })));
+    assert!(matches!(
+        tier.get(&key("covid/a/z")).await,
+        Err(StorageError::NotFound { .. })
+    ));
     assert_eq!(tier.gauge().used_bytes(), data.len() as u64 + 3);
 }
 
@@ -129,17 +213,39 @@ async fn fs_backend_keeps_the_contract() {
     contract(&tier).await;
     // Files sit at their keys; nothing is left staged; emptied directories are removed.
     assert!(dir.path().join("ssd/covid/NC_045512.fasta").is_file());
-    assert_eq!(std::fs::read_dir(dir.path().join("ssd").join(TMP_DIR_NAME)).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("ssd").join(TMP_DIR_NAME))
+            .unwrap()
+            .count(),
+        0
+    );
     assert!(!dir.path().join("ssd/covid/a").exists());
 }
 
 async fn capacity(tier: &dyn TierBackend) {
     put(tier, "a", pattern(60), true).await.unwrap();
     // Declared length over what is left: refused before a byte is written.
-    let err = tier.stage(&key("b"), stream_of(pattern(50), 10), limits(Some(50))).await.unwrap_err();
-    assert!(matches!(err, StorageError::TierFull { needed: 50, available: 40, capacity: 100, .. }), "{err}");
+    let err = tier
+        .stage(&key("b"), stream_of(pattern(50), 10), limits(Some(50)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::TierFull {
+                needed: 50,
+                available: 40,
+                capacity: 100,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // Unknown length: refused when the stream passes the capacity.
-    let err = tier.stage(&key("b"), stream_of(pattern(50), 10), limits(None)).await.unwrap_err();
+    let err = tier
+        .stage(&key("b"), stream_of(pattern(50), 10), limits(None))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StorageError::TierFull { .. }), "{err}");
     assert_eq!(tier.gauge().used_bytes(), 60);
     put(tier, "b", pattern(40), false).await.unwrap();
@@ -154,7 +260,12 @@ async fn capacity_is_enforced_before_writing() {
     let dir = tempfile::tempdir().unwrap();
     let tier = fs_tier(dir.path(), Some(100)).await;
     capacity(&tier).await;
-    assert_eq!(std::fs::read_dir(dir.path().join("ssd").join(TMP_DIR_NAME)).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("ssd").join(TMP_DIR_NAME))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -166,7 +277,9 @@ async fn fs_keys_that_collide_with_directories_are_conflicts() {
     assert!(matches!(err, StorageError::Conflict { .. }), "{err}");
     let err = put(&tier, "a/b/c", pattern(5), true).await.unwrap_err();
     assert!(err.to_string().contains("`a/b` is an object"), "{err}");
-    let err = put(&tier, &format!("{TMP_DIR_NAME}/x"), pattern(5), true).await.unwrap_err();
+    let err = put(&tier, &format!("{TMP_DIR_NAME}/x"), pattern(5), true)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StorageError::InvalidKey { .. }), "{err}");
     assert_eq!(tier.gauge().used_bytes(), 5);
 }
@@ -178,10 +291,26 @@ async fn fs_open_cleans_crash_leftovers_and_counts_what_is_there() {
         let tier = fs_tier(dir.path(), None).await;
         put(&tier, "x/y", pattern(1000), true).await.unwrap();
     }
-    std::fs::write(dir.path().join("ssd").join(TMP_DIR_NAME).join("0000000000000000"), b"partial").unwrap();
-    let (tier, report) =
-        FsTier::open(TierName::new("ssd").unwrap(), "ssd", dir.path().join("ssd"), None).await.unwrap();
-    assert_eq!((report.objects, report.bytes, report.staged_files_removed), (1, 1000, 1));
+    std::fs::write(
+        dir.path()
+            .join("ssd")
+            .join(TMP_DIR_NAME)
+            .join("0000000000000000"),
+        b"partial",
+    )
+    .unwrap();
+    let (tier, report) = FsTier::open(
+        TierName::new("ssd").unwrap(),
+        "ssd",
+        dir.path().join("ssd"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.objects, report.bytes, report.staged_files_removed),
+        (1, 1000, 1)
+    );
     assert_eq!(tier.gauge().used_bytes(), 1000);
 }
 
@@ -189,21 +318,39 @@ async fn fs_open_cleans_crash_leftovers_and_counts_what_is_there() {
 async fn reconcile_repairs_the_index_from_fs_contents() {
     let dir = tempfile::tempdir().unwrap();
     let tier = fs_tier(dir.path(), None).await;
-    let index = IndexDb::open(&dir.path().join("index")).unwrap().tier(&TierName::new("ssd").unwrap()).unwrap();
+    let index = IndexDb::open(&dir.path().join("index"))
+        .unwrap()
+        .tier(&TierName::new("ssd").unwrap())
+        .unwrap();
     // Committed but never indexed (a crash between rename and index write).
     let orphan = pattern(2500);
     put(&tier, "orphan", orphan.clone(), true).await.unwrap();
     // Indexed but gone.
-    let ghost = ObjectMeta { size: 3, hash: ContentHash::of(b"abc"), created_ms: 1, modified_ms: 1, version: 1 };
+    let ghost = ObjectMeta {
+        size: 3,
+        hash: ContentHash::of(b"abc"),
+        created_ms: 1,
+        modified_ms: 1,
+        version: 1,
+    };
     index.insert(&key("ghost"), &ghost).unwrap();
     // Indexed with the right size: left alone.
     let kept_hash = put(&tier, "kept", pattern(10), true).await.unwrap();
-    let kept = ObjectMeta { size: 10, hash: kept_hash, created_ms: 7, modified_ms: 7, version: 3 };
+    let kept = ObjectMeta {
+        size: 10,
+        hash: kept_hash,
+        created_ms: 7,
+        modified_ms: 7,
+        version: 3,
+    };
     index.insert(&key("kept"), &kept).unwrap();
 
     let report = reconcile(&tier, &index).await.unwrap();
     assert_eq!((report.added, report.removed, report.rehashed), (1, 1, 0));
-    assert_eq!(index.get(&key("orphan")).unwrap().unwrap().hash, ContentHash::of(&orphan));
+    assert_eq!(
+        index.get(&key("orphan")).unwrap().unwrap().hash,
+        ContentHash::of(&orphan)
+    );
     assert_eq!(index.get(&key("ghost")).unwrap(), None);
     assert_eq!(index.get(&key("kept")).unwrap(), Some(kept));
     let again = reconcile(&tier, &index).await.unwrap();
@@ -215,10 +362,23 @@ async fn reconcile_pages_through_many_objects() {
     let tier = memory_tier(None);
     let index = MemoryIndex::default();
     for i in 0..2_500 {
-        put(&tier, &format!("k/{i:05}"), Bytes::from(i.to_string()), true).await.unwrap();
+        put(
+            &tier,
+            &format!("k/{i:05}"),
+            Bytes::from(i.to_string()),
+            true,
+        )
+        .await
+        .unwrap();
     }
     for i in (0..2_600).step_by(2) {
-        let meta = ObjectMeta { size: 99, hash: ContentHash::of(b""), created_ms: 0, modified_ms: 0, version: 1 };
+        let meta = ObjectMeta {
+            size: 99,
+            hash: ContentHash::of(b""),
+            created_ms: 0,
+            modified_ms: 0,
+            version: 1,
+        };
         index.insert(&key(&format!("k/{i:05}")), &meta).unwrap();
     }
     let report = reconcile(&tier, &index).await.unwrap();

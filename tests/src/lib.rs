@@ -1,1 +1,326 @@
-//! placeholder
+//! Black-box tests of real `letl` processes and the benchmark harness.
+//!
+//! This crate starts the `letl` binary the way a user does (a data dir, flags, a config file),
+//! drives it through the CLI and raw HTTP, and kills it the hard way when a test needs a crash.
+//! Nothing depends on it. It never links the node's code: everything goes through processes,
+//! sockets and files.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest wait for a node to start answering.
+pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `letl` binary under test: `$LETL_BIN`, else the one built beside this test binary
+/// (`cargo build --bins` puts it in the same target directory).
+pub fn letl_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("LETL_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    // Test binaries live in target/<profile>/deps, the harness binaries in target/<profile>.
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("letl");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build --bins` (or set LETL_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `letl node` process in its own temporary directory.
+#[derive(Debug)]
+pub struct TestNode {
+    pub dir: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub config: Option<PathBuf>,
+    pub addr: String,
+    child: Option<Child>,
+}
+
+/// What a finished CLI command gave back.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from_output(output: Output) -> Self {
+        Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "command failed: {}", self.stderr);
+        &self.stdout
+    }
+
+    /// Asserts failure with `code` and a one-line error containing `text`.
+    #[track_caller]
+    pub fn fails(&self, code: i32, text: &str) {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}; stdout: {} stderr: {}",
+            self.stdout, self.stderr
+        );
+        assert!(
+            self.stderr.starts_with("letl: error: "),
+            "stderr: {}",
+            self.stderr
+        );
+        assert_eq!(
+            self.stderr.trim_end().lines().count(),
+            1,
+            "one-line error expected: {}",
+            self.stderr
+        );
+        assert!(
+            self.stderr.contains(text),
+            "expected {text:?} in: {}",
+            self.stderr
+        );
+    }
+}
+
+impl TestNode {
+    /// Starts a node with the single-node default layout, or with `config` (TOML text).
+    pub fn start(config: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        let config = config.map(|text| {
+            let path = dir.path().join("letl.toml");
+            std::fs::write(&path, text).expect("write config");
+            path
+        });
+        let mut node = Self {
+            dir,
+            data_dir,
+            config,
+            addr: String::new(),
+            child: None,
+        };
+        node.restart();
+        node
+    }
+
+    /// (Re)starts the process on the same data dir and waits until it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "node already running");
+        let _ = std::fs::remove_file(self.data_dir.join("http.addr"));
+        let mut command = Command::new(letl_bin());
+        command
+            .arg("node")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--http")
+            .arg("127.0.0.1:0")
+            .env("LETL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("node.log")).expect("log file"));
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command.spawn().expect("spawn letl node");
+        let deadline = Instant::now() + NODE_START_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                panic!("node exited at start with {status}: {}", self.log());
+            }
+            if let Ok(addr) = std::fs::read_to_string(self.data_dir.join("http.addr")) {
+                self.addr = addr.trim().to_string();
+                if http(&self.addr, "GET", "/healthz", &[], b"").0 == 200 {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// A CLI command against this node, run in the test's directory, with its token found the
+    /// way a user's is: from the node's data dir.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(letl_bin());
+        // A test that names its own address (an unreachable one, a malformed one) keeps it.
+        if !args.contains(&"--addr") {
+            command.args(["--addr", &self.addr]);
+        }
+        command
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("LETL_TOKEN")
+            .env_remove("LETL_ADDR");
+        command
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Run {
+        Run::from_output(self.command(args).output().expect("run letl"))
+    }
+
+    /// The admin token, as a client would read it.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .expect("token")
+            .trim()
+            .to_string()
+    }
+
+    /// Raw HTTP with the admin token.
+    pub fn http(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let auth = format!("Bearer {}", self.token());
+        http(&self.addr, method, path, &[("Authorization", &auth)], body)
+    }
+
+    pub fn tier_dir(&self, tier: &str) -> PathBuf {
+        self.data_dir.join("tiers").join(tier)
+    }
+
+    /// Files left in a tier's staging directory.
+    pub fn staged_files(&self, tier: &str) -> usize {
+        std::fs::read_dir(self.tier_dir(tier).join(".letl-tmp")).map_or(0, |d| d.count())
+    }
+
+    /// SIGKILL: no clean-up of any kind.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), "TERM");
+        child.wait().expect("wait for node")
+    }
+
+    /// Sends SIGTERM without waiting; `wait` collects the exit.
+    pub fn signal_term(&self) {
+        signal(self.pid(), "TERM");
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        self.child.take().expect("running").wait().expect("wait")
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// A minimal HTTP/1.1 request over a fresh connection; returns status and body.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let host = addr.trim_start_matches("http://");
+    let Ok(mut stream) = TcpStream::connect(host) else {
+        return (0, String::new());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    if stream
+        .write_all(request.as_bytes())
+        .and_then(|()| stream.write_all(body))
+        .is_err()
+    {
+        return (0, String::new());
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn blake3_of(data: &[u8]) -> String {
+    format!("blake3:{}", blake3::hash(data).to_hex())
+}
+
+pub fn blake3_of_file(path: &Path) -> String {
+    let mut hasher = blake3::Hasher::new();
+    let mut file = std::fs::File::open(path).expect("open");
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    format!("blake3:{}", hasher.finalize().to_hex())
+}

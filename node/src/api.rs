@@ -1,0 +1,105 @@
+//! The JSON shapes of the `/v1` HTTP API, shared by the server and the CLI.
+
+use letl_actors::TierStats;
+use letl_storage::{ObjectMeta, ObjectUri};
+use serde::{Deserialize, Serialize};
+
+/// Most entries a list page returns unless asked for fewer.
+pub const LIST_PAGE_DEFAULT: usize = 1_000;
+
+/// An object as the API describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    pub uri: String,
+    pub tier: String,
+    pub key: String,
+    pub size: u64,
+    pub hash: String,
+    pub version: u64,
+    /// RFC 3339, UTC.
+    pub created: String,
+    pub modified: String,
+    pub created_ms: u64,
+    pub modified_ms: u64,
+}
+
+impl ObjectInfo {
+    pub fn new(uri: &ObjectUri, meta: &ObjectMeta) -> Self {
+        Self {
+            uri: uri.to_string(),
+            tier: uri.tier.to_string(),
+            key: uri.key.to_string(),
+            size: meta.size,
+            hash: meta.hash.to_string(),
+            version: meta.version,
+            created: rfc3339(meta.created_ms),
+            modified: rfc3339(meta.modified_ms),
+            created_ms: meta.created_ms,
+            modified_ms: meta.modified_ms,
+        }
+    }
+}
+
+pub fn rfc3339(ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListResponse {
+    pub objects: Vec<ObjectInfo>,
+    /// Pass as `start_after` to get the next page; absent on the last page.
+    pub next_start_after: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierInfo {
+    pub name: String,
+    pub kind: String,
+    pub backend: String,
+    /// A directory path or an endpoint URL.
+    pub location: String,
+    pub objects: u64,
+    pub bytes: u64,
+    /// Committed bytes plus bytes reserved by puts in progress.
+    pub used_bytes: u64,
+    pub capacity_bytes: Option<u64>,
+}
+
+impl From<TierStats> for TierInfo {
+    fn from(stats: TierStats) -> Self {
+        let d = stats.description;
+        Self {
+            name: d.name.to_string(),
+            kind: d.kind,
+            backend: d.backend,
+            location: d.location,
+            objects: stats.objects,
+            bytes: stats.bytes,
+            used_bytes: stats.used_bytes,
+            capacity_bytes: d.capacity_bytes,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TiersResponse {
+    pub tiers: Vec<TierInfo>,
+}
+
+/// Body of `POST /v1/copy` and `POST /v1/move`. A destination ending in `/` (or a bare
+/// `tier:/`) keeps the source's basename.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferRequest {
+    pub source: String,
+    pub destination: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// Response headers of an object get.
+pub const HASH_HEADER: &str = "x-letl-hash";
+pub const VERSION_HEADER: &str = "x-letl-version";

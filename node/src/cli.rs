@@ -1,0 +1,267 @@
+//! The `letl` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::api::{ObjectInfo, TierInfo};
+use crate::client::{Client, Failure, Outcome, exit};
+use crate::config::{DEFAULT_DATA_DIR, NodeConfig, Overrides};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "letl",
+    version,
+    about = "letl: tiered object storage and ETL near the data"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub connection: Connection,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// The node's HTTP address.
+    #[arg(
+        long,
+        global = true,
+        env = "LETL_ADDR",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub addr: String,
+    /// Admin token [default: read from <data-dir>/admin.token].
+    #[arg(long, global = true, env = "LETL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The node's data directory [default: ./letl-data].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a node (with no flags: the single-node default in ./letl-data on 127.0.0.1:7070).
+    Node {
+        /// TOML config file (see letl.example.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Address for the HTTP API [default: 127.0.0.1:7070].
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
+    },
+    /// Store a file (FILE `-` reads stdin); a URI ending in `/` keeps the file's name.
+    Put { file: String, uri: String },
+    /// Fetch an object into FILE (default: its basename here), or to stdout with `-`.
+    Get { uri: String, file: Option<String> },
+    /// List objects under a prefix, e.g. `ssd:/covid/`.
+    Ls {
+        prefix: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an object's metadata.
+    Stat {
+        uri: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an object.
+    Rm { uri: String },
+    /// Copy an object, within a tier or between tiers (hash-verified).
+    Cp { source: String, destination: String },
+    /// Move an object: copy, verify the hash, then remove the source.
+    Mv { source: String, destination: String },
+    /// List this node's tiers with their use and capacity.
+    Tiers {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Node { config, http } => run_node(config, http, cli.connection.data_dir),
+        command => run_client(&cli.connection, command),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("letl: error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn runtime() -> Outcome<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Failure::new(
+                exit::FAILURE,
+                format!("cannot start the async runtime: {e}"),
+            )
+        })
+}
+
+fn run_node(config: Option<PathBuf>, http: Option<String>, data_dir: Option<PathBuf>) -> Outcome {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("LETL_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let overrides = Overrides { data_dir, http };
+    let config = NodeConfig::load(config.as_deref(), &overrides)
+        .map_err(|e| Failure::new(exit::BAD_INPUT, e.to_string()))?;
+    runtime()?
+        .block_on(crate::node::run(config, crate::node::shutdown_signal()))
+        .map_err(|e| Failure::new(exit::FAILURE, format!("{e:#}")))
+}
+
+fn token(connection: &Connection) -> Outcome<String> {
+    if let Some(token) = &connection.token {
+        return Ok(token.clone());
+    }
+    let dir = connection
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    crate::token::read(&crate::token::token_path(&dir)).map_err(|e| {
+        Failure::new(
+            exit::UNAUTHORIZED,
+            format!("no admin token: pass --token, set LETL_TOKEN, or point --data-dir at the node's data dir ({e:#})"),
+        )
+    })
+}
+
+fn run_client(connection: &Connection, command: Command) -> Outcome {
+    let client = Client::new(&connection.addr, token(connection)?)?;
+    runtime()?.block_on(async move {
+        match command {
+            Command::Node { .. } => unreachable!("handled by run_node"),
+            Command::Put { file, uri } => print_written(&client.put(&file, &uri).await?),
+            Command::Get { uri, file } => {
+                if let Some((path, size, hash)) = client.get(&uri, file.as_deref()).await? {
+                    println!("{}\t{size}\t{hash}", path.display());
+                }
+            }
+            Command::Ls { prefix, json } => {
+                client
+                    .list(&prefix, |object| {
+                        if json {
+                            println!("{}", serde_json::to_string(object).unwrap_or_default());
+                        } else {
+                            println!("{}\t{}\t{}", object.size, object.modified, object.uri);
+                        }
+                    })
+                    .await?;
+            }
+            Command::Stat { uri, json } => {
+                let info = client.stat(&uri).await?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&info).unwrap_or_default()
+                    );
+                } else {
+                    println!("uri:      {}", info.uri);
+                    println!("size:     {} ({})", info.size, human_bytes(info.size));
+                    println!("hash:     {}", info.hash);
+                    println!("version:  {}", info.version);
+                    println!("created:  {}", info.created);
+                    println!("modified: {}", info.modified);
+                }
+            }
+            Command::Rm { uri } => {
+                let info = client.remove(&uri).await?;
+                println!("removed {}", info.uri);
+            }
+            Command::Cp {
+                source,
+                destination,
+            } => print_written(&client.transfer(&source, &destination, false).await?),
+            Command::Mv {
+                source,
+                destination,
+            } => print_written(&client.transfer(&source, &destination, true).await?),
+            Command::Tiers { json } => {
+                let tiers = client.tiers().await?.tiers;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&tiers).unwrap_or_default()
+                    );
+                } else {
+                    print_tiers(&tiers);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// One line per written object: URI, size, hash (tab-separated, URI first).
+fn print_written(info: &ObjectInfo) {
+    println!("{}\t{}\t{}", info.uri, info.size, info.hash);
+}
+
+fn print_tiers(tiers: &[TierInfo]) {
+    let rows: Vec<[String; 6]> = tiers
+        .iter()
+        .map(|t| {
+            [
+                t.name.clone(),
+                t.kind.clone(),
+                t.objects.to_string(),
+                human_bytes(t.used_bytes),
+                t.capacity_bytes
+                    .map_or_else(|| "unlimited".to_string(), human_bytes),
+                format!("{}:{}", t.backend, t.location),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "KIND", "OBJECTS", "USED", "CAPACITY", "LOCATION"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: [&str; 6]| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header);
+    for row in &rows {
+        line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+    }
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,73 @@
+//! API errors: a status and a one-line message, sent as `{"error": "..."}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use letl_storage::StorageError;
+use tracing::{debug, error};
+
+use crate::api::ErrorBody;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        let status = match &e {
+            StorageError::InvalidUri { .. }
+            | StorageError::InvalidKey { .. }
+            | StorageError::InvalidTierName { .. }
+            | StorageError::LengthMismatch { .. }
+            | StorageError::Body(_) => StatusCode::BAD_REQUEST,
+            StorageError::UnknownTier { .. } | StorageError::NotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            StorageError::Conflict { .. } => StatusCode::CONFLICT,
+            StorageError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            StorageError::TierFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            StorageError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            StorageError::HashMismatch { .. }
+            | StorageError::Io { .. }
+            | StorageError::Index(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        // Logged here, where the request ends; the layers below only return errors.
+        if self.status.is_server_error() {
+            error!(status = self.status.as_u16(), error = %self.message, "request failed");
+        } else {
+            debug!(status = self.status.as_u16(), error = %self.message, "request refused");
+        }
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,106 @@
+//! Prometheus text for `/metrics`: requests by route and status, and objects and bytes per tier.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use std::sync::Arc;
+
+use crate::api::TierInfo;
+
+/// Counts answered requests. Keys are route templates, never raw paths, so the number of
+/// series is bounded by the number of routes.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+}
+
+impl Metrics {
+    fn record(&self, method: &str, route: &str, status: u16) {
+        let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        *requests
+            .entry((method.to_string(), route.to_string(), status))
+            .or_insert(0) += 1;
+    }
+
+    pub fn render(&self, tiers: &[TierInfo]) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP letl_http_requests_total HTTP requests answered, by method, route and status."
+        );
+        let _ = writeln!(out, "# TYPE letl_http_requests_total counter");
+        for ((method, route, status), count) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "letl_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {count}",
+                escape(route)
+            );
+        }
+        let gauges: [(&str, &str, TierValue); 4] = [
+            ("letl_tier_objects", "Objects stored on a tier.", |t| {
+                Some(t.objects)
+            }),
+            (
+                "letl_tier_bytes",
+                "Bytes of objects stored on a tier.",
+                |t| Some(t.bytes),
+            ),
+            (
+                "letl_tier_used_bytes",
+                "Bytes counted against a tier's capacity, puts in progress included.",
+                |t| Some(t.used_bytes),
+            ),
+            (
+                "letl_tier_capacity_bytes",
+                "Configured capacity of a tier (absent when unlimited).",
+                |t| t.capacity_bytes,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for tier in tiers {
+                if let Some(v) = value(tier) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{tier=\"{}\",kind=\"{}\"}} {v}",
+                        escape(&tier.name),
+                        escape(&tier.kind)
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Reads one gauge's value off a tier (`None`: no sample for that tier).
+type TierValue = fn(&TierInfo) -> Option<u64>;
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Middleware: counts every request by its matched route (or `unmatched`).
+pub async fn record(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let method = request.method().as_str().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    metrics.record(&method, &route, response.status().as_u16());
+    response
+}

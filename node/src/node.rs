@@ -1,0 +1,166 @@
+//! Starting and stopping a node.
+//!
+//! [`start`] takes already-built parts (a bound listener, tier backends and indexes) and a
+//! shutdown future, so tests and the simulator drive the same code as production; [`run`]
+//! builds the production parts from a config and calls it.
+//!
+//! Shutdown protocol: when `shutdown` resolves the HTTP server stops accepting and lets in-flight
+//! requests finish (at most `shutdown_grace`, then they are cut); then the supervisor drains every
+//! tier actor, each flushing its index on stop; last the index database is flushed as a whole.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use letl_actors::{RestartPolicy, SupervisorArgs, SupervisorHandle, TierDirectory, TierSpec};
+use letl_storage::{Clock, FsTier, IndexDb, SystemClock};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::NodeConfig;
+use crate::metrics::Metrics;
+use crate::server::{AppState, router};
+use crate::service::ObjectService;
+
+/// File in the data dir holding the address the node listens on (useful with `--http :0`).
+pub const HTTP_ADDR_FILE: &str = "http.addr";
+
+/// What a node runs on, built by the caller.
+#[derive(Debug)]
+pub struct NodeDeps {
+    pub listener: TcpListener,
+    pub tiers: Vec<TierSpec>,
+    pub token: String,
+    pub shutdown_grace: Duration,
+    /// Flushed as a whole once the tiers have stopped; absent when indexes live in memory.
+    pub index_db: Option<IndexDb>,
+}
+
+/// Runs a node until `shutdown` resolves, then stops it cleanly.
+pub async fn start(
+    deps: NodeDeps,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let directory = TierDirectory::default();
+    let supervisor = SupervisorHandle::start(SupervisorArgs {
+        tiers: deps.tiers,
+        directory: directory.clone(),
+        restart_policy: RestartPolicy::default(),
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
+
+    let state = AppState {
+        service: ObjectService::new(directory),
+        token: Arc::from(deps.token),
+        metrics: Arc::new(Metrics::default()),
+    };
+    let addr = deps.listener.local_addr()?;
+    info!(%addr, "listening for http");
+
+    // One signal, two listeners: the server's graceful shutdown and the grace timer.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut server_stop = stop_rx.clone();
+    let server = axum::serve(deps.listener, router(state)).with_graceful_shutdown(async move {
+        let _ = server_stop.wait_for(|stop| *stop).await;
+        info!("shutting down: no new requests; finishing those in flight");
+    });
+    let mut grace_stop = stop_rx;
+    let grace = deps.shutdown_grace;
+    tokio::select! {
+        served = server.into_future() => served.context("http server")?,
+        () = async move {
+            let _ = grace_stop.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        } => warn!(grace_s = grace.as_secs(), "requests still in flight after the shutdown grace; cutting them"),
+    }
+
+    supervisor.shutdown().await.map_err(anyhow::Error::msg)?;
+    if let Some(db) = deps.index_db {
+        tokio::task::spawn_blocking(move || db.flush())
+            .await?
+            .context("flushing the object index")?;
+    }
+    info!("node stopped");
+    Ok(())
+}
+
+/// Builds a production node from `config` and runs it until `shutdown`.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    let token = crate::token::load_or_create(&config.data_dir)?;
+    let index_path = config.index_path();
+    let index_db = tokio::task::spawn_blocking(move || IndexDb::open(&index_path)).await??;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut tiers = Vec::new();
+    for tier in &config.tiers {
+        let (backend, report) = FsTier::open(
+            tier.name.clone(),
+            &tier.kind.to_string(),
+            tier.path.clone(),
+            tier.capacity_bytes,
+        )
+        .await
+        .with_context(|| format!("open tier `{}`", tier.name))?;
+        info!(tier = %tier.name, path = %tier.path.display(), objects = report.objects, bytes = report.bytes, "tier opened");
+        tiers.push(TierSpec {
+            backend: Arc::new(backend),
+            index: Arc::new(index_db.tier(&tier.name)?),
+            clock: Arc::clone(&clock),
+            object_bytes_max: config.object_bytes_max,
+        });
+    }
+    let listener = TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http))?;
+    write_http_addr(&config.data_dir, listener.local_addr()?)?;
+    let deps = NodeDeps {
+        listener,
+        tiers,
+        token,
+        shutdown_grace: config.shutdown_grace,
+        index_db: Some(index_db),
+    };
+    start(deps, shutdown).await
+}
+
+fn write_http_addr(data_dir: &std::path::Path, addr: SocketAddr) -> anyhow::Result<()> {
+    let path: PathBuf = data_dir.join(HTTP_ADDR_FILE);
+    let tmp = data_dir.join(format!("{HTTP_ADDR_FILE}.tmp"));
+    std::fs::write(&tmp, format!("http://{addr}\n"))
+        .with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the node");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = interrupt => info!(signal = "SIGINT", "shutdown requested"),
+        () = terminate => info!(signal = "SIGTERM", "shutdown requested"),
+    }
+}

@@ -1,0 +1,305 @@
+//! The HTTP API: `/v1` (JSON metadata, raw streamed object bodies), `/metrics`, `/healthz`.
+//! Every route but `/healthz` needs `Authorization: Bearer <admin token>`.
+
+use std::io;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::TryStreamExt;
+use letl_storage::{ByteStream, KeyPrefix, LIST_PAGE_ENTRIES_MAX, ObjectKey, ObjectUri, TierName};
+use serde::Deserialize;
+
+use crate::api::{
+    HASH_HEADER, LIST_PAGE_DEFAULT, ListResponse, ObjectInfo, TierInfo, TiersResponse,
+    TransferRequest, VERSION_HEADER,
+};
+use crate::error::ApiError;
+use crate::metrics::{self, Metrics};
+use crate::service::ObjectService;
+
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub service: ObjectService,
+    pub token: Arc<str>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let authed = Router::new()
+        .route("/v1/tiers", get(list_tiers))
+        .route("/v1/objects/{tier}", get(list_objects))
+        .route(
+            "/v1/objects/{tier}/{*key}",
+            get(get_object).put(put_object).delete(delete_object),
+        )
+        .route("/v1/stat/{tier}/{*key}", get(stat_object))
+        .route("/v1/preflight/{tier}/{*key}", get(preflight_put))
+        .route("/v1/copy", post(copy_object))
+        .route("/v1/move", post(move_object))
+        .route("/metrics", get(render_metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(authed)
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such route; the API lives under /v1",
+            )
+        })
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state.metrics),
+            metrics::record,
+        ))
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+        return ApiError::unauthorized("missing Authorization: Bearer <token> header (the token is in the node's data dir, admin.token)").into_response();
+    };
+    let presented = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(presented.trim().as_bytes(), state.token.as_bytes()) {
+        return ApiError::unauthorized("invalid bearer token").into_response();
+    }
+    next.run(request).await
+}
+
+/// Compares without an early exit, so response time says nothing about how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn object_uri(path: Result<Path<(String, String)>, PathRejection>) -> Result<ObjectUri, ApiError> {
+    let Path((tier, key)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    ObjectUri::parse(&format!("{tier}:/{key}")).map_err(ApiError::from)
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))
+        })
+        .transpose()
+}
+
+/// A refused body is read (and dropped) up to this many bytes before the error is sent, so that
+/// a client still writing it reads the error instead of a reset connection. Larger bodies are
+/// not read: clients ask `/v1/preflight` first (the CLI does), or send `Expect: 100-continue`.
+const REFUSED_BODY_DRAIN_BYTES_MAX: u64 = 16 << 20;
+/// Longest time spent draining a refused body.
+const REFUSED_BODY_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn refuse_body(body: Body, declared: Option<u64>, error: ApiError) -> ApiError {
+    if declared.is_some_and(|len| len > REFUSED_BODY_DRAIN_BYTES_MAX) {
+        return error;
+    }
+    let mut stream = body.into_data_stream();
+    let mut drained = 0u64;
+    let _ = tokio::time::timeout(REFUSED_BODY_DRAIN_TIMEOUT, async {
+        while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
+            drained += chunk.len() as u64;
+            if drained > REFUSED_BODY_DRAIN_BYTES_MAX {
+                break;
+            }
+        }
+    })
+    .await;
+    error
+}
+
+#[derive(Debug, Deserialize)]
+struct PreflightQuery {
+    size: Option<u64>,
+}
+
+/// `GET /v1/preflight/{tier}/{key}?size=N`: 204 if such a put would be accepted now, else the
+/// error it would get. Nothing changes.
+async fn preflight_put(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<PreflightQuery>, QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+    let uri = object_uri(path)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    state.service.check_put(&uri, query.size).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn put_object(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<ObjectInfo>), ApiError> {
+    let declared = match content_length(&headers) {
+        Ok(declared) => declared,
+        Err(e) => return Err(refuse_body(body, None, e).await),
+    };
+    let checked = match object_uri(path) {
+        Ok(uri) => state.service.check_put(&uri, declared).await.map(|()| uri),
+        Err(e) => Err(e),
+    };
+    let uri = match checked {
+        Ok(uri) => uri,
+        Err(e) => return Err(refuse_body(body, declared, e).await),
+    };
+    let stream: ByteStream = Box::pin(body.into_data_stream().map_err(io::Error::other));
+    let meta = state.service.put(&uri, stream, declared).await?;
+    Ok((StatusCode::CREATED, Json(ObjectInfo::new(&uri, &meta))))
+}
+
+async fn get_object(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let uri = object_uri(path)?;
+    let (meta, reader) = state.service.get(&uri).await?;
+    let mut response = Body::from_stream(reader.body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
+    let hash = meta.hash.to_string();
+    if let Ok(value) = HeaderValue::from_str(&hash) {
+        headers.insert(HASH_HEADER, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{hash}\"")) {
+        headers.insert(header::ETAG, value);
+    }
+    headers.insert(VERSION_HEADER, HeaderValue::from(meta.version));
+    Ok(response)
+}
+
+async fn stat_object(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<ObjectInfo>, ApiError> {
+    let uri = object_uri(path)?;
+    let meta = state.service.head(&uri).await?;
+    Ok(Json(ObjectInfo::new(&uri, &meta)))
+}
+
+async fn delete_object(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<ObjectInfo>, ApiError> {
+    let uri = object_uri(path)?;
+    let meta = state.service.delete(&uri).await?;
+    Ok(Json(ObjectInfo::new(&uri, &meta)))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    start_after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_objects(
+    State(state): State<AppState>,
+    tier: Result<Path<String>, PathRejection>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<ListResponse>, ApiError> {
+    let Path(tier) = tier.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let tier = TierName::new(tier)?;
+    let prefix = KeyPrefix::new(query.prefix)?;
+    let start_after = query.start_after.map(ObjectKey::new).transpose()?;
+    let limit = query.limit.unwrap_or(LIST_PAGE_DEFAULT);
+    if limit == 0 || limit > LIST_PAGE_ENTRIES_MAX {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {LIST_PAGE_ENTRIES_MAX}"
+        )));
+    }
+    let page = state
+        .service
+        .list(&tier, prefix, start_after, limit)
+        .await?;
+    let next_start_after = (page.len() == limit)
+        .then(|| page.last().map(|(k, _)| k.to_string()))
+        .flatten();
+    let objects = page
+        .into_iter()
+        .map(|(key, meta)| ObjectInfo::new(&ObjectUri::new(tier.clone(), key), &meta))
+        .collect();
+    Ok(Json(ListResponse {
+        objects,
+        next_start_after,
+    }))
+}
+
+async fn transfer(
+    state: AppState,
+    request: Result<Json<TransferRequest>, JsonRejection>,
+    remove_source: bool,
+) -> Result<Json<ObjectInfo>, ApiError> {
+    let Json(request) = request.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (uri, meta) = state
+        .service
+        .transfer(&request.source, &request.destination, remove_source)
+        .await?;
+    Ok(Json(ObjectInfo::new(&uri, &meta)))
+}
+
+async fn copy_object(
+    State(state): State<AppState>,
+    request: Result<Json<TransferRequest>, JsonRejection>,
+) -> Result<Json<ObjectInfo>, ApiError> {
+    transfer(state, request, false).await
+}
+
+async fn move_object(
+    State(state): State<AppState>,
+    request: Result<Json<TransferRequest>, JsonRejection>,
+) -> Result<Json<ObjectInfo>, ApiError> {
+    transfer(state, request, true).await
+}
+
+async fn list_tiers(State(state): State<AppState>) -> Result<Json<TiersResponse>, ApiError> {
+    let tiers = state
+        .service
+        .tiers()
+        .await?
+        .into_iter()
+        .map(TierInfo::from)
+        .collect();
+    Ok(Json(TiersResponse { tiers }))
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let tiers: Vec<TierInfo> = state
+        .service
+        .tiers()
+        .await?
+        .into_iter()
+        .map(TierInfo::from)
+        .collect();
+    let text = state.metrics.render(&tiers);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        text,
+    )
+        .into_response())
+}

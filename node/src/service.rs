@@ -1,0 +1,132 @@
+//! Object operations on top of the tier actors: what the HTTP handlers (and later the LETL
+//! routes and remote nodes) call. Single-tier operations go to that tier's actor; copies and
+//! moves stream from one tier actor into another, verifying the content hash before the
+//! destination is published and before the source is deleted.
+
+use letl_actors::{TierDirectory, TierStats};
+use letl_storage::{
+    ByteStream, KeyPrefix, ObjectKey, ObjectMeta, ObjectReader, ObjectUri, PrefixUri, StorageError,
+    TierName,
+};
+use tracing::info;
+
+use crate::error::ApiError;
+
+#[derive(Clone, Debug)]
+pub struct ObjectService {
+    directory: TierDirectory,
+}
+
+impl ObjectService {
+    pub fn new(directory: TierDirectory) -> Self {
+        Self { directory }
+    }
+
+    pub async fn put(
+        &self,
+        uri: &ObjectUri,
+        body: ByteStream,
+        declared_len: Option<u64>,
+    ) -> Result<ObjectMeta, ApiError> {
+        let tier = self.directory.get(&uri.tier)?;
+        Ok(tier.put(uri.key.clone(), body, declared_len, None).await?)
+    }
+
+    /// The checks a put would fail right away (tier, key, size, capacity), without its body.
+    pub async fn check_put(
+        &self,
+        uri: &ObjectUri,
+        declared_len: Option<u64>,
+    ) -> Result<(), ApiError> {
+        Ok(self
+            .directory
+            .get(&uri.tier)?
+            .check_put(uri.key.clone(), declared_len)
+            .await?)
+    }
+
+    pub async fn get(&self, uri: &ObjectUri) -> Result<(ObjectMeta, ObjectReader), ApiError> {
+        Ok(self.directory.get(&uri.tier)?.get(uri.key.clone()).await?)
+    }
+
+    pub async fn head(&self, uri: &ObjectUri) -> Result<ObjectMeta, ApiError> {
+        Ok(self.directory.get(&uri.tier)?.head(uri.key.clone()).await?)
+    }
+
+    pub async fn list(
+        &self,
+        tier: &TierName,
+        prefix: KeyPrefix,
+        start_after: Option<ObjectKey>,
+        limit: usize,
+    ) -> Result<Vec<(ObjectKey, ObjectMeta)>, ApiError> {
+        Ok(self
+            .directory
+            .get(tier)?
+            .list(prefix, start_after, limit)
+            .await?)
+    }
+
+    pub async fn delete(&self, uri: &ObjectUri) -> Result<ObjectMeta, ApiError> {
+        Ok(self
+            .directory
+            .get(&uri.tier)?
+            .delete(uri.key.clone(), None)
+            .await?)
+    }
+
+    /// Copies (or moves) `source` to `destination`; a destination naming a place (`ssd:/`,
+    /// `hdd:/out/`) takes the source's basename. Returns the destination and its metadata.
+    pub async fn transfer(
+        &self,
+        source: &str,
+        destination: &str,
+        remove_source: bool,
+    ) -> Result<(ObjectUri, ObjectMeta), ApiError> {
+        let source = ObjectUri::parse(source)?;
+        let destination = resolve_destination(destination, source.key.basename())?;
+        if source == destination {
+            return Err(ApiError::bad_request(format!(
+                "source and destination are the same object ({source})"
+            )));
+        }
+        let from = self.directory.get(&source.tier)?;
+        let to = self.directory.get(&destination.tier)?;
+        let (meta, reader) = from.get(source.key.clone()).await?;
+        // The destination is published only if its bytes hash to the source's recorded hash.
+        let copied = to
+            .put(
+                destination.key.clone(),
+                reader.body,
+                Some(meta.size),
+                Some(meta.hash),
+            )
+            .await?;
+        if remove_source {
+            // Delete only what was copied: a source rewritten meanwhile stays, and says so.
+            from.delete(source.key.clone(), Some(meta.hash)).await?;
+            info!(%source, %destination, size = meta.size, "object moved");
+        } else {
+            info!(%source, %destination, size = meta.size, "object copied");
+        }
+        Ok((destination, copied))
+    }
+
+    pub async fn tiers(&self) -> Result<Vec<TierStats>, ApiError> {
+        let mut all = Vec::new();
+        for name in self.directory.names() {
+            all.push(self.directory.get(&name)?.stats().await?);
+        }
+        Ok(all)
+    }
+}
+
+/// `tier:/key`, or `tier:/dir/` (and `tier:/`) meaning "`name` in there".
+pub fn resolve_destination(destination: &str, name: &str) -> Result<ObjectUri, StorageError> {
+    let place = PrefixUri::parse(destination)?;
+    if place.is_directory() {
+        place.join(name)
+    } else {
+        ObjectUri::parse(destination)
+    }
+}
