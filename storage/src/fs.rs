@@ -7,7 +7,7 @@
 //! is removed by the next `open`.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,8 +32,7 @@ pub const TMP_DIR_NAME: &str = ".letl-tmp";
 const SEGMENT_BYTES_MAX: usize = 255;
 /// Body chunks queued between the network and the writer thread.
 const WRITE_CHUNKS_IN_FLIGHT_MAX: usize = 32;
-/// Bytes the writer gathers before hashing and writing them: large blocks let BLAKE3 use SIMD
-/// across chunks and keep the system-call count low.
+/// Bytes the writer gathers before writing them with one vectored write.
 const WRITE_BLOCK_BYTES: usize = 1 << 20;
 /// Bytes one read of a get returns.
 const READ_BLOCK_BYTES: usize = 1 << 20;
@@ -395,45 +394,127 @@ fn is_absent(e: &io::Error) -> bool {
 }
 
 /// The writer thread of a put: writes and hashes the chunks, then fsyncs the file.
+///
+/// A large put would otherwise leave all its bytes dirty in the page cache for one long fsync
+/// at the end. A second thread `fdatasync`s the file each time [`WRITEBACK_STEP_BYTES`] more
+/// were written, so the disk writes while the network still delivers and the final fsync has
+/// little left to do.
 fn write_staged(path: &Path, chunks: mpsc::Receiver<Bytes>) -> io::Result<(u64, ContentHash)> {
-    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
-    let written = write_blocks(&mut file, chunks)?;
-    file.sync_all()?;
-    Ok(written)
+    let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    let syncer = file.try_clone()?;
+    // Bound 1: a step that arrives while a sync runs is merged into the next one.
+    let (step_tx, step_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::scope(|scope| {
+        let writeback = scope.spawn(move || -> io::Result<()> {
+            while step_rx.recv().is_ok() {
+                syncer.sync_data()?;
+            }
+            Ok(())
+        });
+        let mut out = StepWriter {
+            file: &file,
+            since_step: 0,
+            step_tx: Some(step_tx),
+        };
+        let written = write_blocks(&mut out, chunks);
+        drop(out);
+        let synced = writeback
+            .join()
+            .map_err(|_| io::Error::other("writeback thread panicked"))?;
+        let written = written?;
+        synced?;
+        file.sync_all()?;
+        Ok(written)
+    })
 }
 
-/// Drains `chunks` into `out` on a blocking thread, gathering them into large blocks that are
-/// hashed and written together: BLAKE3 uses SIMD across a large block, and the system-call
-/// count stays low. Returns the bytes written and their hash. Used by staged puts and by the
-/// CLI's downloads.
+/// Bytes written between two early writebacks of a staged file.
+const WRITEBACK_STEP_BYTES: u64 = 64 << 20;
+
+/// A file writer that signals the writeback thread every [`WRITEBACK_STEP_BYTES`].
+struct StepWriter<'a> {
+    file: &'a File,
+    since_step: u64,
+    step_tx: Option<std::sync::mpsc::SyncSender<()>>,
+}
+
+impl Write for StepWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.stepped(n);
+        Ok(n)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let n = self.file.write_vectored(bufs)?;
+        self.stepped(n);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl StepWriter<'_> {
+    fn stepped(&mut self, n: usize) {
+        self.since_step += n as u64;
+        if self.since_step >= WRITEBACK_STEP_BYTES {
+            self.since_step = 0;
+            if let Some(tx) = &self.step_tx {
+                // Full: a sync is already queued and will cover these bytes too.
+                let _ = tx.try_send(());
+            }
+        }
+    }
+}
+
+/// Drains `chunks` into `out` on a blocking thread, hashing each chunk as it arrives (while it
+/// is still in cache) and writing them in batches of about [`WRITE_BLOCK_BYTES`] with one
+/// vectored write, so no byte is copied in user space and the system-call count stays low.
+/// Returns the bytes written and their hash. Used by staged puts and by the CLI's downloads.
 pub fn write_blocks(
     out: &mut impl Write,
     mut chunks: mpsc::Receiver<Bytes>,
 ) -> io::Result<(u64, ContentHash)> {
     let mut hasher = Hasher::new();
-    let mut block = Vec::with_capacity(WRITE_BLOCK_BYTES);
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch_bytes = 0usize;
     let mut size = 0u64;
     while let Some(chunk) = chunks.blocking_recv() {
+        hasher.update(&chunk);
         size += chunk.len() as u64;
-        if block.is_empty() && chunk.len() >= WRITE_BLOCK_BYTES {
-            // Already a large block: write it as it is.
-            hasher.update(&chunk);
-            out.write_all(&chunk)?;
-            continue;
-        }
-        block.extend_from_slice(&chunk);
-        if block.len() >= WRITE_BLOCK_BYTES {
-            hasher.update(&block);
-            out.write_all(&block)?;
-            block.clear();
+        batch_bytes += chunk.len();
+        batch.push(chunk);
+        if batch_bytes >= WRITE_BLOCK_BYTES {
+            write_batch(out, &batch)?;
+            batch.clear();
+            batch_bytes = 0;
         }
     }
-    if !block.is_empty() {
-        hasher.update(&block);
-        out.write_all(&block)?;
-    }
+    write_batch(out, &batch)?;
     out.flush()?;
     Ok((size, hasher.finish()))
+}
+
+/// Writes every chunk of `batch`, in order, with as few `writev` calls as the kernel allows.
+fn write_batch(out: &mut impl Write, batch: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|chunk| IoSlice::new(chunk)).collect();
+    let mut remaining: &mut [IoSlice<'_>] = &mut slices;
+    while !remaining.is_empty() {
+        match out.write_vectored(remaining) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "write returned 0 bytes",
+                ));
+            }
+            Ok(n) => IoSlice::advance_slices(&mut remaining, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 async fn remove_staged(path: PathBuf) {
@@ -454,29 +535,18 @@ pub fn read_blocks(mut file: File) -> ByteStream {
     let (blocks_tx, blocks_rx) = mpsc::channel::<io::Result<Bytes>>(READ_BLOCKS_IN_FLIGHT_MAX);
     tokio::task::spawn_blocking(move || {
         loop {
-            let mut block = vec![0u8; READ_BLOCK_BYTES];
-            let mut filled = 0;
-            let read = loop {
-                match file.read(&mut block[filled..]) {
-                    Ok(0) => break Ok(()),
-                    Ok(n) => {
-                        filled += n;
-                        if filled == block.len() {
-                            break Ok(());
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => break Err(e),
-                }
-            };
-            if let Err(e) = read {
+            // `read_to_end` fills spare capacity directly: no zero-filling of the block first.
+            let mut block = Vec::with_capacity(READ_BLOCK_BYTES);
+            if let Err(e) = (&mut file)
+                .take(READ_BLOCK_BYTES as u64)
+                .read_to_end(&mut block)
+            {
                 let _ = blocks_tx.blocking_send(Err(e));
                 return;
             }
-            if filled == 0 {
+            if block.is_empty() {
                 return;
             }
-            block.truncate(filled);
             if blocks_tx.blocking_send(Ok(Bytes::from(block))).is_err() {
                 // The reader went away (client disconnected).
                 return;

@@ -387,3 +387,42 @@ async fn reconcile_pages_through_many_objects() {
     assert_eq!(report.removed, 50);
     assert_eq!(index.totals().unwrap().0, 2_500);
 }
+
+#[tokio::test]
+async fn fs_large_put_passes_several_writeback_steps() {
+    // 200 MiB crosses the 64 MiB early-writeback step three times. The body is generated as it
+    // streams, so the test holds one chunk at a time, as the node does.
+    const CHUNK: usize = 1 << 20;
+    const CHUNKS: u64 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let tier = fs_tier(dir.path(), None).await;
+    let chunk = pattern(CHUNK);
+    let body: ByteStream = Box::pin(futures_util::stream::iter((0..CHUNKS).map(move |i| {
+        let mut c = chunk.to_vec();
+        c[..8].copy_from_slice(&i.to_le_bytes());
+        Ok(Bytes::from(c))
+    })));
+    let mut expected = letl_storage::Hasher::new();
+    for i in 0..CHUNKS {
+        let mut c = pattern(CHUNK).to_vec();
+        c[..8].copy_from_slice(&i.to_le_bytes());
+        expected.update(&c);
+    }
+    let total = CHUNKS * CHUNK as u64;
+    let staged = tier
+        .stage(&key("big/object"), body, limits(Some(total)))
+        .await
+        .unwrap();
+    assert_eq!((staged.size, staged.hash), (total, expected.finish()));
+    tier.commit(staged).await.unwrap();
+    assert_eq!(
+        read(&tier, "big/object").await.unwrap(),
+        (total, expected.finish())
+    );
+    assert_eq!(
+        std::fs::metadata(dir.path().join("ssd/big/object"))
+            .unwrap()
+            .len(),
+        total
+    );
+}

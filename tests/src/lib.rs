@@ -99,7 +99,12 @@ impl Run {
 impl TestNode {
     /// Starts a node with the single-node default layout, or with `config` (TOML text).
     pub fn start(config: Option<&str>) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(&std::env::temp_dir(), config)
+    }
+
+    /// As [`TestNode::start`], in a new temporary directory under `parent`.
+    pub fn start_in(parent: &Path, config: Option<&str>) -> Self {
+        let dir = tempfile::tempdir_in(parent).expect("tempdir");
         let data_dir = dir.path().join("data");
         let config = config.map(|text| {
             let path = dir.path().join("letl.toml");
