@@ -167,8 +167,39 @@ impl TierBackend for FsTier {
         &self.gauge
     }
 
+    /// Besides the name rules, the collisions a commit would refuse: the key is a directory of
+    /// other objects, or one of its parents is an object. Checked before a put's body is sent;
+    /// `commit` checks again, since either can change meanwhile.
     fn check_key(&self, key: &ObjectKey) -> Result<()> {
-        self.check_fs_key(key)
+        self.check_fs_key(key)?;
+        let mut path = self.root.clone();
+        let mut segments = key.segments().peekable();
+        while let Some(segment) = segments.next() {
+            path.push(segment);
+            let last = segments.peek().is_none();
+            match fs::symlink_metadata(&path) {
+                Ok(meta) if last && meta.is_dir() => {
+                    return Err(self.conflict(
+                        key,
+                        "other objects are stored under this key, so it cannot be an object itself",
+                    ));
+                }
+                Ok(meta) if !last && !meta.is_dir() => {
+                    let parent = path.strip_prefix(&self.root).unwrap_or(&path);
+                    return Err(self.conflict(
+                        key,
+                        format!(
+                            "`{}` is an object, so no object can be stored under it",
+                            parent.display()
+                        ),
+                    ));
+                }
+                Ok(_) => {}
+                // Nothing further down exists either.
+                Err(_) => return Ok(()),
+            }
+        }
+        Ok(())
     }
 
     async fn stage(

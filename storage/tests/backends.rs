@@ -277,6 +277,12 @@ async fn fs_keys_that_collide_with_directories_are_conflicts() {
     assert!(matches!(err, StorageError::Conflict { .. }), "{err}");
     let err = put(&tier, "a/b/c", pattern(5), true).await.unwrap_err();
     assert!(err.to_string().contains("`a/b` is an object"), "{err}");
+    // The same conflicts are found before any body is sent.
+    let err = tier.check_key(&key("a/b/c")).unwrap_err();
+    assert!(err.to_string().contains("`a/b` is an object"), "{err}");
+    let err = tier.check_key(&key("a")).unwrap_err();
+    assert!(matches!(err, StorageError::Conflict { .. }), "{err}");
+    tier.check_key(&key("a/c/d")).unwrap();
     let err = put(&tier, &format!("{TMP_DIR_NAME}/x"), pattern(5), true)
         .await
         .unwrap_err();
