@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use letl_storage::{
-    ByteStream, ContentHash, KeyPrefix, ObjectKey, ObjectMeta, ObjectReader, StorageError, TierName,
+    ByteStream, ContentHash, KeyPrefix, ObjectKey, ObjectMeta, ObjectReader, StorageError,
+    TierDescription, TierName,
 };
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, MessagingErr, RpcReplyPort};
@@ -16,7 +17,20 @@ use crate::tier::{PutRequest, TierMsg, TierStats};
 enum TierEntry {
     Up(ActorRef<TierMsg>),
     /// The supervisor gave up restarting it; the reason is told to every caller.
-    Down(String),
+    Down {
+        reason: String,
+        description: TierDescription,
+    },
+}
+
+/// A tier as listings show it, up or down.
+#[derive(Clone, Debug)]
+pub enum TierStatus {
+    Up(TierStats),
+    Down {
+        description: TierDescription,
+        reason: String,
+    },
 }
 
 /// The node's tiers by name, in name order.
@@ -39,8 +53,14 @@ impl TierDirectory {
         self.write().insert(name, TierEntry::Up(actor));
     }
 
-    pub(crate) fn set_down(&self, name: TierName, reason: String) {
-        self.write().insert(name, TierEntry::Down(reason));
+    pub(crate) fn set_down(&self, name: TierName, reason: String, description: TierDescription) {
+        self.write().insert(
+            name,
+            TierEntry::Down {
+                reason,
+                description,
+            },
+        );
     }
 
     pub fn names(&self) -> Vec<TierName> {
@@ -49,20 +69,22 @@ impl TierDirectory {
 
     /// The tier's handle, or an error naming the tiers this node has.
     pub fn get(&self, name: &TierName) -> Result<TierHandle, StorageError> {
-        match self.read().get(name) {
+        // One read guard for the whole lookup: taking a second one while holding it could
+        // deadlock behind a waiting writer (std's RwLock lets writers go first).
+        let entries = self.read();
+        match entries.get(name) {
             Some(TierEntry::Up(actor)) => Ok(TierHandle {
                 name: name.clone(),
                 actor: actor.clone(),
             }),
-            Some(TierEntry::Down(reason)) => Err(StorageError::Unavailable {
+            Some(TierEntry::Down { reason, .. }) => Err(StorageError::Unavailable {
                 tier: name.to_string(),
                 reason: reason.clone(),
             }),
             None => Err(StorageError::UnknownTier {
                 tier: name.to_string(),
-                known: self
-                    .names()
-                    .iter()
+                known: entries
+                    .keys()
                     .map(TierName::as_str)
                     .collect::<Vec<_>>()
                     .join(", "),
@@ -70,12 +92,54 @@ impl TierDirectory {
         }
     }
 
+    /// Every tier with its counts, or why it is down; a down tier never hides the others.
+    pub async fn statuses(&self) -> Vec<(TierName, TierStatus)> {
+        let entries: Vec<(TierName, TierEntry)> = self
+            .read()
+            .iter()
+            .map(|(n, e)| (n.clone(), e.clone()))
+            .collect();
+        let mut out = Vec::with_capacity(entries.len());
+        for (name, entry) in entries {
+            let status = match entry {
+                TierEntry::Up(actor) => {
+                    let handle = TierHandle {
+                        name: name.clone(),
+                        actor,
+                    };
+                    match handle.stats().await {
+                        Ok(stats) => TierStatus::Up(stats),
+                        Err(e) => TierStatus::Down {
+                            description: TierDescription {
+                                name: name.clone(),
+                                kind: String::new(),
+                                backend: String::new(),
+                                location: String::new(),
+                                capacity_bytes: None,
+                            },
+                            reason: e.to_string(),
+                        },
+                    }
+                }
+                TierEntry::Down {
+                    reason,
+                    description,
+                } => TierStatus::Down {
+                    description,
+                    reason,
+                },
+            };
+            out.push((name, status));
+        }
+        out
+    }
+
     pub(crate) fn actors(&self) -> Vec<(TierName, ActorRef<TierMsg>)> {
         self.read()
             .iter()
             .filter_map(|(name, entry)| match entry {
                 TierEntry::Up(actor) => Some((name.clone(), actor.clone())),
-                TierEntry::Down(_) => None,
+                TierEntry::Down { .. } => None,
             })
             .collect()
     }

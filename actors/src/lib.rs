@@ -11,7 +11,7 @@ mod directory;
 mod supervisor;
 mod tier;
 
-pub use directory::{TierDirectory, TierHandle};
+pub use directory::{TierDirectory, TierHandle, TierStatus};
 pub use supervisor::{
     NodeSupervisor, RestartPolicy, SupervisorArgs, SupervisorHandle, SupervisorMsg,
     TIER_DRAIN_TIMEOUT,

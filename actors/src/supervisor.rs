@@ -155,14 +155,12 @@ impl Actor for NodeSupervisor {
                 state.policy.restarts_max, state.policy.window
             );
             error!(tier = %name, "tier actor left down: {reason}");
-            state.directory.set_down(name, reason);
+            state.set_down(name, reason);
             return Ok(());
         }
         if let Err(e) = state.spawn_tier(&myself, &name, false).await {
             error!(tier = %name, error = %e, "restarting the tier actor failed; tier left down");
-            state
-                .directory
-                .set_down(name, format!("restart failed: {e}"));
+            state.set_down(name, format!("restart failed: {e}"));
         }
         Ok(())
     }
@@ -190,6 +188,13 @@ impl SupervisorState {
         self.by_actor.insert(actor.get_id(), name.clone());
         self.directory.set_up(name.clone(), actor);
         Ok(())
+    }
+
+    fn set_down(&self, name: TierName, reason: String) {
+        if let Some(child) = self.tiers.get(&name) {
+            let description = child.spec.backend.describe();
+            self.directory.set_down(name, reason, description);
+        }
     }
 
     /// Records a restart if the budget allows one.

@@ -220,7 +220,7 @@ impl Actor for TierActor {
                 declared_len,
                 reply,
             } => {
-                let _ = reply.send(state.check_put(&key, declared_len));
+                let _ = reply.send(state.check_put(&key, declared_len).await);
             }
             TierMsg::Get(key, reply) => {
                 let _ = reply.send(state.get(&key).await);
@@ -255,8 +255,12 @@ impl Actor for TierActor {
 }
 
 impl TierState {
-    fn check_put(&self, key: &ObjectKey, declared_len: Option<u64>) -> Result<(), StorageError> {
-        self.spec.backend.check_key(key)?;
+    async fn check_put(
+        &self,
+        key: &ObjectKey,
+        declared_len: Option<u64>,
+    ) -> Result<(), StorageError> {
+        self.spec.backend.check_key(key).await?;
         if self.puts_in_flight.contains(key) {
             return Err(self.put_in_progress(key));
         }
@@ -360,7 +364,7 @@ impl TierState {
             }
         };
         let (size, hash) = (staged.size, staged.hash);
-        self.spec.backend.commit(staged).await?;
+        let committed = self.spec.backend.commit(staged).await?;
         let now = self.spec.clock.now_ms();
         let meta = ObjectMeta {
             size,
@@ -368,6 +372,7 @@ impl TierState {
             created_ms: previous.as_ref().map_or(now, |p| p.created_ms),
             modified_ms: now,
             version: previous.as_ref().map_or(1, |p| p.version + 1),
+            stamp: committed.stamp,
         };
         // Should this fail, the committed file is indexed by the next start's reconciliation.
         self.spec.index.insert(key, &meta)?;
@@ -385,6 +390,11 @@ impl TierState {
     async fn get(&mut self, key: &ObjectKey) -> Result<(ObjectMeta, ObjectReader), StorageError> {
         let meta = self.head(key)?;
         match self.spec.backend.get(key).await {
+            // The response's length comes from the index: it must be what the tier holds.
+            Ok(reader) if reader.size != meta.size => Err(StorageError::Index(format!(
+                "`{key}` on tier `{}` has {} bytes but its index entry says {}: it was changed outside letl; restarting the node re-indexes it",
+                self.name, reader.size, meta.size
+            ))),
             Ok(reader) => Ok((meta, reader)),
             Err(StorageError::NotFound { .. }) => {
                 warn!(tier = %self.name, %key, "indexed object is missing from the tier; dropping its entry");

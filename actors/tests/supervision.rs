@@ -6,85 +6,139 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use letl_actors::{
-    NodeSupervisor, RestartPolicy, SupervisorArgs, SupervisorMsg, TierDirectory, TierSpec,
+    RestartPolicy, SupervisorArgs, SupervisorHandle, TierDirectory, TierHandle, TierSpec,
+    TierStatus,
 };
 use letl_storage::{
     ByteStream, ContentHash, KeyPrefix, ManualClock, MemoryIndex, MemoryTier, ObjectKey,
-    StorageError, TierName, hash_stream, stream_of,
+    ObjectMeta, StorageError, TierBackend, TierName, hash_stream, stream_of,
 };
-use ractor::{Actor, ActorRef};
 use tokio::sync::mpsc;
 
 fn key(k: &str) -> ObjectKey {
     ObjectKey::new(k).unwrap()
 }
 
-fn spec(name: &str, capacity: Option<u64>) -> TierSpec {
-    let clock = Arc::new(ManualClock::new(1_000));
-    TierSpec {
-        backend: Arc::new(MemoryTier::new(
-            TierName::new(name).unwrap(),
-            capacity,
-            clock.clone(),
-        )),
-        index: Arc::new(MemoryIndex::default()),
-        clock,
-        object_bytes_max: 1 << 20,
-    }
-}
-
-async fn start(policy: RestartPolicy) -> (ActorRef<SupervisorMsg>, TierDirectory) {
-    let directory = TierDirectory::default();
-    let args = SupervisorArgs {
-        tiers: vec![spec("ssd", None), spec("hdd", Some(100))],
-        directory: directory.clone(),
-        restart_policy: policy,
-    };
-    let (supervisor, _) = Actor::spawn(None, NodeSupervisor, args).await.unwrap();
-    (supervisor, directory)
-}
-
 fn ssd() -> TierName {
     TierName::new("ssd").unwrap()
 }
 
-async fn put(
-    directory: &TierDirectory,
-    k: &str,
-    data: &'static [u8],
-) -> Result<letl_storage::ObjectMeta, StorageError> {
-    let tier = directory.get(&ssd())?;
-    tier.put(
-        key(k),
-        stream_of(Bytes::from_static(data), 3),
-        Some(data.len() as u64),
-        None,
-    )
-    .await
+/// A node's actors over two in-memory tiers: `ssd` (unlimited) and `hdd` (100 bytes).
+struct Fixture {
+    supervisor: SupervisorHandle,
+    directory: TierDirectory,
+    ssd: Arc<MemoryTier>,
+    clock: Arc<ManualClock>,
+}
+
+impl Fixture {
+    async fn start(policy: RestartPolicy) -> Self {
+        let clock = Arc::new(ManualClock::new(1_000));
+        let ssd = Arc::new(MemoryTier::new(ssd(), None, clock.clone()));
+        let hdd = Arc::new(MemoryTier::new(
+            TierName::new("hdd").unwrap(),
+            Some(100),
+            clock.clone(),
+        ));
+        let spec = |backend: Arc<MemoryTier>| TierSpec {
+            backend,
+            index: Arc::new(MemoryIndex::default()),
+            clock: clock.clone(),
+            object_bytes_max: 1 << 20,
+        };
+        let directory = TierDirectory::default();
+        let supervisor = SupervisorHandle::start(SupervisorArgs {
+            tiers: vec![spec(ssd.clone()), spec(hdd)],
+            directory: directory.clone(),
+            restart_policy: policy,
+        })
+        .await
+        .unwrap();
+        Self {
+            supervisor,
+            directory,
+            ssd,
+            clock,
+        }
+    }
+
+    fn tier(&self) -> TierHandle {
+        self.directory.get(&ssd()).unwrap()
+    }
+
+    async fn put(&self, k: &str, data: &'static [u8]) -> Result<ObjectMeta, StorageError> {
+        let tier = self.directory.get(&ssd())?;
+        tier.put(
+            key(k),
+            stream_of(Bytes::from_static(data), 3),
+            Some(data.len() as u64),
+            None,
+        )
+        .await
+    }
+
+    /// Crashes the ssd actor and waits until the directory serves a new one.
+    async fn crash_and_wait_for_restart(&self) -> TierHandle {
+        let before = self.tier();
+        before.crash_for_test();
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if before.stats().await.is_err()
+                && let Ok(tier) = self.directory.get(&ssd())
+                && tier.stats().await.is_ok()
+            {
+                return tier;
+            }
+        }
+        panic!("the tier actor was not restarted");
+    }
+}
+
+/// A body the test feeds by hand, to hold a put open.
+fn slow_body() -> (mpsc::Sender<std::io::Result<Bytes>>, ByteStream) {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(1);
+    let body: ByteStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|c| (c, rx))
+    }));
+    (tx, body)
 }
 
 #[tokio::test]
-async fn tier_actor_serves_objects_with_versions() {
-    let (supervisor, directory) = start(RestartPolicy::default()).await;
-    let first = put(&directory, "a/b", b"hello").await.unwrap();
-    assert_eq!((first.size, first.version), (5, 1));
-    assert_eq!(first.hash, ContentHash::of(b"hello"));
-    let second = put(&directory, "a/b", b"hello again").await.unwrap();
+async fn tier_actor_serves_objects_with_versions_and_times() {
+    let node = Fixture::start(RestartPolicy::default()).await;
+    let first = node.put("a/b", b"hello").await.unwrap();
     assert_eq!(
-        (second.size, second.version, second.created_ms),
-        (11, 2, first.created_ms)
+        (
+            first.size,
+            first.version,
+            first.created_ms,
+            first.modified_ms
+        ),
+        (5, 1, 1_000, 1_000)
+    );
+    assert_eq!(first.hash, ContentHash::of(b"hello"));
+    node.clock.advance_ms(500);
+    let second = node.put("a/b", b"hello again").await.unwrap();
+    assert_eq!(
+        (
+            second.size,
+            second.version,
+            second.created_ms,
+            second.modified_ms
+        ),
+        (11, 2, 1_000, 1_500),
+        "an overwrite keeps the creation time and moves the modification time"
     );
 
-    let tier = directory.get(&ssd()).unwrap();
+    let tier = node.tier();
     let (meta, reader) = tier.get(key("a/b")).await.unwrap();
     assert_eq!(meta, second);
     assert_eq!(
         hash_stream(reader.body).await.unwrap(),
         (11, ContentHash::of(b"hello again"))
     );
-    put(&directory, "a/c", b"x").await.unwrap();
+    node.put("a/c", b"x").await.unwrap();
     let listed = tier
         .list(KeyPrefix::new("a/").unwrap(), None, 10)
         .await
@@ -105,22 +159,23 @@ async fn tier_actor_serves_objects_with_versions() {
         Err(StorageError::NotFound { .. })
     ));
     assert_eq!(tier.stats().await.unwrap().objects, 1);
+    assert_eq!(node.ssd.gauge().used_bytes(), 1);
 
-    let err = directory.get(&TierName::new("tape").unwrap()).unwrap_err();
+    let err = node
+        .directory
+        .get(&TierName::new("tape").unwrap())
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "unknown tier `tape` (this node has: hdd, ssd)"
     );
-    supervisor
-        .call(SupervisorMsg::Shutdown, None)
-        .await
-        .unwrap();
+    node.supervisor.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn puts_check_hashes_and_do_not_race_on_one_key() {
-    let (_supervisor, directory) = start(RestartPolicy::default()).await;
-    let tier = directory.get(&ssd()).unwrap();
+    let node = Fixture::start(RestartPolicy::default()).await;
+    let tier = node.tier();
     let err = tier
         .put(
             key("k"),
@@ -135,60 +190,79 @@ async fn puts_check_hashes_and_do_not_race_on_one_key() {
         tier.head(key("k")).await,
         Err(StorageError::NotFound { .. })
     ));
+    assert_eq!(
+        node.ssd.staged_count(),
+        0,
+        "the refused bytes were thrown away"
+    );
+    assert_eq!(
+        node.ssd.gauge().used_bytes(),
+        0,
+        "and their reservation released"
+    );
 
-    // A put whose body is still streaming holds its key.
-    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(1);
-    let slow: ByteStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|c| (c, rx))
-    }));
+    // A put whose body is still streaming holds its key, and preflight sees it.
+    let (tx, slow) = slow_body();
     let pending = tokio::spawn({
         let tier = tier.clone();
         async move { tier.put(key("k"), slow, None, None).await }
     });
     tx.send(Ok(Bytes::from_static(b"first"))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let err = put(&directory, "k", b"second").await.unwrap_err();
+    let err = node.put("k", b"second").await.unwrap_err();
     assert!(
         err.to_string()
             .contains("another put of this key is in progress"),
         "{err}"
     );
+    let err = tier.check_put(key("k"), Some(6)).await.unwrap_err();
+    assert!(matches!(err, StorageError::Conflict { .. }), "{err}");
     drop(tx);
     assert_eq!(pending.await.unwrap().unwrap().size, 5);
+    tier.check_put(key("k"), Some(6)).await.unwrap();
 
-    // Capacity errors come back through the actor unchanged.
-    let hdd = directory.get(&TierName::new("hdd").unwrap()).unwrap();
+    // Capacity and size limits come back through the actor unchanged, before and during a put.
+    let hdd = node.directory.get(&TierName::new("hdd").unwrap()).unwrap();
+    let err = hdd.check_put(key("big"), Some(101)).await.unwrap_err();
+    assert!(matches!(err, StorageError::TierFull { .. }), "{err}");
+    let err = hdd.check_put(key("big"), Some(2 << 20)).await.unwrap_err();
+    assert!(matches!(err, StorageError::TooLarge { .. }), "{err}");
     let big = stream_of(Bytes::from(vec![7u8; 101]), 10);
     let err = hdd.put(key("big"), big, Some(101), None).await.unwrap_err();
     assert!(matches!(err, StorageError::TierFull { .. }), "{err}");
 }
 
 #[tokio::test]
-async fn supervisor_restarts_a_failed_tier_and_keeps_its_objects() {
-    let (_supervisor, directory) = start(RestartPolicy::default()).await;
-    put(&directory, "kept", b"data").await.unwrap();
-    let before = directory.get(&ssd()).unwrap();
-    before.crash_for_test();
-    // The old actor is gone; the directory soon points at a new one.
-    let mut restarted = None;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        if let Ok(tier) = directory.get(&ssd())
-            && tier.head(key("kept")).await.is_ok()
-            && before.head(key("kept")).await.is_err()
-        {
-            restarted = Some(tier);
-            break;
-        }
-    }
-    let tier = restarted.expect("the tier actor was not restarted");
-    let (meta, reader) = tier.get(key("kept")).await.unwrap();
+async fn supervisor_restarts_a_failed_tier_and_aborts_its_open_put() {
+    let node = Fixture::start(RestartPolicy::default()).await;
+    node.put("kept", b"data").await.unwrap();
+    // A put is streaming when the actor fails.
+    let (tx, slow) = slow_body();
+    let pending = tokio::spawn({
+        let tier = node.tier();
+        async move { tier.put(key("open"), slow, None, None).await }
+    });
+    tx.send(Ok(Bytes::from_static(b"partial"))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let tier = node.crash_and_wait_for_restart().await;
+    let (meta, _) = tier.get(key("kept")).await.unwrap();
     assert_eq!(meta.size, 4);
-    let chunks: Vec<_> = reader.body.collect().await;
-    assert_eq!(chunks.len(), 1);
-    // The other tier never noticed.
+
+    // The open put finishes streaming into a dead actor: it fails, and nothing is published.
+    drop(tx);
+    let err = pending.await.unwrap().unwrap_err();
+    assert!(matches!(err, StorageError::Unavailable { .. }), "{err}");
+    assert!(matches!(
+        tier.head(key("open")).await,
+        Err(StorageError::NotFound { .. })
+    ));
+    assert_eq!(node.ssd.staged_count(), 0);
+    assert_eq!(node.ssd.gauge().used_bytes(), 4);
+    // The restarted actor serves puts, and the other tier never noticed.
+    node.put("after", b"ok").await.unwrap();
     assert!(
-        directory
+        node.directory
             .get(&TierName::new("hdd").unwrap())
             .unwrap()
             .stats()
@@ -203,22 +277,34 @@ async fn a_tier_failing_past_its_budget_is_left_down_with_a_reason() {
         restarts_max: 1,
         window: Duration::from_secs(60),
     };
-    let (_supervisor, directory) = start(policy).await;
-    for _ in 0..2 {
-        let tier = directory.get(&ssd()).unwrap();
-        tier.crash_for_test();
-        for _ in 0..100 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            if tier.stats().await.is_err() {
-                break;
-            }
+    let node = Fixture::start(policy).await;
+    node.crash_and_wait_for_restart().await;
+    let last = node.tier();
+    last.crash_for_test();
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if node.directory.get(&ssd()).is_err() {
+            break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let err = directory.get(&ssd()).unwrap_err();
+    let err = node.directory.get(&ssd()).unwrap_err();
     assert!(matches!(err, StorageError::Unavailable { .. }), "{err}");
     assert!(
         err.to_string().contains("failed more than 1 times"),
         "{err}"
     );
+    // Listings still show every tier: the down one with its reason, the others with counts.
+    let statuses = node.directory.statuses().await;
+    assert_eq!(statuses.len(), 2);
+    match &statuses[1].1 {
+        TierStatus::Down {
+            description,
+            reason,
+        } => {
+            assert_eq!(description.name, ssd());
+            assert!(reason.contains("failed more than 1 times"));
+        }
+        TierStatus::Up(_) => panic!("ssd should be down"),
+    }
+    assert!(matches!(statuses[0].1, TierStatus::Up(_)));
 }

@@ -1,6 +1,6 @@
 //! The JSON shapes of the `/v1` HTTP API, shared by the server and the CLI.
 
-use letl_actors::TierStats;
+use letl_actors::TierStatus;
 use letl_storage::{ObjectMeta, ObjectUri};
 use serde::{Deserialize, Serialize};
 
@@ -64,20 +64,44 @@ pub struct TierInfo {
     /// Committed bytes plus bytes reserved by puts in progress.
     pub used_bytes: u64,
     pub capacity_bytes: Option<u64>,
+    /// False when the tier's actor is down; `error` then says why and the counts are zero.
+    pub up: bool,
+    pub error: Option<String>,
 }
 
-impl From<TierStats> for TierInfo {
-    fn from(stats: TierStats) -> Self {
-        let d = stats.description;
-        Self {
-            name: d.name.to_string(),
-            kind: d.kind,
-            backend: d.backend,
-            location: d.location,
-            objects: stats.objects,
-            bytes: stats.bytes,
-            used_bytes: stats.used_bytes,
-            capacity_bytes: d.capacity_bytes,
+impl From<TierStatus> for TierInfo {
+    fn from(status: TierStatus) -> Self {
+        match status {
+            TierStatus::Up(stats) => {
+                let d = stats.description;
+                Self {
+                    name: d.name.to_string(),
+                    kind: d.kind,
+                    backend: d.backend,
+                    location: d.location,
+                    objects: stats.objects,
+                    bytes: stats.bytes,
+                    used_bytes: stats.used_bytes,
+                    capacity_bytes: d.capacity_bytes,
+                    up: true,
+                    error: None,
+                }
+            }
+            TierStatus::Down {
+                description: d,
+                reason,
+            } => Self {
+                name: d.name.to_string(),
+                kind: d.kind,
+                backend: d.backend,
+                location: d.location,
+                objects: 0,
+                bytes: 0,
+                used_bytes: 0,
+                capacity_bytes: d.capacity_bytes,
+                up: false,
+                error: Some(reason),
+            },
         }
     }
 }

@@ -121,7 +121,10 @@ fn run_node(config: Option<PathBuf>, http: Option<String>, data_dir: Option<Path
     let config = NodeConfig::load(config.as_deref(), &overrides)
         .map_err(|e| Failure::new(exit::BAD_INPUT, e.to_string()))?;
     runtime()?
-        .block_on(crate::node::run(config, crate::node::shutdown_signal()))
+        .block_on(async move {
+            let signals = crate::node::shutdown_signals()?;
+            crate::node::run(config, signals).await
+        })
         .map_err(|e| Failure::new(exit::FAILURE, format!("{e:#}")))
 }
 

@@ -224,11 +224,18 @@ impl Client {
         let response = self
             .send(self.request(Method::GET, &self.object_url("objects", &uri)))
             .await?;
-        let expected: Option<ContentHash> = response
+        // Every byte is checked against the node's hash: an answer without one is refused.
+        let expected: ContentHash = response
             .headers()
             .get(HASH_HEADER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                Failure::new(
+                    exit::FAILURE,
+                    format!("the node sent {uri} without a valid {HASH_HEADER} header"),
+                )
+            })?;
         let size = response.content_length();
         let bar = progress(size, "get");
 
@@ -288,13 +295,13 @@ impl Client {
                     format!("{uri}: got {len} of {size} bytes"),
                 ));
             }
-            match expected {
-                Some(expected) if expected != hash => Err(Failure::new(
+            if expected != hash {
+                return Err(Failure::new(
                     exit::FAILURE,
                     format!("{uri}: content hash mismatch (node says {expected}, received {hash})"),
-                )),
-                _ => Ok((len, hash)),
+                ));
             }
+            Ok((len, hash))
         });
         match (checked, part, destination) {
             (Ok((len, hash)), Some(part), Some(path)) => {

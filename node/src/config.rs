@@ -211,15 +211,7 @@ impl NodeConfig {
                 .map(|(name, tier)| tier_config(&data_dir, name, tier))
                 .collect::<Result<Vec<_>, ConfigError>>()?,
         };
-        let mut paths: BTreeMap<&Path, &TierName> = BTreeMap::new();
-        for tier in &tiers {
-            if let Some(other) = paths.insert(&tier.path, &tier.name) {
-                return Err(field_error(
-                    format!("tiers.{}.path", tier.name),
-                    format!("{} is also the path of tier `{other}`", tier.path.display()),
-                ));
-            }
-        }
+        check_tier_paths(&data_dir, &tiers)?;
         Ok(Self {
             data_dir,
             http,
@@ -232,6 +224,65 @@ impl NodeConfig {
     pub fn index_path(&self) -> PathBuf {
         self.data_dir.join("index")
     }
+}
+
+/// Tiers need directories of their own: a tier inside another would count, list and delete the
+/// other's objects behind its actor, and a tier holding the data dir would expose the index
+/// and the admin token as objects. Paths are compared after making them absolute and removing
+/// `.` and `..` (without touching the disk: directories may not exist yet).
+fn check_tier_paths(data_dir: &Path, tiers: &[TierConfig]) -> Result<(), ConfigError> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let data_dir = normalize(&cwd, data_dir);
+    let index = data_dir.join("index");
+    let mut seen: Vec<(&TierName, PathBuf)> = Vec::new();
+    for tier in tiers {
+        let field = format!("tiers.{}.path", tier.name);
+        let path = normalize(&cwd, &tier.path);
+        if data_dir.starts_with(&path) {
+            return Err(field_error(
+                field,
+                format!(
+                    "{} contains the node's data dir {}; give the tier a directory of its own",
+                    tier.path.display(),
+                    data_dir.display()
+                ),
+            ));
+        }
+        if path.starts_with(&index) {
+            return Err(field_error(
+                field,
+                format!("{} is inside the node's index", tier.path.display()),
+            ));
+        }
+        for (other, other_path) in &seen {
+            if path.starts_with(other_path) || other_path.starts_with(&path) {
+                return Err(field_error(
+                    field,
+                    format!(
+                        "{} overlaps the directory of tier `{other}` ({}); tiers need separate directories",
+                        tier.path.display(),
+                        other_path.display()
+                    ),
+                ));
+            }
+        }
+        seen.push((&tier.name, path));
+    }
+    Ok(())
+}
+
+fn normalize(cwd: &Path, path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in cwd.join(path).components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn tier_config(data_dir: &Path, name: String, tier: FileTier) -> Result<TierConfig, ConfigError> {
@@ -426,6 +477,18 @@ mod tests {
             (
                 "[tiers.a]\nkind = \"ssd\"\nbackend = \"nfs\"\n",
                 "tiers.a.backend",
+            ),
+            (
+                "[tiers.a]\nkind = \"ssd\"\npath = \"/x\"\n[tiers.b]\nkind = \"hdd\"\npath = \"/x/y/../y/z\"\n",
+                "tiers.b.path",
+            ),
+            (
+                "[node]\ndata_dir = \"/d\"\n[tiers.a]\nkind = \"ssd\"\npath = \"/d/./\"\n",
+                "contains the node's data dir",
+            ),
+            (
+                "[node]\ndata_dir = \"/d\"\n[tiers.a]\nkind = \"ssd\"\npath = \"index/x\"\n",
+                "inside the node's index",
             ),
             ("[tiers]\n", "no tier is configured"),
             ("[node\n", "line 1"),

@@ -44,7 +44,9 @@ impl From<StorageError> for ApiError {
             }
             StorageError::Conflict { .. } => StatusCode::CONFLICT,
             StorageError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            StorageError::TierFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            StorageError::TierFull { .. } | StorageError::NoSpace { .. } => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
             StorageError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             StorageError::HashMismatch { .. }
             | StorageError::Io { .. }

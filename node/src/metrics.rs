@@ -45,7 +45,12 @@ impl Metrics {
                 escape(route)
             );
         }
-        let gauges: [(&str, &str, TierValue); 4] = [
+        let gauges: [(&str, &str, TierValue); 5] = [
+            (
+                "letl_tier_up",
+                "1 when the tier's actor serves requests, 0 when it is down.",
+                |t| Some(u64::from(t.up)),
+            ),
             ("letl_tier_objects", "Objects stored on a tier.", |t| {
                 Some(t.objects)
             }),
@@ -68,7 +73,7 @@ impl Metrics {
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} gauge");
-            for tier in tiers {
+            for tier in tiers.iter().filter(|t| t.up || name == "letl_tier_up") {
                 if let Some(v) = value(tier) {
                     let _ = writeln!(
                         out,

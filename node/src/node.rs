@@ -145,22 +145,16 @@ fn write_http_addr(data_dir: &std::path::Path, addr: SocketAddr) -> anyhow::Resu
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the node");
-                std::future::pending::<()>().await;
-            }
+/// Installs SIGINT and SIGTERM handlers now (so a signal during start-up is not lost, nor
+/// fatal) and returns a future that resolves on the first of them.
+pub fn shutdown_signals() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => info!(signal = "SIGINT", "shutdown requested"),
+            _ = terminate.recv() => info!(signal = "SIGTERM", "shutdown requested"),
         }
-    };
-    tokio::select! {
-        _ = interrupt => info!(signal = "SIGINT", "shutdown requested"),
-        () = terminate => info!(signal = "SIGTERM", "shutdown requested"),
-    }
+    })
 }

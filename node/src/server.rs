@@ -123,6 +123,32 @@ async fn refuse_body(body: Body, declared: Option<u64>, error: ApiError) -> ApiE
     error
 }
 
+/// An upload that sends nothing for this long fails, freeing its key and its put slot.
+const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Ends a body stream with a `TimedOut` error when no chunk arrives within [`BODY_IDLE_TIMEOUT`].
+fn idle_timeout(body: ByteStream) -> ByteStream {
+    Box::pin(futures_util::stream::unfold(
+        Some(body),
+        |body| async move {
+            let mut body = body?;
+            match tokio::time::timeout(BODY_IDLE_TIMEOUT, futures_util::StreamExt::next(&mut body))
+                .await
+            {
+                Ok(Some(item)) => Some((item, Some(body))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no data for {}s", BODY_IDLE_TIMEOUT.as_secs()),
+                    )),
+                    None,
+                )),
+            }
+        },
+    ))
+}
+
 #[derive(Debug, Deserialize)]
 struct PreflightQuery {
     size: Option<u64>,
@@ -159,7 +185,7 @@ async fn put_object(
         Ok(uri) => uri,
         Err(e) => return Err(refuse_body(body, declared, e).await),
     };
-    let stream: ByteStream = Box::pin(body.into_data_stream().map_err(io::Error::other));
+    let stream = idle_timeout(Box::pin(body.into_data_stream().map_err(io::Error::other)));
     let meta = state.service.put(&uri, stream, declared).await?;
     Ok((StatusCode::CREATED, Json(ObjectInfo::new(&uri, &meta))))
 }
@@ -274,32 +300,32 @@ async fn move_object(
     transfer(state, request, true).await
 }
 
-async fn list_tiers(State(state): State<AppState>) -> Result<Json<TiersResponse>, ApiError> {
+async fn list_tiers(State(state): State<AppState>) -> Json<TiersResponse> {
     let tiers = state
         .service
         .tiers()
-        .await?
+        .await
         .into_iter()
         .map(TierInfo::from)
         .collect();
-    Ok(Json(TiersResponse { tiers }))
+    Json(TiersResponse { tiers })
 }
 
-async fn render_metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn render_metrics(State(state): State<AppState>) -> Response {
     let tiers: Vec<TierInfo> = state
         .service
         .tiers()
-        .await?
+        .await
         .into_iter()
         .map(TierInfo::from)
         .collect();
     let text = state.metrics.render(&tiers);
-    Ok((
+    (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
         )],
         text,
     )
-        .into_response())
+        .into_response()
 }

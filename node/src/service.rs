@@ -3,7 +3,7 @@
 //! moves stream from one tier actor into another, verifying the content hash before the
 //! destination is published and before the source is deleted.
 
-use letl_actors::{TierDirectory, TierStats};
+use letl_actors::{TierDirectory, TierStatus};
 use letl_storage::{
     ByteStream, KeyPrefix, ObjectKey, ObjectMeta, ObjectReader, ObjectUri, PrefixUri, StorageError,
     TierName,
@@ -112,12 +112,14 @@ impl ObjectService {
         Ok((destination, copied))
     }
 
-    pub async fn tiers(&self) -> Result<Vec<TierStats>, ApiError> {
-        let mut all = Vec::new();
-        for name in self.directory.names() {
-            all.push(self.directory.get(&name)?.stats().await?);
-        }
-        Ok(all)
+    /// Every tier, in name order; a down tier is listed with its reason, never hiding the rest.
+    pub async fn tiers(&self) -> Vec<TierStatus> {
+        self.directory
+            .statuses()
+            .await
+            .into_iter()
+            .map(|(_, status)| status)
+            .collect()
     }
 }
 

@@ -34,15 +34,22 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<String> {
     getrandom::fill(&mut bytes)
         .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    // Written beside, then renamed: a crash leaves the old state (no token), never an empty one.
+    let tmp = data_dir.join(format!("{TOKEN_FILE}.tmp"));
     let mut file = OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("create {}", path.display()))?;
+        .open(&tmp)
+        .with_context(|| format!("create {}", tmp.display()))?;
     file.write_all(token.as_bytes())?;
     file.write_all(b"\n")?;
     file.sync_all()?;
+    fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
+    fs::File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .with_context(|| format!("fsync {}", data_dir.display()))?;
     info!(path = %path.display(), "wrote a new admin token");
     Ok(token)
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, StorageError};
 use crate::hash::{ContentHash, Hasher};
 use crate::uri::{KeyPrefix, ObjectKey, TierName};
+use tracing::warn;
 
 /// Object bytes in flight, in bounded chunks. Objects can be many GiB: no code path collects one.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -41,6 +42,9 @@ pub struct BackendObject {
     pub key: ObjectKey,
     pub size: u64,
     pub modified_ms: u64,
+    /// Changes whenever the object's bytes are replaced (an fs tier: the file's modification
+    /// time in nanoseconds). Reconciliation rehashes an object whose stamp is not the indexed one.
+    pub stamp: u64,
 }
 
 /// A readable object: its size and a stream of its bytes.
@@ -87,6 +91,8 @@ pub struct Staged {
 pub struct Committed {
     /// Size of the object this commit replaced, if any.
     pub replaced_size: Option<u64>,
+    /// The committed object's stamp (see [`BackendObject::stamp`]).
+    pub stamp: u64,
 }
 
 /// Counts the bytes a tier holds and refuses growth past its capacity.
@@ -175,14 +181,26 @@ impl CapacityGauge {
         self.used_bytes.fetch_add(bytes, Ordering::AcqRel);
     }
 
-    /// Gives back the bytes of a deleted or replaced object.
+    /// Gives back the bytes of a deleted or replaced object. Stops at zero: files changed by
+    /// other tools while the node runs can make the count low, and a low count is a smaller harm
+    /// than a wrapped one that refuses every put.
     pub fn release(&self, bytes: u64) {
-        let previous = self.used_bytes.fetch_sub(bytes, Ordering::AcqRel);
-        assert!(
-            previous >= bytes,
-            "capacity gauge of tier {} underflow",
-            self.tier
-        );
+        let mut used = self.used_bytes.load(Ordering::Acquire);
+        loop {
+            let next = used.checked_sub(bytes).unwrap_or_else(|| {
+                warn!(tier = %self.tier, used, released = bytes, "capacity count below zero; files changed outside letl?");
+                0
+            });
+            match self.used_bytes.compare_exchange_weak(
+                used,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => used = actual,
+            }
+        }
     }
 }
 
@@ -233,10 +251,9 @@ pub trait TierBackend: Send + Sync + fmt::Debug + 'static {
 
     fn gauge(&self) -> &Arc<CapacityGauge>;
 
-    /// Refuses keys this backend cannot store (beyond the rules every key follows).
-    fn check_key(&self, _key: &ObjectKey) -> Result<()> {
-        Ok(())
-    }
+    /// Refuses keys this backend cannot store now (beyond the rules every key follows), such
+    /// as a key whose parent is an object. A preflight: `commit` checks again.
+    async fn check_key(&self, key: &ObjectKey) -> Result<()>;
 
     /// Streams `body` somewhere invisible, hashing it, within `limits` and the tier's capacity.
     /// On error nothing stays behind.

@@ -27,6 +27,8 @@ pub enum StorageError {
         available: u64,
         capacity: u64,
     },
+    #[error("tier `{tier}` is out of disk space: {reason}")]
+    NoSpace { tier: String, reason: String },
     #[error("object too large: {size} bytes is over the maximum object size of {max} bytes")]
     TooLarge { size: u64, max: u64 },
     #[error("conflict on `{key}` in tier `{tier}`: {reason}")]

@@ -170,36 +170,40 @@ impl TierBackend for FsTier {
     /// Besides the name rules, the collisions a commit would refuse: the key is a directory of
     /// other objects, or one of its parents is an object. Checked before a put's body is sent;
     /// `commit` checks again, since either can change meanwhile.
-    fn check_key(&self, key: &ObjectKey) -> Result<()> {
+    async fn check_key(&self, key: &ObjectKey) -> Result<()> {
         self.check_fs_key(key)?;
-        let mut path = self.root.clone();
-        let mut segments = key.segments().peekable();
-        while let Some(segment) = segments.next() {
-            path.push(segment);
-            let last = segments.peek().is_none();
-            match fs::symlink_metadata(&path) {
-                Ok(meta) if last && meta.is_dir() => {
-                    return Err(self.conflict(
-                        key,
-                        "other objects are stored under this key, so it cannot be an object itself",
-                    ));
+        let root = self.root.clone();
+        let segments: Vec<String> = key.segments().map(str::to_string).collect();
+        let collision = blocking(move || {
+            let mut path = root.clone();
+            for (i, segment) in segments.iter().enumerate() {
+                path.push(segment);
+                let last = i + 1 == segments.len();
+                match fs::symlink_metadata(&path) {
+                    Ok(meta) if last && meta.is_dir() => return Ok(Some(None)),
+                    Ok(meta) if !last && !meta.is_dir() => {
+                        return Ok(Some(Some(segments[..=i].join("/"))));
+                    }
+                    Ok(_) => {}
+                    // Nothing further down exists either.
+                    Err(e) if is_absent(&e) => return Ok(None),
+                    Err(e) => return Err(StorageError::io(format!("stat {}", path.display()), e)),
                 }
-                Ok(meta) if !last && !meta.is_dir() => {
-                    let parent = path.strip_prefix(&self.root).unwrap_or(&path);
-                    return Err(self.conflict(
-                        key,
-                        format!(
-                            "`{}` is an object, so no object can be stored under it",
-                            parent.display()
-                        ),
-                    ));
-                }
-                Ok(_) => {}
-                // Nothing further down exists either.
-                Err(_) => return Ok(()),
             }
+            Ok(None)
+        })
+        .await?;
+        match collision {
+            None => Ok(()),
+            Some(None) => Err(self.conflict(
+                key,
+                "other objects are stored under this key, so it cannot be an object itself",
+            )),
+            Some(Some(parent)) => Err(self.conflict(
+                key,
+                format!("`{parent}` is an object, so no object can be stored under it"),
+            )),
         }
-        Ok(())
     }
 
     async fn stage(
@@ -217,6 +221,7 @@ impl TierBackend for FsTier {
         let writer = tokio::task::spawn_blocking(move || write_staged(&writer_path, chunks_rx));
 
         let mut received = 0u64;
+        let mut writer_stopped = false;
         let streamed: Result<()> = async {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(StorageError::Body)?;
@@ -228,6 +233,7 @@ impl TierBackend for FsTier {
                 }
                 if chunks_tx.send(chunk).await.is_err() {
                     // The writer stopped; its error is reported below.
+                    writer_stopped = true;
                     break;
                 }
             }
@@ -237,6 +243,10 @@ impl TierBackend for FsTier {
         drop(chunks_tx);
         let written = match writer.await {
             Ok(Ok(written)) => Ok(written),
+            Ok(Err(e)) if is_out_of_space(&e) => Err(StorageError::NoSpace {
+                tier: self.description.name.to_string(),
+                reason: e.to_string(),
+            }),
             Ok(Err(e)) => Err(StorageError::io(
                 format!(
                     "write staged object for `{key}` on tier `{}`",
@@ -249,7 +259,12 @@ impl TierBackend for FsTier {
                 io::Error::other(join),
             )),
         };
-        let outcome = streamed.and(written);
+        // When the writer failed, its error is the cause; the short body it left is not.
+        let outcome = if writer_stopped {
+            written.and_then(|w| streamed.map(|()| w))
+        } else {
+            streamed.and(written)
+        };
         match outcome {
             Ok((size, hash)) => {
                 debug_assert_eq!(size, received);
@@ -274,12 +289,18 @@ impl TierBackend for FsTier {
         let root = self.root.clone();
         let published = blocking(move || publish(&root, &staged_path, &final_path)).await;
         match published {
-            Ok(Published::Replaced(replaced_size)) => {
+            Ok(Published::Replaced {
+                replaced_size,
+                stamp,
+            }) => {
                 staged.reservation.keep();
                 if let Some(old) = replaced_size {
                     self.gauge.release(old);
                 }
-                Ok(Committed { replaced_size })
+                Ok(Committed {
+                    replaced_size,
+                    stamp,
+                })
             }
             Ok(Published::ParentIsObject(parent)) => {
                 let err = self.conflict(
@@ -342,6 +363,7 @@ impl TierBackend for FsTier {
                 key,
                 size: meta.len(),
                 modified_ms: meta.modified().map(system_time_ms).unwrap_or(0),
+                stamp: stamp_of(&meta),
             })),
             Ok(_) => Ok(None),
             Err(e) if is_absent(&e) => Ok(None),
@@ -415,6 +437,21 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|join| StorageError::io("file-system task failed", io::Error::other(join)))?
+}
+
+fn is_out_of_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// A file's stamp: its modification time in nanoseconds, new for every staged file.
+fn stamp_of(meta: &fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn is_absent(e: &io::Error) -> bool {
@@ -591,7 +628,10 @@ pub fn read_blocks(mut file: File) -> ByteStream {
 }
 
 enum Published {
-    Replaced(Option<u64>),
+    Replaced {
+        replaced_size: Option<u64>,
+        stamp: u64,
+    },
     ParentIsObject(String),
     KeyIsDirectory,
 }
@@ -632,6 +672,9 @@ fn publish(root: &Path, staged: &Path, final_path: &Path) -> Result<Published> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_err("stat", final_path, e)),
     };
+    let stamp = fs::metadata(staged)
+        .map(|m| stamp_of(&m))
+        .map_err(|e| io_err("stat", staged, e))?;
     fs::rename(staged, final_path).map_err(|e| io_err("rename into", final_path, e))?;
     sync_dir(parent)?;
     // New directories are durable only once their own parents are synced.
@@ -640,7 +683,10 @@ fn publish(root: &Path, staged: &Path, final_path: &Path) -> Result<Published> {
             sync_dir(up)?;
         }
     }
-    Ok(Published::Replaced(replaced))
+    Ok(Published::Replaced {
+        replaced_size: replaced,
+        stamp,
+    })
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -753,6 +799,7 @@ impl Walk<'_> {
                 key,
                 size: meta.len(),
                 modified_ms: meta.modified().map(system_time_ms).unwrap_or(0),
+                stamp: stamp_of(&meta),
             });
             if out.len() >= self.limit {
                 return Ok(true);

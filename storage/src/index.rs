@@ -24,6 +24,9 @@ pub struct ObjectMeta {
     pub modified_ms: u64,
     /// 1 for a new object, one more on each overwrite.
     pub version: u64,
+    /// The backend's stamp of the bytes this entry describes (see `BackendObject::stamp`): an
+    /// object whose stamp differs was replaced without this entry, and is rehashed at start.
+    pub stamp: u64,
 }
 
 #[async_trait::async_trait]
@@ -244,6 +247,7 @@ mod tests {
             created_ms: 1,
             modified_ms: 2,
             version: 1,
+            stamp: size,
         }
     }
 

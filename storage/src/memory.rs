@@ -2,6 +2,7 @@
 //! by design; nothing in production uses it.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -31,8 +32,58 @@ pub struct MemoryTier {
 
 #[derive(Debug, Default)]
 struct MemoryState {
-    objects: BTreeMap<ObjectKey, (Bytes, u64)>,
+    objects: BTreeMap<ObjectKey, MemoryObject>,
     staged: BTreeMap<String, Bytes>,
+    /// Stamps of committed objects: one more per commit.
+    commits: u64,
+}
+
+#[derive(Debug)]
+struct MemoryObject {
+    data: Bytes,
+    modified_ms: u64,
+    stamp: u64,
+}
+
+impl MemoryObject {
+    fn listed(&self, key: &ObjectKey) -> BackendObject {
+        BackendObject {
+            key: key.clone(),
+            size: self.data.len() as u64,
+            modified_ms: self.modified_ms,
+            stamp: self.stamp,
+        }
+    }
+}
+
+impl MemoryState {
+    /// The fs backend's rules, kept here so tests and the simulator meet the same refusals as
+    /// production: an object cannot sit under another object, nor where other objects sit under.
+    fn collision(&self, key: &ObjectKey) -> Option<String> {
+        let mut parent = String::new();
+        let segments: Vec<&str> = key.segments().collect();
+        for segment in &segments[..segments.len() - 1] {
+            if !parent.is_empty() {
+                parent.push('/');
+            }
+            parent.push_str(segment);
+            if ObjectKey::new(parent.clone()).is_ok_and(|p| self.objects.contains_key(&p)) {
+                return Some(format!(
+                    "`{parent}` is an object, so no object can be stored under it"
+                ));
+            }
+        }
+        // Keys below sort from `key/` on (`key-a` sorts before it, so start there, not at `key`).
+        let below = format!("{key}/");
+        self.objects
+            .range::<str, _>((Bound::Included(below.as_str()), Bound::Unbounded))
+            .next()
+            .filter(|(k, _)| k.as_str().starts_with(&below))
+            .map(|_| {
+                "other objects are stored under this key, so it cannot be an object itself"
+                    .to_string()
+            })
+    }
 }
 
 impl MemoryTier {
@@ -59,6 +110,14 @@ impl MemoryTier {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn conflict(&self, key: &ObjectKey, reason: String) -> StorageError {
+        StorageError::Conflict {
+            tier: self.description.name.to_string(),
+            key: key.to_string(),
+            reason,
+        }
+    }
+
     /// Staged puts not yet committed or aborted; tests check that failures leave none.
     pub fn staged_count(&self) -> usize {
         self.state().staged.len()
@@ -73,6 +132,13 @@ impl TierBackend for MemoryTier {
 
     fn gauge(&self) -> &Arc<CapacityGauge> {
         &self.gauge
+    }
+
+    async fn check_key(&self, key: &ObjectKey) -> Result<()> {
+        match self.state().collision(key) {
+            Some(reason) => Err(self.conflict(key, reason)),
+            None => Ok(()),
+        }
     }
 
     async fn stage(
@@ -112,7 +178,7 @@ impl TierBackend for MemoryTier {
 
     async fn commit(&self, staged: Staged) -> Result<Committed> {
         let now = self.clock.now_ms();
-        let replaced_size = {
+        let (replaced_size, stamp) = {
             let mut state = self.state();
             let Some(data) = state.staged.remove(&staged.token) else {
                 return Err(StorageError::io(
@@ -120,16 +186,28 @@ impl TierBackend for MemoryTier {
                     std::io::Error::other(format!("no staged put {}", staged.token)),
                 ));
             };
-            state
-                .objects
-                .insert(staged.key.clone(), (data, now))
-                .map(|(old, _)| old.len() as u64)
+            if let Some(reason) = state.collision(&staged.key) {
+                drop(state);
+                return Err(self.conflict(&staged.key, reason));
+            }
+            state.commits += 1;
+            let stamp = state.commits;
+            let object = MemoryObject {
+                data,
+                modified_ms: now,
+                stamp,
+            };
+            let replaced = state.objects.insert(staged.key.clone(), object);
+            (replaced.map(|old| old.data.len() as u64), stamp)
         };
         staged.reservation.keep();
         if let Some(old) = replaced_size {
             self.gauge.release(old);
         }
-        Ok(Committed { replaced_size })
+        Ok(Committed {
+            replaced_size,
+            stamp,
+        })
     }
 
     async fn abort(&self, staged: Staged) {
@@ -137,7 +215,7 @@ impl TierBackend for MemoryTier {
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<ObjectReader> {
-        let data = self.state().objects.get(key).map(|(data, _)| data.clone());
+        let data = self.state().objects.get(key).map(|o| o.data.clone());
         let Some(data) = data else {
             return Err(StorageError::NotFound {
                 tier: self.description.name.to_string(),
@@ -151,15 +229,7 @@ impl TierBackend for MemoryTier {
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<BackendObject>> {
-        Ok(self
-            .state()
-            .objects
-            .get(key)
-            .map(|(data, modified_ms)| BackendObject {
-                key: key.clone(),
-                size: data.len() as u64,
-                modified_ms: *modified_ms,
-            }))
+        Ok(self.state().objects.get(key).map(|o| o.listed(key)))
     }
 
     async fn list(
@@ -175,11 +245,7 @@ impl TierBackend for MemoryTier {
             .iter()
             .filter(|(key, _)| prefix.matches(key) && start_after.is_none_or(|s| *key > s))
             .take(limit)
-            .map(|(key, (data, modified_ms))| BackendObject {
-                key: key.clone(),
-                size: data.len() as u64,
-                modified_ms: *modified_ms,
-            })
+            .map(|(key, object)| object.listed(key))
             .collect())
     }
 
@@ -188,7 +254,7 @@ impl TierBackend for MemoryTier {
             .state()
             .objects
             .remove(key)
-            .map(|(data, _)| data.len() as u64);
+            .map(|o| o.data.len() as u64);
         if let Some(size) = removed {
             self.gauge.release(size);
         }

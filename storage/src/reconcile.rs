@@ -3,7 +3,8 @@
 //! For fs tiers the files are the truth: a put is durable once its rename is synced, but a crash
 //! can come before its index entry is. Walking both in key order (a merge of two sorted lists,
 //! one page at a time) adds entries for objects the index lacks, rehashing their bytes, drops
-//! entries whose object is gone, and rehashes objects whose size changed.
+//! entries whose object is gone, and rehashes objects whose size or stamp changed (replaced
+//! after their entry was written, by a crash before the index flush or by another tool).
 
 use std::collections::VecDeque;
 
@@ -80,7 +81,7 @@ pub async fn reconcile(
                 else {
                     break;
                 };
-                if object.size != meta.size {
+                if object.size != meta.size || object.stamp != meta.stamp {
                     index_object(backend, index, &object, Some(&meta)).await?;
                     report.rehashed += 1;
                 }
@@ -118,6 +119,7 @@ async fn index_object(
         created_ms: previous.map_or(object.modified_ms, |p| p.created_ms),
         modified_ms: object.modified_ms,
         version: previous.map_or(1, |p| p.version + 1),
+        stamp: object.stamp,
     };
     index.insert(&object.key, &meta)?;
     Ok(())

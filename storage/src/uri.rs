@@ -101,6 +101,13 @@ impl ObjectKey {
     }
 }
 
+/// Keys order as their text does, so maps of keys can be searched with a `&str` bound.
+impl std::borrow::Borrow<str> for ObjectKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl TryFrom<String> for ObjectKey {
     type Error = StorageError;
     fn try_from(value: String) -> Result<Self, Self::Error> {

@@ -268,26 +268,36 @@ async fn capacity_is_enforced_before_writing() {
     );
 }
 
-#[tokio::test]
-async fn fs_keys_that_collide_with_directories_are_conflicts() {
-    let dir = tempfile::tempdir().unwrap();
-    let tier = fs_tier(dir.path(), None).await;
-    put(&tier, "a/b", pattern(5), true).await.unwrap();
-    let err = put(&tier, "a", pattern(5), true).await.unwrap_err();
+/// An object cannot sit under another object, nor where other objects sit under it: the fs
+/// backend cannot store that, and the memory backend refuses it too, so tests and the
+/// simulator meet production's refusals.
+async fn collisions(tier: &dyn TierBackend) {
+    put(tier, "a/b", pattern(5), true).await.unwrap();
+    put(tier, "a-b", pattern(5), true).await.unwrap();
+    let err = put(tier, "a", pattern(5), true).await.unwrap_err();
     assert!(matches!(err, StorageError::Conflict { .. }), "{err}");
-    let err = put(&tier, "a/b/c", pattern(5), true).await.unwrap_err();
+    let err = put(tier, "a/b/c", pattern(5), true).await.unwrap_err();
     assert!(err.to_string().contains("`a/b` is an object"), "{err}");
     // The same conflicts are found before any body is sent.
-    let err = tier.check_key(&key("a/b/c")).unwrap_err();
+    let err = tier.check_key(&key("a/b/c/d")).await.unwrap_err();
     assert!(err.to_string().contains("`a/b` is an object"), "{err}");
-    let err = tier.check_key(&key("a")).unwrap_err();
+    let err = tier.check_key(&key("a")).await.unwrap_err();
     assert!(matches!(err, StorageError::Conflict { .. }), "{err}");
-    tier.check_key(&key("a/c/d")).unwrap();
+    tier.check_key(&key("a/c/d")).await.unwrap();
+    tier.check_key(&key("a-b/x")).await.unwrap_err();
+    assert_eq!(tier.gauge().used_bytes(), 10);
+}
+
+#[tokio::test]
+async fn keys_that_collide_with_directories_are_conflicts() {
+    collisions(&memory_tier(None)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tier = fs_tier(dir.path(), None).await;
+    collisions(&tier).await;
     let err = put(&tier, &format!("{TMP_DIR_NAME}/x"), pattern(5), true)
         .await
         .unwrap_err();
     assert!(matches!(err, StorageError::InvalidKey { .. }), "{err}");
-    assert_eq!(tier.gauge().used_bytes(), 5);
 }
 
 #[tokio::test]
@@ -338,9 +348,10 @@ async fn reconcile_repairs_the_index_from_fs_contents() {
         created_ms: 1,
         modified_ms: 1,
         version: 1,
+        stamp: 1,
     };
     index.insert(&key("ghost"), &ghost).unwrap();
-    // Indexed with the right size: left alone.
+    // Indexed with the right size and stamp: left alone.
     let kept_hash = put(&tier, "kept", pattern(10), true).await.unwrap();
     let kept = ObjectMeta {
         size: 10,
@@ -348,11 +359,34 @@ async fn reconcile_repairs_the_index_from_fs_contents() {
         created_ms: 7,
         modified_ms: 7,
         version: 3,
+        stamp: tier.head(&key("kept")).await.unwrap().unwrap().stamp,
     };
     index.insert(&key("kept"), &kept).unwrap();
+    // Indexed, then replaced by bytes of the same size (a crash before the index flush):
+    // the stamp tells.
+    let old_hash = put(&tier, "replaced", pattern(20), true).await.unwrap();
+    let replaced = ObjectMeta {
+        size: 20,
+        hash: old_hash,
+        created_ms: 5,
+        modified_ms: 5,
+        version: 1,
+        stamp: tier.head(&key("replaced")).await.unwrap().unwrap().stamp,
+    };
+    index.insert(&key("replaced"), &replaced).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let new_bytes = Bytes::from(vec![9u8; 20]);
+    put(&tier, "replaced", new_bytes.clone(), true)
+        .await
+        .unwrap();
 
     let report = reconcile(&tier, &index).await.unwrap();
-    assert_eq!((report.added, report.removed, report.rehashed), (1, 1, 0));
+    assert_eq!((report.added, report.removed, report.rehashed), (1, 1, 1));
+    let repaired = index.get(&key("replaced")).unwrap().unwrap();
+    assert_eq!(
+        (repaired.hash, repaired.version, repaired.created_ms),
+        (ContentHash::of(&new_bytes), 2, 5)
+    );
     assert_eq!(
         index.get(&key("orphan")).unwrap().unwrap().hash,
         ContentHash::of(&orphan)
@@ -384,6 +418,7 @@ async fn reconcile_pages_through_many_objects() {
             created_ms: 0,
             modified_ms: 0,
             version: 1,
+            stamp: 0,
         };
         index.insert(&key(&format!("k/{i:05}")), &meta).unwrap();
     }

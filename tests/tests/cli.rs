@@ -165,6 +165,7 @@ fn every_command_works_as_a_user_types_it() {
     assert_eq!(pmem["objects"], 1);
     assert_eq!(pmem["used_bytes"], genome.len() as u64);
     assert_eq!(pmem["kind"], "pmem");
+    assert_eq!(pmem["up"], true);
 
     // stdin put, the token from the environment, the address from the environment.
     let mut child = node
@@ -252,6 +253,10 @@ fn http_api_health_metrics_and_auth() {
         "{metrics}"
     );
     assert!(metrics.contains("status=\"401\""), "{metrics}");
+    assert!(
+        metrics.contains("letl_tier_up{tier=\"ssd\",kind=\"ssd\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
