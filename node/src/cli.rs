@@ -53,11 +53,22 @@ pub enum Command {
         http: Option<String>,
     },
     /// Store a file (FILE `-` reads stdin); a URI ending in `/` keeps the file's name.
-    Put { file: String, uri: String },
+    Put {
+        /// The file to store, or `-` for stdin.
+        file: String,
+        /// Where: `tier:/key`, or `tier:/dir/` to keep the file's name.
+        uri: String,
+    },
     /// Fetch an object into FILE (default: its basename here), or to stdout with `-`.
-    Get { uri: String, file: Option<String> },
+    Get {
+        /// The object, e.g. `ssd:/covid/NC_045512.fasta`.
+        uri: String,
+        /// A file or directory to write to, or `-` for stdout.
+        file: Option<String>,
+    },
     /// List objects under a prefix, e.g. `ssd:/covid/`.
     Ls {
+        /// A tier and key prefix: `ssd:/`, `ssd:/covid/`, `ssd:/covid/NC_`.
         prefix: String,
         /// One JSON object per line.
         #[arg(long)]
@@ -65,16 +76,30 @@ pub enum Command {
     },
     /// Show an object's metadata.
     Stat {
+        /// The object, e.g. `ssd:/covid/NC_045512.fasta`.
         uri: String,
         #[arg(long)]
         json: bool,
     },
     /// Remove an object.
-    Rm { uri: String },
+    Rm {
+        /// The object to remove.
+        uri: String,
+    },
     /// Copy an object, within a tier or between tiers (hash-verified).
-    Cp { source: String, destination: String },
+    Cp {
+        /// The object to copy.
+        source: String,
+        /// `tier:/key`, or `tier:/dir/` to keep the source's name.
+        destination: String,
+    },
     /// Move an object: copy, verify the hash, then remove the source.
-    Mv { source: String, destination: String },
+    Mv {
+        /// The object to move.
+        source: String,
+        /// `tier:/key`, or `tier:/dir/` to keep the source's name.
+        destination: String,
+    },
     /// List this node's tiers with their use and capacity.
     Tiers {
         #[arg(long)]
