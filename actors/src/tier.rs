@@ -167,10 +167,12 @@ impl Actor for TierActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let spec = args.spec;
         let name = spec.name();
-        if args.reconcile {
-            reconcile(spec.backend.as_ref(), spec.index.as_ref())
-                .await
-                .map_err(|e| format!("tier `{name}`: checking the index against the tier: {e}"))?;
+        // A tier that cannot be read now (an endpoint that is down) still starts: it serves
+        // from its index, its requests fail naming the cause, and the node's other tiers go on.
+        if args.reconcile
+            && let Err(e) = reconcile(spec.backend.as_ref(), spec.index.as_ref()).await
+        {
+            warn!(tier = %name, error = %e, "could not check the index against the tier; serving from the index as it is");
         }
         let (objects, bytes) = spec
             .index

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use letl_storage::TierName;
+use letl_storage::{S3_PART_BYTES_MAX, S3_PART_BYTES_MIN, S3Settings, TierName};
 use serde::Deserialize;
 use serde::de::{self, Visitor};
 
@@ -27,7 +27,7 @@ pub const DEFAULT_TIERS: [(&str, TierKind); 5] = [
 ];
 
 /// A node's validated configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub http: SocketAddr,
@@ -36,14 +36,36 @@ pub struct NodeConfig {
     pub tiers: Vec<TierConfig>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct TierConfig {
     pub name: TierName,
     pub kind: TierKind,
-    /// The tier's directory, already resolved against the data directory.
-    pub path: PathBuf,
+    pub store: TierStore,
     pub capacity_bytes: Option<u64>,
 }
+
+/// Where a tier keeps its objects.
+#[derive(Clone, Debug)]
+pub enum TierStore {
+    /// A directory, already resolved against the data directory.
+    Dir(PathBuf),
+    /// An S3-compatible endpoint.
+    S3(S3Settings),
+}
+
+impl TierConfig {
+    /// The tier's directory, for fs tiers.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.store {
+            TierStore::Dir(path) => Some(path),
+            TierStore::S3(_) => None,
+        }
+    }
+}
+
+/// Part size of multipart uploads to S3 tiers unless configured.
+pub const DEFAULT_S3_PART_BYTES: u64 = 16 << 20;
+pub const DEFAULT_S3_REGION: &str = "us-east-1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -121,6 +143,12 @@ struct FileTier {
     backend: Option<String>,
     path: Option<PathBuf>,
     capacity: Option<ByteSize>,
+    endpoint: Option<String>,
+    bucket: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    part_size: Option<ByteSize>,
 }
 
 impl NodeConfig {
@@ -195,7 +223,7 @@ impl NodeConfig {
                         name: TierName::new(*name)
                             .map_err(|e| field_error("tiers", e.to_string()))?,
                         kind: *kind,
-                        path: data_dir.join("tiers").join(name),
+                        store: TierStore::Dir(data_dir.join("tiers").join(name)),
                         capacity_bytes: None,
                     })
                 })
@@ -236,14 +264,17 @@ fn check_tier_paths(data_dir: &Path, tiers: &[TierConfig]) -> Result<(), ConfigE
     let index = data_dir.join("index");
     let mut seen: Vec<(&TierName, PathBuf)> = Vec::new();
     for tier in tiers {
+        let Some(tier_path) = tier.path() else {
+            continue;
+        };
         let field = format!("tiers.{}.path", tier.name);
-        let path = normalize(&cwd, &tier.path);
+        let path = normalize(&cwd, tier_path);
         if data_dir.starts_with(&path) {
             return Err(field_error(
                 field,
                 format!(
                     "{} contains the node's data dir {}; give the tier a directory of its own",
-                    tier.path.display(),
+                    tier_path.display(),
                     data_dir.display()
                 ),
             ));
@@ -251,7 +282,7 @@ fn check_tier_paths(data_dir: &Path, tiers: &[TierConfig]) -> Result<(), ConfigE
         if path.starts_with(&index) {
             return Err(field_error(
                 field,
-                format!("{} is inside the node's index", tier.path.display()),
+                format!("{} is inside the node's index", tier_path.display()),
             ));
         }
         for (other, other_path) in &seen {
@@ -260,7 +291,7 @@ fn check_tier_paths(data_dir: &Path, tiers: &[TierConfig]) -> Result<(), ConfigE
                     field,
                     format!(
                         "{} overlaps the directory of tier `{other}` ({}); tiers need separate directories",
-                        tier.path.display(),
+                        tier_path.display(),
                         other_path.display()
                     ),
                 ));
@@ -295,32 +326,6 @@ fn tier_config(data_dir: &Path, name: String, tier: FileTier) -> Result<TierConf
             "missing; one of pmem, ssd, hdd, daos, cortx, fs",
         )
     })?;
-    match tier.backend.as_deref() {
-        None | Some("fs") => {}
-        Some("s3") => {
-            return Err(field_error(
-                field("backend"),
-                "s3 endpoints are not supported by this build yet; use \"fs\" (a directory or a dfuse mount)",
-            ));
-        }
-        Some(other) => {
-            return Err(field_error(
-                field("backend"),
-                format!("unknown backend `{other}`; use \"fs\""),
-            ));
-        }
-    }
-    let path = tier
-        .path
-        .unwrap_or_else(|| PathBuf::from("tiers").join(&name));
-    if path.as_os_str().is_empty() {
-        return Err(field_error(field("path"), "must not be empty"));
-    }
-    let path = if path.is_absolute() {
-        path
-    } else {
-        data_dir.join(path)
-    };
     if let Some(capacity) = &tier.capacity
         && capacity.0 == 0
     {
@@ -329,11 +334,122 @@ fn tier_config(data_dir: &Path, name: String, tier: FileTier) -> Result<TierConf
             "must be more than 0 (leave it out for no limit)",
         ));
     }
+    let capacity_bytes = tier.capacity.map(|c| c.0);
+    let store = match tier.backend.as_deref() {
+        None | Some("fs") => {
+            for (set, part) in [
+                (tier.endpoint.is_some(), "endpoint"),
+                (tier.bucket.is_some(), "bucket"),
+                (tier.region.is_some(), "region"),
+                (tier.access_key_id.is_some(), "access_key_id"),
+                (tier.secret_access_key.is_some(), "secret_access_key"),
+                (tier.part_size.is_some(), "part_size"),
+            ] {
+                if set {
+                    return Err(field_error(
+                        field(part),
+                        "only s3 tiers take this; add backend = \"s3\"",
+                    ));
+                }
+            }
+            let path = tier
+                .path
+                .unwrap_or_else(|| PathBuf::from("tiers").join(&name));
+            if path.as_os_str().is_empty() {
+                return Err(field_error(field("path"), "must not be empty"));
+            }
+            TierStore::Dir(if path.is_absolute() {
+                path
+            } else {
+                data_dir.join(path)
+            })
+        }
+        Some("s3") => {
+            if tier.path.is_some() {
+                return Err(field_error(
+                    field("path"),
+                    "s3 tiers have an endpoint and a bucket, not a path",
+                ));
+            }
+            TierStore::S3(s3_settings(&field, tier)?)
+        }
+        Some(other) => {
+            return Err(field_error(
+                field("backend"),
+                format!("unknown backend `{other}`; use \"fs\" or \"s3\""),
+            ));
+        }
+    };
     Ok(TierConfig {
         name: tier_name,
         kind,
-        path,
-        capacity_bytes: tier.capacity.map(|c| c.0),
+        store,
+        capacity_bytes,
+    })
+}
+
+fn s3_settings(field: &dyn Fn(&str) -> String, tier: FileTier) -> Result<S3Settings, ConfigError> {
+    let endpoint = tier.endpoint.ok_or_else(|| {
+        field_error(
+            field("endpoint"),
+            "missing; the endpoint URL, e.g. http://127.0.0.1:8333",
+        )
+    })?;
+    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) || endpoint.len() < 10
+    {
+        return Err(field_error(
+            field("endpoint"),
+            format!("`{endpoint}` is not an http:// or https:// URL"),
+        ));
+    }
+    let bucket = tier
+        .bucket
+        .ok_or_else(|| field_error(field("bucket"), "missing"))?;
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !bucket_ok {
+        return Err(field_error(
+            field("bucket"),
+            format!(
+                "`{bucket}` is not a bucket name: 3 to 63 of a-z, 0-9, '-' and '.', starting and ending with a letter or digit"
+            ),
+        ));
+    }
+    let from_env = |value: Option<String>, part: &str, var: &str| {
+        value
+            .or_else(|| std::env::var(var).ok())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                field_error(
+                    field(part),
+                    format!("missing; set it here or in the {var} environment variable"),
+                )
+            })
+    };
+    let access_key_id = from_env(tier.access_key_id, "access_key_id", "AWS_ACCESS_KEY_ID")?;
+    let secret_access_key = from_env(
+        tier.secret_access_key,
+        "secret_access_key",
+        "AWS_SECRET_ACCESS_KEY",
+    )?;
+    let part_bytes = tier.part_size.map_or(DEFAULT_S3_PART_BYTES, |s| s.0);
+    if !(S3_PART_BYTES_MIN..=S3_PART_BYTES_MAX).contains(&part_bytes) {
+        return Err(field_error(
+            field("part_size"),
+            "must be from 5MiB to 5GiB (S3's limits)",
+        ));
+    }
+    Ok(S3Settings {
+        endpoint,
+        bucket,
+        region: tier.region.unwrap_or_else(|| DEFAULT_S3_REGION.to_string()),
+        access_key_id,
+        secret_access_key,
+        part_bytes,
     })
 }
 
@@ -417,7 +533,10 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("./letl-data"));
         let names: Vec<_> = config.tiers.iter().map(|t| t.name.to_string()).collect();
         assert_eq!(names, ["pmem", "ssd", "hdd", "daos", "cortx"]);
-        assert_eq!(config.tiers[1].path, PathBuf::from("./letl-data/tiers/ssd"));
+        assert_eq!(
+            config.tiers[1].path(),
+            Some(Path::new("./letl-data/tiers/ssd"))
+        );
     }
 
     #[test]
@@ -448,9 +567,9 @@ mod tests {
         "#;
         let config = NodeConfig::from_toml(text, &Overrides::default()).unwrap();
         assert_eq!(config.object_bytes_max, 1_610_612_736);
-        assert_eq!(config.tiers[0].path, PathBuf::from("/mnt/pmem0"));
+        assert_eq!(config.tiers[0].path(), Some(Path::new("/mnt/pmem0")));
         assert_eq!(config.tiers[0].capacity_bytes, Some(64 << 30));
-        assert_eq!(config.tiers[1].path, PathBuf::from("/d/tiers/slow"));
+        assert_eq!(config.tiers[1].path(), Some(Path::new("/d/tiers/slow")));
         assert_eq!(config.tiers[1].capacity_bytes, Some(1000));
     }
 
@@ -502,6 +621,70 @@ mod tests {
                 "for {text:?} expected {expected:?} in: {err}"
             );
         }
+    }
+
+    #[test]
+    fn s3_tiers_take_endpoint_bucket_and_credentials() {
+        let text = r#"
+            [tiers.cortx]
+            kind = "cortx"
+            backend = "s3"
+            endpoint = "http://127.0.0.1:8333"
+            bucket = "letl-data"
+            access_key_id = "key"
+            secret_access_key = "secret"
+            part_size = "8MiB"
+        "#;
+        let config = NodeConfig::from_toml(text, &Overrides::default()).unwrap();
+        let TierStore::S3(s3) = &config.tiers[0].store else {
+            panic!("expected an s3 tier")
+        };
+        assert_eq!(
+            (s3.bucket.as_str(), s3.region.as_str(), s3.part_bytes),
+            ("letl-data", "us-east-1", 8 << 20)
+        );
+        assert!(
+            !format!("{s3:?}").contains("secret\""),
+            "the secret is never printed"
+        );
+        let base = "[tiers.c]\nkind = \"cortx\"\nbackend = \"s3\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\n";
+        for (extra, expected) in [
+            ("bucket = \"b-1\"\n", "tiers.c.endpoint"),
+            (
+                "endpoint = \"ftp://x\"\nbucket = \"b-1\"\n",
+                "tiers.c.endpoint",
+            ),
+            (
+                "endpoint = \"http://127.0.0.1:1\"\nbucket = \"B_1\"\n",
+                "tiers.c.bucket",
+            ),
+            (
+                "endpoint = \"http://127.0.0.1:1\"\nbucket = \"b-1\"\npart_size = \"1MiB\"\n",
+                "tiers.c.part_size",
+            ),
+            (
+                "endpoint = \"http://127.0.0.1:1\"\nbucket = \"b-1\"\npath = \"x\"\n",
+                "tiers.c.path",
+            ),
+        ] {
+            let err = NodeConfig::from_toml(&format!("{base}{extra}"), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(expected),
+                "for {extra:?} expected {expected:?} in: {err}"
+            );
+        }
+        let err = NodeConfig::from_toml(
+            "[tiers.s]\nkind = \"ssd\"\nbucket = \"b-1\"\n",
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("tiers.s.bucket") && err.contains("only s3 tiers"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use letl_actors::{RestartPolicy, SupervisorArgs, SupervisorHandle, TierDirectory, TierSpec};
-use letl_storage::{Clock, FsTier, IndexDb, SystemClock};
+use letl_storage::{Clock, FsTier, IndexDb, S3Tier, SystemClock, TierBackend};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, TierStore};
 use crate::metrics::Metrics;
 use crate::server::{AppState, router};
 use crate::service::ObjectService;
@@ -106,17 +106,32 @@ pub async fn run(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut tiers = Vec::new();
     for tier in &config.tiers {
-        let (backend, report) = FsTier::open(
-            tier.name.clone(),
-            &tier.kind.to_string(),
-            tier.path.clone(),
-            tier.capacity_bytes,
-        )
-        .await
-        .with_context(|| format!("open tier `{}`", tier.name))?;
-        info!(tier = %tier.name, path = %tier.path.display(), objects = report.objects, bytes = report.bytes, "tier opened");
+        let kind = tier.kind.to_string();
+        let backend: Arc<dyn TierBackend> = match &tier.store {
+            TierStore::Dir(path) => {
+                let (backend, report) =
+                    FsTier::open(tier.name.clone(), &kind, path.clone(), tier.capacity_bytes)
+                        .await
+                        .with_context(|| format!("open tier `{}`", tier.name))?;
+                info!(tier = %tier.name, path = %path.display(), objects = report.objects, bytes = report.bytes, "tier opened");
+                Arc::new(backend)
+            }
+            TierStore::S3(settings) => {
+                let (backend, report) = S3Tier::open(
+                    tier.name.clone(),
+                    &kind,
+                    settings.clone(),
+                    tier.capacity_bytes,
+                )
+                .await;
+                if report.unreachable.is_none() {
+                    info!(tier = %tier.name, endpoint = %settings.endpoint, bucket = %settings.bucket, objects = report.objects, bytes = report.bytes, "tier opened");
+                }
+                Arc::new(backend)
+            }
+        };
         tiers.push(TierSpec {
-            backend: Arc::new(backend),
+            backend,
             index: Arc::new(index_db.tier(&tier.name)?),
             clock: Arc::clone(&clock),
             object_bytes_max: config.object_bytes_max,

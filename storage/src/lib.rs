@@ -15,6 +15,8 @@ mod hash;
 mod index;
 mod memory;
 mod reconcile;
+#[cfg(feature = "s3")]
+mod s3;
 mod uri;
 
 pub use backend::{
@@ -28,6 +30,8 @@ pub use hash::{ContentHash, Hasher};
 pub use index::{IndexDb, MemoryIndex, ObjectIndex, ObjectMeta, SledIndex};
 pub use memory::MemoryTier;
 pub use reconcile::{ReconcileReport, reconcile};
+#[cfg(feature = "s3")]
+pub use s3::{S3_PART_BYTES_MAX, S3_PART_BYTES_MIN, S3OpenReport, S3Settings, S3Tier};
 pub use uri::{KEY_BYTES_MAX, KeyPrefix, ObjectKey, ObjectUri, PrefixUri, TierName};
 
 /// A stream over one buffer, in chunks of `chunk_bytes`: for tests and small bodies.

@@ -5,6 +5,8 @@
 //! Nothing depends on it. It never links the node's code: everything goes through processes,
 //! sockets and files.
 
+pub mod seaweed;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
