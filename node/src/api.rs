@@ -1,7 +1,7 @@
 //! The JSON shapes of the `/v1` HTTP API, shared by the server and the CLI.
 
 use letl_actors::TierStatus;
-use letl_storage::{ObjectMeta, ObjectUri};
+use letl_storage::{MoveRecord, MoveState, ObjectMeta, ObjectUri};
 use serde::{Deserialize, Serialize};
 
 /// Most entries a list page returns unless asked for fewer.
@@ -117,6 +117,63 @@ pub struct TiersResponse {
 pub struct TransferRequest {
     pub source: String,
     pub destination: String,
+    /// Makes the transfer idempotent: the same id again returns the first result. One is made
+    /// up when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// Answer of `POST /v1/copy` and `POST /v1/move`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferResponse {
+    pub request_id: String,
+    pub object: ObjectInfo,
+}
+
+/// A transfer as `GET /v1/moves` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveInfo {
+    pub request_id: String,
+    /// `mv` or `cp`.
+    pub kind: String,
+    pub source: String,
+    pub destination: String,
+    pub size: u64,
+    pub hash: String,
+    /// `copying`, `copied`, `done` or `failed`.
+    pub state: String,
+    pub error: Option<String>,
+    pub started: String,
+    pub updated: String,
+}
+
+impl From<&MoveRecord> for MoveInfo {
+    fn from(r: &MoveRecord) -> Self {
+        let (state, error) = match &r.state {
+            MoveState::Copying => ("copying", None),
+            MoveState::Copied => ("copied", None),
+            MoveState::Done => ("done", None),
+            MoveState::Failed(reason) => ("failed", Some(reason.clone())),
+        };
+        Self {
+            request_id: r.request_id.clone(),
+            kind: if r.remove_source { "mv" } else { "cp" }.to_string(),
+            source: r.source.to_string(),
+            destination: r.destination.to_string(),
+            size: r.size,
+            hash: r.hash.to_string(),
+            state: state.to_string(),
+            error,
+            started: rfc3339(r.started_ms),
+            updated: rfc3339(r.updated_ms),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovesResponse {
+    /// Most recent first.
+    pub moves: Vec<MoveInfo>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::api::{ObjectInfo, TierInfo};
+use crate::api::{ObjectInfo, TierInfo, TransferResponse};
 use crate::client::{Client, Failure, Outcome, exit};
 use crate::config::{DEFAULT_DATA_DIR, NodeConfig, Overrides};
 
@@ -92,6 +92,9 @@ pub enum Command {
         source: String,
         /// `tier:/key`, or `tier:/dir/` to keep the source's name.
         destination: String,
+        /// Runs the copy once: the same id again returns the first result.
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
     },
     /// Move an object: copy, verify the hash, then remove the source.
     Mv {
@@ -99,6 +102,14 @@ pub enum Command {
         source: String,
         /// `tier:/key`, or `tier:/dir/` to keep the source's name.
         destination: String,
+        /// Runs the move once: the same id again returns the first result.
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
+    },
+    /// List copies and moves: in progress, and recent ones with how they ended.
+    Moves {
+        #[arg(long)]
+        json: bool,
     },
     /// List this node's tiers with their use and capacity.
     Tiers {
@@ -214,11 +225,37 @@ fn run_client(connection: &Connection, command: Command) -> Outcome {
             Command::Cp {
                 source,
                 destination,
-            } => print_written(&client.transfer(&source, &destination, false).await?),
+                request_id,
+            } => print_transferred(
+                &client
+                    .transfer(&source, &destination, false, request_id)
+                    .await?,
+            ),
             Command::Mv {
                 source,
                 destination,
-            } => print_written(&client.transfer(&source, &destination, true).await?),
+                request_id,
+            } => print_transferred(
+                &client
+                    .transfer(&source, &destination, true, request_id)
+                    .await?,
+            ),
+            Command::Moves { json } => {
+                for m in client.moves().await?.moves {
+                    if json {
+                        println!("{}", serde_json::to_string(&m).unwrap_or_default());
+                    } else {
+                        let state = match &m.error {
+                            Some(error) => format!("failed: {error}"),
+                            None => m.state.clone(),
+                        };
+                        println!(
+                            "{}\t{}\t{}\t{} -> {}\t{}",
+                            m.started, m.request_id, m.kind, m.source, m.destination, state
+                        );
+                    }
+                }
+            }
             Command::Tiers { json } => {
                 let tiers = client.tiers().await?.tiers;
                 if json {
@@ -233,6 +270,15 @@ fn run_client(connection: &Connection, command: Command) -> Outcome {
         }
         Ok(())
     })
+}
+
+/// A copy or move: the written object's line, then its request id.
+fn print_transferred(done: &TransferResponse) {
+    let info = &done.object;
+    println!(
+        "{}\t{}\t{}\t{}",
+        info.uri, info.size, info.hash, done.request_id
+    );
 }
 
 /// One line per written object: URI, size, hash (tab-separated, URI first).

@@ -15,7 +15,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::api::{
-    ErrorBody, HASH_HEADER, ListResponse, ObjectInfo, TiersResponse, TransferRequest,
+    ErrorBody, HASH_HEADER, ListResponse, MovesResponse, ObjectInfo, TiersResponse,
+    TransferRequest, TransferResponse,
 };
 
 /// Exit codes, documented in README.md.
@@ -365,20 +366,30 @@ impl Client {
         source: &str,
         destination: &str,
         remove_source: bool,
-    ) -> Outcome<ObjectInfo> {
+        request_id: Option<String>,
+    ) -> Outcome<TransferResponse> {
         // Checked here too, so a typo costs no round trip and gets the same message.
         ObjectUri::parse(source)?;
         PrefixUri::parse(destination)?;
+        if let Some(id) = &request_id {
+            letl_storage::check_request_id(id)?;
+        }
         let route = if remove_source { "move" } else { "copy" };
         let body = TransferRequest {
             source: source.to_string(),
             destination: destination.to_string(),
+            request_id,
         };
         self.json(
             self.request(Method::POST, &format!("{}/v1/{route}", self.base))
                 .json(&body),
         )
         .await
+    }
+
+    pub async fn moves(&self) -> Outcome<MovesResponse> {
+        self.json(self.request(Method::GET, &format!("{}/v1/moves", self.base)))
+            .await
     }
 
     pub async fn tiers(&self) -> Outcome<TiersResponse> {

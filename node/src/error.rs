@@ -37,6 +37,7 @@ impl From<StorageError> for ApiError {
             StorageError::InvalidUri { .. }
             | StorageError::InvalidKey { .. }
             | StorageError::InvalidTierName { .. }
+            | StorageError::InvalidRequestId { .. }
             | StorageError::LengthMismatch { .. }
             | StorageError::Body(_) => StatusCode::BAD_REQUEST,
             StorageError::UnknownTier { .. } | StorageError::NotFound { .. } => {

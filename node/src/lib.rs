@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod moves;
 pub mod node;
 pub mod server;
 pub mod service;

@@ -16,13 +16,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use letl_actors::{RestartPolicy, SupervisorArgs, SupervisorHandle, TierDirectory, TierSpec};
-use letl_storage::{Clock, FsTier, IndexDb, S3Tier, SystemClock, TierBackend};
+use letl_storage::{Clock, FsTier, IndexDb, MoveLog, S3Tier, SystemClock, TierBackend};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::{NodeConfig, TierStore};
 use crate::metrics::Metrics;
+use crate::moves::Mover;
 use crate::server::{AppState, router};
 use crate::service::ObjectService;
 
@@ -35,6 +36,9 @@ pub struct NodeDeps {
     pub listener: TcpListener,
     pub tiers: Vec<TierSpec>,
     pub token: String,
+    /// The durable record of copies and moves (see `moves`).
+    pub moves: Arc<dyn MoveLog>,
+    pub clock: Arc<dyn Clock>,
     pub shutdown_grace: Duration,
     /// Flushed as a whole once the tiers have stopped; absent when indexes live in memory.
     pub index_db: Option<IndexDb>,
@@ -54,8 +58,14 @@ pub async fn start(
     .await
     .map_err(anyhow::Error::msg)?;
 
+    // Transfers a previous run left unfinished are finished before anything new is served.
+    let mover = Mover::new(directory.clone(), deps.moves, deps.clock);
+    mover
+        .resume()
+        .await
+        .map_err(|e| anyhow::anyhow!("resuming transfers: {}", e.message))?;
     let state = AppState {
-        service: ObjectService::new(directory),
+        service: ObjectService::new(directory, mover),
         token: Arc::from(deps.token),
         metrics: Arc::new(Metrics::default()),
     };
@@ -145,6 +155,8 @@ pub async fn run(
         listener,
         tiers,
         token,
+        moves: Arc::new(index_db.moves()?),
+        clock,
         shutdown_grace: config.shutdown_grace,
         index_db: Some(index_db),
     };

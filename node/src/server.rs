@@ -17,8 +17,8 @@ use letl_storage::{ByteStream, KeyPrefix, LIST_PAGE_ENTRIES_MAX, ObjectKey, Obje
 use serde::Deserialize;
 
 use crate::api::{
-    HASH_HEADER, LIST_PAGE_DEFAULT, ListResponse, ObjectInfo, TierInfo, TiersResponse,
-    TransferRequest, VERSION_HEADER,
+    HASH_HEADER, LIST_PAGE_DEFAULT, ListResponse, MoveInfo, MovesResponse, ObjectInfo, TierInfo,
+    TiersResponse, TransferRequest, TransferResponse, VERSION_HEADER,
 };
 use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
@@ -43,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/preflight/{tier}/{*key}", get(preflight_put))
         .route("/v1/copy", post(copy_object))
         .route("/v1/move", post(move_object))
+        .route("/v1/moves", get(list_moves))
         .route("/metrics", get(render_metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -277,27 +278,48 @@ async fn transfer(
     state: AppState,
     request: Result<Json<TransferRequest>, JsonRejection>,
     remove_source: bool,
-) -> Result<Json<ObjectInfo>, ApiError> {
+) -> Result<Json<TransferResponse>, ApiError> {
     let Json(request) = request.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (uri, meta) = state
+    let done = state
         .service
-        .transfer(&request.source, &request.destination, remove_source)
+        .transfer(
+            &request.source,
+            &request.destination,
+            remove_source,
+            request.request_id,
+        )
         .await?;
-    Ok(Json(ObjectInfo::new(&uri, &meta)))
+    Ok(Json(TransferResponse {
+        request_id: done.request_id,
+        object: ObjectInfo::new(&done.destination, &done.meta),
+    }))
 }
 
 async fn copy_object(
     State(state): State<AppState>,
     request: Result<Json<TransferRequest>, JsonRejection>,
-) -> Result<Json<ObjectInfo>, ApiError> {
+) -> Result<Json<TransferResponse>, ApiError> {
     transfer(state, request, false).await
 }
 
 async fn move_object(
     State(state): State<AppState>,
     request: Result<Json<TransferRequest>, JsonRejection>,
-) -> Result<Json<ObjectInfo>, ApiError> {
+) -> Result<Json<TransferResponse>, ApiError> {
     transfer(state, request, true).await
+}
+
+/// Most transfers `GET /v1/moves` returns (the most recent).
+const MOVES_LISTED_MAX: usize = 1_000;
+
+async fn list_moves(State(state): State<AppState>) -> Result<Json<MovesResponse>, ApiError> {
+    let records = state.service.mover().records()?;
+    let moves = records
+        .iter()
+        .take(MOVES_LISTED_MAX)
+        .map(MoveInfo::from)
+        .collect();
+    Ok(Json(MovesResponse { moves }))
 }
 
 async fn list_tiers(State(state): State<AppState>) -> Json<TiersResponse> {

@@ -1,25 +1,24 @@
 //! Object operations on top of the tier actors: what the HTTP handlers (and later the LETL
 //! routes and remote nodes) call. Single-tier operations go to that tier's actor; copies and
-//! moves stream from one tier actor into another, verifying the content hash before the
-//! destination is published and before the source is deleted.
+//! moves go through the [`Mover`], which runs them exactly once.
 
+use crate::error::ApiError;
+use crate::moves::{Mover, Transferred};
 use letl_actors::{TierDirectory, TierStatus};
 use letl_storage::{
     ByteStream, KeyPrefix, ObjectKey, ObjectMeta, ObjectReader, ObjectUri, PrefixUri, StorageError,
     TierName,
 };
-use tracing::info;
-
-use crate::error::ApiError;
 
 #[derive(Clone, Debug)]
 pub struct ObjectService {
     directory: TierDirectory,
+    mover: Mover,
 }
 
 impl ObjectService {
-    pub fn new(directory: TierDirectory) -> Self {
-        Self { directory }
+    pub fn new(directory: TierDirectory, mover: Mover) -> Self {
+        Self { directory, mover }
     }
 
     pub async fn put(
@@ -75,41 +74,24 @@ impl ObjectService {
             .await?)
     }
 
-    /// Copies (or moves) `source` to `destination`; a destination naming a place (`ssd:/`,
-    /// `hdd:/out/`) takes the source's basename. Returns the destination and its metadata.
+    /// Copies (or moves) `source` to `destination` exactly once under `request_id`; a
+    /// destination naming a place (`ssd:/`, `hdd:/out/`) takes the source's basename.
     pub async fn transfer(
         &self,
         source: &str,
         destination: &str,
         remove_source: bool,
-    ) -> Result<(ObjectUri, ObjectMeta), ApiError> {
+        request_id: Option<String>,
+    ) -> Result<Transferred, ApiError> {
         let source = ObjectUri::parse(source)?;
         let destination = resolve_destination(destination, source.key.basename())?;
-        if source == destination {
-            return Err(ApiError::bad_request(format!(
-                "source and destination are the same object ({source})"
-            )));
-        }
-        let from = self.directory.get(&source.tier)?;
-        let to = self.directory.get(&destination.tier)?;
-        let (meta, reader) = from.get(source.key.clone()).await?;
-        // The destination is published only if its bytes hash to the source's recorded hash.
-        let copied = to
-            .put(
-                destination.key.clone(),
-                reader.body,
-                Some(meta.size),
-                Some(meta.hash),
-            )
-            .await?;
-        if remove_source {
-            // Delete only what was copied: a source rewritten meanwhile stays, and says so.
-            from.delete(source.key.clone(), Some(meta.hash)).await?;
-            info!(%source, %destination, size = meta.size, "object moved");
-        } else {
-            info!(%source, %destination, size = meta.size, "object copied");
-        }
-        Ok((destination, copied))
+        self.mover
+            .transfer(source, destination, remove_source, request_id)
+            .await
+    }
+
+    pub fn mover(&self) -> &Mover {
+        &self.mover
     }
 
     /// Every tier, in name order; a down tier is listed with its reason, never hiding the rest.

@@ -12,6 +12,8 @@ pub enum StorageError {
     InvalidUri { uri: String, reason: String },
     #[error("invalid key `{key}`: {reason}")]
     InvalidKey { key: String, reason: String },
+    #[error("invalid request id `{id}`: {reason}")]
+    InvalidRequestId { id: String, reason: String },
     #[error("invalid tier name `{name}`: {reason}")]
     InvalidTierName { name: String, reason: String },
     #[error("unknown tier `{tier}` (this node has: {known})")]
@@ -89,6 +91,7 @@ impl StorageError {
             Self::InvalidUri { .. }
                 | Self::InvalidKey { .. }
                 | Self::InvalidTierName { .. }
+                | Self::InvalidRequestId { .. }
                 | Self::LengthMismatch { .. }
                 | Self::Body(_)
         )

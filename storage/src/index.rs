@@ -94,6 +94,10 @@ impl IndexDb {
         self.db.flush()?;
         Ok(())
     }
+
+    pub(crate) fn open_tree(&self, name: &str) -> Result<sled::Tree> {
+        Ok(self.db.open_tree(name)?)
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -14,6 +14,7 @@ mod fs;
 mod hash;
 mod index;
 mod memory;
+mod moves;
 mod reconcile;
 #[cfg(feature = "s3")]
 mod s3;
@@ -29,6 +30,10 @@ pub use fs::{FsOpenReport, FsTier, TMP_DIR_NAME, read_blocks, write_blocks};
 pub use hash::{ContentHash, Hasher};
 pub use index::{IndexDb, MemoryIndex, ObjectIndex, ObjectMeta, SledIndex};
 pub use memory::MemoryTier;
+pub use moves::{
+    MemoryMoveLog, MoveLog, MoveRecord, MoveState, REQUEST_ID_BYTES_MAX, SledMoveLog,
+    check_request_id,
+};
 pub use reconcile::{ReconcileReport, reconcile};
 #[cfg(feature = "s3")]
 pub use s3::{S3_PART_BYTES_MAX, S3_PART_BYTES_MIN, S3OpenReport, S3Settings, S3Tier};

@@ -44,6 +44,8 @@ pub struct TestNode {
     pub data_dir: PathBuf,
     pub config: Option<PathBuf>,
     pub addr: String,
+    /// Extra environment for the node process, applied at each (re)start.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -118,6 +120,7 @@ impl TestNode {
             data_dir,
             config,
             addr: String::new(),
+            env: Vec::new(),
             child: None,
         };
         node.restart();
@@ -136,6 +139,7 @@ impl TestNode {
             .arg("--http")
             .arg("127.0.0.1:0")
             .env("LETL_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join("node.log")).expect("log file"));
@@ -162,6 +166,23 @@ impl TestNode {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.child = Some(child);
+    }
+
+    /// Waits for the process to exit on its own (a crash point), up to 30 s.
+    pub fn wait_for_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not exit: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn log(&self) -> String {

@@ -1,0 +1,316 @@
+//! Exactly-once copies and moves between tiers.
+//!
+//! Every transfer has a request id (given, or made up) and a durable record in the move log,
+//! written before each step it guards:
+//!
+//! 1. `Copying` with the source's size and hash, then the copy, which the destination tier
+//!    publishes only if the bytes hash to that;
+//! 2. `Copied`, then (for a move) the source's deletion, only if it still has that hash;
+//! 3. `Done`.
+//!
+//! A node killed at any point finishes the transfer at its next start ([`resume`]): a copy that
+//! did not land is redone from the still-present source, a copied move deletes its source. The
+//! object is never lost, and never left live in two places. A request id given again returns
+//! the first result and starts nothing.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use letl_actors::TierDirectory;
+use letl_storage::{
+    Clock, MoveLog, MoveRecord, MoveState, ObjectMeta, ObjectUri, StorageError, check_request_id,
+};
+use tracing::{info, warn};
+
+use crate::error::ApiError;
+use axum::http::StatusCode;
+
+/// Transfers as the service runs them.
+#[derive(Clone, Debug)]
+pub struct Mover {
+    directory: TierDirectory,
+    log: Arc<dyn MoveLog>,
+    clock: Arc<dyn Clock>,
+    /// Request ids running now: a second request with the same id waits for nothing and is
+    /// told the first is in progress.
+    running: Arc<Mutex<BTreeSet<String>>>,
+}
+
+/// What a finished transfer reports.
+#[derive(Clone, Debug)]
+pub struct Transferred {
+    pub request_id: String,
+    pub destination: ObjectUri,
+    pub meta: ObjectMeta,
+}
+
+/// Test hook: `LETL_CRASH_AT=<point>` ends the process at that point of a transfer, as a
+/// SIGKILL would (no clean-up), so black-box tests can check recovery from each step.
+fn crash_point(point: &str) {
+    static CRASH_AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = CRASH_AT.get_or_init(|| std::env::var("LETL_CRASH_AT").ok());
+    if at.as_deref() == Some(point) {
+        warn!(point, "LETL_CRASH_AT reached: exiting without clean-up");
+        std::process::exit(137);
+    }
+}
+
+/// A request id for callers that gave none: unique enough, and says when it was made.
+fn new_request_id(now_ms: u64) -> String {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    format!(
+        "t{now_ms}-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+impl Mover {
+    pub fn new(directory: TierDirectory, log: Arc<dyn MoveLog>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            directory,
+            log,
+            clock,
+            running: Arc::new(Mutex::new(BTreeSet::new())),
+        }
+    }
+
+    pub fn records(&self) -> Result<Vec<MoveRecord>, ApiError> {
+        let mut all = self.log.all()?;
+        all.sort_by(|a, b| {
+            b.started_ms
+                .cmp(&a.started_ms)
+                .then(a.request_id.cmp(&b.request_id))
+        });
+        Ok(all)
+    }
+
+    async fn save(&self, record: &mut MoveRecord, state: MoveState) -> Result<(), ApiError> {
+        record.state = state;
+        record.updated_ms = self.clock.now_ms();
+        self.log.put(record)?;
+        self.log.flush().await?;
+        Ok(())
+    }
+
+    /// Copies (or moves) `source` to `destination` under `request_id`.
+    pub async fn transfer(
+        &self,
+        source: ObjectUri,
+        destination: ObjectUri,
+        remove_source: bool,
+        request_id: Option<String>,
+    ) -> Result<Transferred, ApiError> {
+        let request_id = match request_id {
+            Some(id) => {
+                check_request_id(&id)?;
+                id
+            }
+            None => new_request_id(self.clock.now_ms()),
+        };
+        if source == destination {
+            return Err(ApiError::bad_request(format!(
+                "source and destination are the same object ({source})"
+            )));
+        }
+        {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if !running.insert(request_id.clone()) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("request id `{request_id}` is in progress"),
+                ));
+            }
+        }
+        let outcome = self
+            .transfer_once(&request_id, source, destination, remove_source)
+            .await;
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&request_id);
+        outcome
+    }
+
+    async fn transfer_once(
+        &self,
+        request_id: &str,
+        source: ObjectUri,
+        destination: ObjectUri,
+        remove_source: bool,
+    ) -> Result<Transferred, ApiError> {
+        if let Some(record) = self.log.get(request_id)? {
+            if record.source != source
+                || record.destination != destination
+                || record.remove_source != remove_source
+            {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "request id `{request_id}` was used for another transfer ({} {} -> {})",
+                        if record.remove_source { "mv" } else { "cp" },
+                        record.source,
+                        record.destination
+                    ),
+                ));
+            }
+            return self.replay(record).await;
+        }
+        let from = self.directory.get(&source.tier)?;
+        let to = self.directory.get(&destination.tier)?;
+        let (meta, reader) = from.get(source.key.clone()).await?;
+        let now = self.clock.now_ms();
+        let mut record = MoveRecord {
+            request_id: request_id.to_string(),
+            source: source.clone(),
+            destination: destination.clone(),
+            remove_source,
+            size: meta.size,
+            hash: meta.hash,
+            state: MoveState::Copying,
+            started_ms: now,
+            updated_ms: now,
+        };
+        self.log.put(&record)?;
+        self.log.flush().await?;
+        crash_point("move:intent");
+
+        let copied = to
+            .put(
+                destination.key.clone(),
+                reader.body,
+                Some(meta.size),
+                Some(meta.hash),
+            )
+            .await;
+        let copied = match copied {
+            Ok(copied) => copied,
+            Err(e) => {
+                // Nothing was published; the source is untouched.
+                self.save(&mut record, MoveState::Failed(e.to_string()))
+                    .await?;
+                return Err(e.into());
+            }
+        };
+        crash_point("move:copied");
+        self.save(&mut record, MoveState::Copied).await?;
+        crash_point("move:recorded");
+        self.finish(&mut record).await?;
+        crash_point("move:deleted");
+        info!(request_id, %source, %destination, size = meta.size, moved = remove_source, "transfer done");
+        Ok(Transferred {
+            request_id: request_id.to_string(),
+            destination,
+            meta: copied,
+        })
+    }
+
+    /// After `Copied`: deletes a move's source (only if it still has the copied hash), then
+    /// records `Done`.
+    async fn finish(&self, record: &mut MoveRecord) -> Result<(), ApiError> {
+        if record.remove_source {
+            let from = self.directory.get(&record.source.tier)?;
+            match from
+                .delete(record.source.key.clone(), Some(record.hash))
+                .await
+            {
+                Ok(_) | Err(StorageError::NotFound { .. }) => {}
+                Err(e @ StorageError::Conflict { .. }) => {
+                    // The source was rewritten after it was read: it is a new object now, and
+                    // stays. The copy of the old one is at the destination.
+                    warn!(request_id = %record.request_id, error = %e, "source changed during the move; kept");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.save(record, MoveState::Done).await
+    }
+
+    /// A request id seen before: its first result, finishing it first if it was interrupted.
+    async fn replay(&self, mut record: MoveRecord) -> Result<Transferred, ApiError> {
+        match &record.state {
+            MoveState::Failed(reason) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "request id `{}` failed earlier: {reason}",
+                    record.request_id
+                ),
+            )),
+            MoveState::Done => self.result_of(&record).await,
+            MoveState::Copying | MoveState::Copied => {
+                self.recover(&mut record).await?;
+                self.result_of(&record).await
+            }
+        }
+    }
+
+    async fn result_of(&self, record: &MoveRecord) -> Result<Transferred, ApiError> {
+        if let MoveState::Failed(reason) = &record.state {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("request id `{}` failed: {reason}", record.request_id),
+            ));
+        }
+        let to = self.directory.get(&record.destination.tier)?;
+        let meta = to.head(record.destination.key.clone()).await?;
+        Ok(Transferred {
+            request_id: record.request_id.clone(),
+            destination: record.destination.clone(),
+            meta,
+        })
+    }
+
+    /// Brings an interrupted transfer to `Done` (or `Failed`, if its source is gone and its copy
+    /// never landed).
+    async fn recover(&self, record: &mut MoveRecord) -> Result<(), ApiError> {
+        if record.state == MoveState::Copying {
+            let to = self.directory.get(&record.destination.tier)?;
+            let landed = matches!(to.head(record.destination.key.clone()).await, Ok(m) if m.hash == record.hash);
+            if !landed {
+                let from = self.directory.get(&record.source.tier)?;
+                match from.get(record.source.key.clone()).await {
+                    Ok((meta, reader)) if meta.hash == record.hash => {
+                        to.put(
+                            record.destination.key.clone(),
+                            reader.body,
+                            Some(meta.size),
+                            Some(meta.hash),
+                        )
+                        .await?;
+                    }
+                    Ok(_) | Err(StorageError::NotFound { .. }) => {
+                        let reason = "interrupted, and its source changed or vanished before the copy landed";
+                        self.save(record, MoveState::Failed(reason.to_string()))
+                            .await?;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.save(record, MoveState::Copied).await?;
+        }
+        if record.state == MoveState::Copied {
+            self.finish(record).await?;
+        }
+        Ok(())
+    }
+
+    /// Finishes every transfer a previous run left unfinished. Called at start, before serving.
+    pub async fn resume(&self) -> Result<(), ApiError> {
+        for mut record in self.log.all()? {
+            if record.is_finished() {
+                continue;
+            }
+            let from = record.state.clone();
+            match self.recover(&mut record).await {
+                Ok(()) => {
+                    info!(request_id = %record.request_id, from = ?from, to = ?record.state, "interrupted transfer finished")
+                }
+                Err(e) => {
+                    warn!(request_id = %record.request_id, error = %e.message, "interrupted transfer could not be finished now; it is retried at the next start or when its request id comes again")
+                }
+            }
+        }
+        Ok(())
+    }
+}
