@@ -34,6 +34,8 @@ pub struct NodeConfig {
     pub object_bytes_max: u64,
     pub shutdown_grace: Duration,
     pub tiers: Vec<TierConfig>,
+    /// The LETL routes' default source: `source_uri` keys without a scheme are read here.
+    pub source_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -124,6 +126,8 @@ fn field_error(field: impl Into<String>, message: impl Into<String>) -> ConfigEr
 struct FileConfig {
     #[serde(default)]
     node: FileNode,
+    #[serde(default)]
+    source: FileSource,
     tiers: Option<BTreeMap<String, FileTier>>,
 }
 
@@ -134,6 +138,13 @@ struct FileNode {
     http: Option<String>,
     max_object_size: Option<ByteSize>,
     shutdown_grace: Option<String>,
+}
+
+/// Where the LETL routes read a `source_uri` without a scheme.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSource {
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,12 +251,18 @@ impl NodeConfig {
                 .collect::<Result<Vec<_>, ConfigError>>()?,
         };
         check_tier_paths(&data_dir, &tiers)?;
+        if let Some(dir) = &file.source.dir
+            && dir.as_os_str().is_empty()
+        {
+            return Err(field_error("source.dir", "must not be empty"));
+        }
         Ok(Self {
             data_dir,
             http,
             object_bytes_max,
             shutdown_grace,
             tiers,
+            source_dir: file.source.dir,
         })
     }
 

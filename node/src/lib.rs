@@ -11,6 +11,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod letl;
 pub mod metrics;
 pub mod moves;
 pub mod node;

@@ -16,12 +16,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use letl_actors::{RestartPolicy, SupervisorArgs, SupervisorHandle, TierDirectory, TierSpec};
-use letl_storage::{Clock, FsTier, IndexDb, MoveLog, S3Tier, SystemClock, TierBackend};
+use letl_storage::{
+    Clock, FsTier, IndexDb, MoveLog, S3Tier, SledReservations, SystemClock, TierBackend,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::{NodeConfig, TierStore};
+use crate::letl::Letl;
 use crate::metrics::Metrics;
 use crate::moves::Mover;
 use crate::server::{AppState, router};
@@ -38,6 +41,10 @@ pub struct NodeDeps {
     pub token: String,
     /// The durable record of copies and moves (see `moves`).
     pub moves: Arc<dyn MoveLog>,
+    /// The LETL routes' reservations of request ids and destinations.
+    pub reservations: SledReservations,
+    /// The LETL routes' default source directory.
+    pub source_dir: Option<PathBuf>,
     pub clock: Arc<dyn Clock>,
     pub shutdown_grace: Duration,
     /// Flushed as a whole once the tiers have stopped; absent when indexes live in memory.
@@ -59,12 +66,20 @@ pub async fn start(
     .map_err(anyhow::Error::msg)?;
 
     // Transfers a previous run left unfinished are finished before anything new is served.
-    let mover = Mover::new(directory.clone(), deps.moves, deps.clock);
+    let mover = Mover::new(directory.clone(), deps.moves, Arc::clone(&deps.clock));
     mover
         .resume()
         .await
         .map_err(|e| anyhow::anyhow!("resuming transfers: {}", e.message))?;
+    let letl = Letl::new(
+        directory.clone(),
+        mover.clone(),
+        deps.reservations,
+        Arc::clone(&deps.clock),
+        deps.source_dir,
+    );
     let state = AppState {
+        letl: Arc::new(letl),
         service: ObjectService::new(directory, mover),
         token: Arc::from(deps.token),
         metrics: Arc::new(Metrics::default()),
@@ -156,6 +171,8 @@ pub async fn run(
         tiers,
         token,
         moves: Arc::new(index_db.moves()?),
+        reservations: index_db.reservations()?,
+        source_dir: config.source_dir.clone(),
         clock,
         shutdown_grace: config.shutdown_grace,
         index_db: Some(index_db),

@@ -4,7 +4,7 @@
 use std::io;
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -21,12 +21,14 @@ use crate::api::{
     TiersResponse, TransferRequest, TransferResponse, VERSION_HEADER,
 };
 use crate::error::ApiError;
+use crate::letl::{Letl, LetlRequest, LetlResponse};
 use crate::metrics::{self, Metrics};
 use crate::service::ObjectService;
 
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub service: ObjectService,
+    pub letl: Arc<Letl>,
     pub token: Arc<str>,
     pub metrics: Arc<Metrics>,
 }
@@ -45,6 +47,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/move", post(move_object))
         .route("/v1/moves", get(list_moves))
         .route("/metrics", get(render_metrics))
+        // The seed's LETL routes, as it named them.
+        .route("/cortx/write", post(letl_cortx_write))
+        .route("/daos/ssd/write", post(letl_daos_write))
+        .route("/tiering/D-C", post(letl_daos_to_cortx))
+        .route("/tiering/C-D", post(letl_cortx_to_daos))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -320,6 +327,62 @@ async fn list_moves(State(state): State<AppState>) -> Result<Json<MovesResponse>
         .map(MoveInfo::from)
         .collect();
     Ok(Json(MovesResponse { moves }))
+}
+
+/// The LETL routes read their body as JSON whatever its Content-Type says: the seed's clients
+/// (curl -d, FastAPI's docs page) do not all send `application/json`.
+fn letl_body(body: Bytes) -> Result<LetlRequest, ApiError> {
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be JSON {{\"destination_uri\", \"source_uri\" (or \"source\"), \"request_id\"}}: {e}"
+        ))
+    })
+}
+
+async fn letl_cortx_write(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<LetlResponse>, ApiError> {
+    let request = letl_body(body)?;
+    Ok(Json(
+        state.letl.write("/cortx/write", "cortx", request).await?,
+    ))
+}
+
+async fn letl_daos_write(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<LetlResponse>, ApiError> {
+    let request = letl_body(body)?;
+    Ok(Json(
+        state.letl.write("/daos/ssd/write", "daos", request).await?,
+    ))
+}
+
+async fn letl_daos_to_cortx(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<LetlResponse>, ApiError> {
+    let request = letl_body(body)?;
+    Ok(Json(
+        state
+            .letl
+            .tier("/tiering/D-C", "daos", "cortx", request)
+            .await?,
+    ))
+}
+
+async fn letl_cortx_to_daos(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<LetlResponse>, ApiError> {
+    let request = letl_body(body)?;
+    Ok(Json(
+        state
+            .letl
+            .tier("/tiering/C-D", "cortx", "daos", request)
+            .await?,
+    ))
 }
 
 async fn list_tiers(State(state): State<AppState>) -> Json<TiersResponse> {

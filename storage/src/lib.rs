@@ -31,8 +31,8 @@ pub use hash::{ContentHash, Hasher};
 pub use index::{IndexDb, MemoryIndex, ObjectIndex, ObjectMeta, SledIndex};
 pub use memory::MemoryTier;
 pub use moves::{
-    MemoryMoveLog, MoveLog, MoveRecord, MoveState, REQUEST_ID_BYTES_MAX, SledMoveLog,
-    check_request_id,
+    MemoryMoveLog, MoveLog, MoveRecord, MoveState, REQUEST_ID_BYTES_MAX,
+    Reservation as LetlReservation, SledMoveLog, SledReservations, Taken, check_request_id,
 };
 pub use reconcile::{ReconcileReport, reconcile};
 #[cfg(feature = "s3")]

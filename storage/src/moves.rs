@@ -187,3 +187,69 @@ mod tests {
         assert_eq!(log.get("r2").unwrap(), None);
     }
 }
+
+/// What the LETL routes reserved: a request id and the destination it wrote, both unique for
+/// ever (the seed's rules), durable across restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub request_id: String,
+    pub route: String,
+    pub source: String,
+    pub destination: ObjectUri,
+    pub reserved_ms: u64,
+}
+
+/// Reservations of the LETL routes, by request id and by destination.
+#[derive(Debug, Clone)]
+pub struct SledReservations {
+    by_request: sled::Tree,
+    by_destination: sled::Tree,
+}
+
+impl crate::index::IndexDb {
+    pub fn reservations(&self) -> Result<SledReservations> {
+        Ok(SledReservations {
+            by_request: self.open_tree("letl/request")?,
+            by_destination: self.open_tree("letl/destination")?,
+        })
+    }
+}
+
+/// Why a reservation was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Taken {
+    RequestId(Reservation),
+    Destination(Reservation),
+}
+
+impl SledReservations {
+    /// Reserves both or neither. The caller serializes calls (one lock per node), so the check
+    /// and the insert cannot interleave with another reservation.
+    pub fn reserve(&self, reservation: &Reservation) -> Result<std::result::Result<(), Taken>> {
+        if let Some(v) = self.by_request.get(reservation.request_id.as_str())? {
+            return Ok(Err(Taken::RequestId(codec::decode(&v)?)));
+        }
+        let destination = reservation.destination.to_string();
+        if let Some(v) = self.by_destination.get(destination.as_str())? {
+            return Ok(Err(Taken::Destination(codec::decode(&v)?)));
+        }
+        let value = codec::encode(reservation)?;
+        self.by_request
+            .insert(reservation.request_id.as_str(), value.clone())?;
+        self.by_destination.insert(destination.as_str(), value)?;
+        Ok(Ok(()))
+    }
+
+    /// Gives back a reservation whose write failed, so the request can be retried.
+    pub fn release(&self, reservation: &Reservation) -> Result<()> {
+        self.by_request.remove(reservation.request_id.as_str())?;
+        self.by_destination
+            .remove(reservation.destination.to_string().as_str())?;
+        Ok(())
+    }
+
+    pub async fn flush(&self) -> Result<()> {
+        self.by_request.flush_async().await?;
+        Ok(())
+    }
+}

@@ -118,6 +118,30 @@ impl S3Tier {
         settings: S3Settings,
         capacity_bytes: Option<u64>,
     ) -> (Self, S3OpenReport) {
+        let tier = Self::connect(name.clone(), kind, settings, capacity_bytes);
+        let mut report = S3OpenReport::default();
+        match tier.prepare_bucket().await.and(tier.count_objects().await) {
+            Ok((objects, bytes)) => {
+                report.objects = objects;
+                report.bytes = bytes;
+                tier.gauge.add_existing(bytes);
+            }
+            Err(e) => {
+                warn!(tier = %name, error = %e, "s3 tier starts without its endpoint; its requests fail until it answers");
+                report.unreachable = Some(e.to_string());
+            }
+        }
+        (tier, report)
+    }
+
+    /// A client for the endpoint, without contacting it: for buckets read as sources, whose
+    /// contents are not counted.
+    pub fn connect(
+        name: TierName,
+        kind: &str,
+        settings: S3Settings,
+        capacity_bytes: Option<u64>,
+    ) -> Self {
         let http_client = aws_smithy_http_client::Builder::new()
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .build_https();
@@ -148,7 +172,7 @@ impl S3Tier {
                     .build(),
             )
             .build();
-        let tier = Self {
+        Self {
             description: TierDescription {
                 name: name.clone(),
                 kind: kind.to_string(),
@@ -165,20 +189,7 @@ impl S3Tier {
             settings,
             next_staged: AtomicU64::new(0),
             staged: Mutex::new(BTreeMap::new()),
-        };
-        let mut report = S3OpenReport::default();
-        match tier.prepare_bucket().await.and(tier.count_objects().await) {
-            Ok((objects, bytes)) => {
-                report.objects = objects;
-                report.bytes = bytes;
-                tier.gauge.add_existing(bytes);
-            }
-            Err(e) => {
-                warn!(tier = %name, error = %e, "s3 tier starts without its endpoint; its requests fail until it answers");
-                report.unreachable = Some(e.to_string());
-            }
         }
-        (tier, report)
     }
 
     fn staged(&self) -> MutexGuard<'_, BTreeMap<String, StagedUpload>> {

@@ -1,0 +1,345 @@
+//! The seed's LETL routes: `POST /cortx/write`, `POST /daos/ssd/write`, `POST /tiering/D-C`,
+//! `POST /tiering/C-D`, each with `{destination_uri, source_uri, request_id}` (`source` is
+//! accepted for `source_uri`, as the seed's own example writes it).
+//!
+//! A write route reads its source (a tier URI, `file:///path`, `http://` URL, or a key of the
+//! node's default source directory) and stores it on the route's tier at
+//! `destination_uri/<basename of the source>`. A tiering route moves `source_uri` from one tier
+//! to `destination_uri` on the other, exactly once (see `moves`). Request ids and destinations
+//! are unique for ever: a reused one gets 409 and changes nothing. Reservations are durable.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use futures_util::TryStreamExt;
+use letl_actors::TierDirectory;
+use letl_storage::{
+    ByteStream, Clock, LetlReservation, ObjectKey, ObjectUri, SledReservations, StorageError,
+    Taken, TierName, check_request_id, read_blocks,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tracing::info;
+
+use crate::error::ApiError;
+use crate::moves::Mover;
+
+/// Longest LETL request id (the mover's ids add a 5-byte `letl:` prefix).
+const LETL_REQUEST_ID_BYTES_MAX: usize = 120;
+
+/// Body of every LETL route.
+#[derive(Clone, Debug, Deserialize)]
+pub struct LetlRequest {
+    pub destination_uri: String,
+    #[serde(alias = "source")]
+    pub source_uri: String,
+    pub request_id: String,
+}
+
+/// What a LETL route wrote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LetlResponse {
+    pub request_id: String,
+    pub source: String,
+    pub uri: String,
+    pub size: u64,
+    pub hash: String,
+}
+
+/// The LETL routes' state: reservations and where sources come from.
+#[derive(Debug)]
+pub struct Letl {
+    directory: TierDirectory,
+    mover: Mover,
+    reservations: SledReservations,
+    clock: Arc<dyn Clock>,
+    /// Where a `source_uri` without a scheme is read from.
+    source_dir: Option<PathBuf>,
+    http: reqwest::Client,
+    /// Serializes reservations: a check and its insert never interleave with another's.
+    reserving: Mutex<()>,
+}
+
+fn conflict(message: String) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, message)
+}
+
+impl Letl {
+    pub fn new(
+        directory: TierDirectory,
+        mover: Mover,
+        reservations: SledReservations,
+        clock: Arc<dyn Clock>,
+        source_dir: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            directory,
+            mover,
+            reservations,
+            clock,
+            source_dir,
+            http: reqwest::Client::new(),
+            reserving: Mutex::new(()),
+        }
+    }
+
+    /// `POST /cortx/write` and `POST /daos/ssd/write`.
+    pub async fn write(
+        &self,
+        route: &str,
+        tier: &str,
+        request: LetlRequest,
+    ) -> Result<LetlResponse, ApiError> {
+        check_letl_id(&request.request_id)?;
+        let tier = TierName::new(tier)?;
+        let basename = source_basename(&request.source_uri)?;
+        let key = ObjectKey::new(format!(
+            "{}/{basename}",
+            request.destination_uri.trim_end_matches('/')
+        ))
+        .map_err(|e| ApiError::bad_request(format!("destination_uri: {e}")))?;
+        let destination = ObjectUri::new(tier, key);
+        let reservation = self.reserve(route, &request, &destination).await?;
+        let written = async {
+            let (body, size) = self.open_source(&request.source_uri).await?;
+            let handle = self.directory.get(&destination.tier)?;
+            Ok::<_, ApiError>(
+                handle
+                    .put(destination.key.clone(), body, size, None)
+                    .await?,
+            )
+        }
+        .await;
+        match written {
+            Ok(meta) => {
+                info!(route, request_id = %request.request_id, source = %request.source_uri, %destination, size = meta.size, "letl write done");
+                Ok(LetlResponse {
+                    request_id: request.request_id,
+                    source: request.source_uri,
+                    uri: destination.to_string(),
+                    size: meta.size,
+                    hash: meta.hash.to_string(),
+                })
+            }
+            Err(e) => {
+                self.reservations.release(&reservation)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// `POST /tiering/D-C` and `POST /tiering/C-D`: moves `source_uri` on `from` to
+    /// `destination_uri` on `to`.
+    pub async fn tier(
+        &self,
+        route: &str,
+        from: &str,
+        to: &str,
+        request: LetlRequest,
+    ) -> Result<LetlResponse, ApiError> {
+        check_letl_id(&request.request_id)?;
+        let source = ObjectUri::new(
+            TierName::new(from)?,
+            ObjectKey::new(request.source_uri.clone())
+                .map_err(|e| ApiError::bad_request(format!("source_uri: {e}")))?,
+        );
+        let destination = ObjectUri::new(
+            TierName::new(to)?,
+            ObjectKey::new(request.destination_uri.clone())
+                .map_err(|e| ApiError::bad_request(format!("destination_uri: {e}")))?,
+        );
+        let reservation = self.reserve(route, &request, &destination).await?;
+        let moved = self
+            .mover
+            .transfer(
+                source.clone(),
+                destination,
+                true,
+                Some(format!("letl:{}", request.request_id)),
+            )
+            .await;
+        match moved {
+            Ok(done) => Ok(LetlResponse {
+                request_id: request.request_id,
+                source: source.to_string(),
+                uri: done.destination.to_string(),
+                size: done.meta.size,
+                hash: done.meta.hash.to_string(),
+            }),
+            Err(e) => {
+                self.reservations.release(&reservation)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Reserves the request id and the destination, or says which was taken. An object already
+    /// at the destination counts as taken too.
+    async fn reserve(
+        &self,
+        route: &str,
+        request: &LetlRequest,
+        destination: &ObjectUri,
+    ) -> Result<LetlReservation, ApiError> {
+        let _one_at_a_time = self.reserving.lock().await;
+        let reservation = LetlReservation {
+            request_id: request.request_id.clone(),
+            route: route.to_string(),
+            source: request.source_uri.clone(),
+            destination: destination.clone(),
+            reserved_ms: self.clock.now_ms(),
+        };
+        match self.reservations.reserve(&reservation)? {
+            Ok(()) => {}
+            Err(Taken::RequestId(first)) => {
+                return Err(conflict(format!(
+                    "request_id `{}` was already used (by {} writing {})",
+                    request.request_id, first.route, first.destination
+                )));
+            }
+            Err(Taken::Destination(first)) => {
+                return Err(conflict(format!(
+                    "destination_uri {destination} was already written (by request `{}`)",
+                    first.request_id
+                )));
+            }
+        }
+        let exists = match self.directory.get(&destination.tier) {
+            Ok(tier) => tier.head(destination.key.clone()).await.is_ok(),
+            Err(e) => {
+                self.reservations.release(&reservation)?;
+                return Err(e.into());
+            }
+        };
+        if exists {
+            self.reservations.release(&reservation)?;
+            return Err(conflict(format!(
+                "destination_uri {destination} already holds an object"
+            )));
+        }
+        self.reservations.flush().await?;
+        Ok(reservation)
+    }
+
+    /// A stream of the source's bytes and its length when known.
+    async fn open_source(&self, source: &str) -> Result<(ByteStream, Option<u64>), ApiError> {
+        if let Some(path) = source.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(ApiError::bad_request(format!(
+                    "source `{source}`: a file:// source needs an absolute path (file:///...)"
+                )));
+            }
+            return open_file(Path::new(path), source).await;
+        }
+        if source.starts_with("http://") {
+            let response = self.http.get(source).send().await.map_err(|e| {
+                ApiError::new(StatusCode::BAD_GATEWAY, format!("source `{source}`: {e}"))
+            })?;
+            if !response.status().is_success() {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("source `{source}` answered {}", response.status()),
+                ));
+            }
+            let size = response.content_length();
+            let body: ByteStream = Box::pin(response.bytes_stream().map_err(std::io::Error::other));
+            return Ok((body, size));
+        }
+        if source.starts_with("https://") || source.starts_with("s3://") {
+            return Err(ApiError::bad_request(format!(
+                "source `{source}`: https:// and s3:// sources are not supported by this build yet; use a tier URI, file:///, http:// or a key of the default source"
+            )));
+        }
+        if let Some((tier, _)) = source.split_once(":/")
+            && TierName::new(tier).is_ok()
+        {
+            let uri = ObjectUri::parse(source)?;
+            let (_, reader) = self.directory.get(&uri.tier)?.get(uri.key).await?;
+            return Ok((reader.body, Some(reader.size)));
+        }
+        let Some(dir) = &self.source_dir else {
+            return Err(ApiError::bad_request(format!(
+                "source `{source}` has no scheme and this node has no default source (set [source] dir in the config)"
+            )));
+        };
+        // Validated like a key, so it cannot climb out of the source directory.
+        let key = ObjectKey::new(source)
+            .map_err(|e| ApiError::bad_request(format!("source_uri: {e}")))?;
+        let mut path = dir.clone();
+        path.extend(key.segments());
+        open_file(&path, source).await
+    }
+}
+
+fn check_letl_id(id: &str) -> Result<(), ApiError> {
+    check_request_id(id)?;
+    if id.len() > LETL_REQUEST_ID_BYTES_MAX {
+        return Err(StorageError::InvalidRequestId {
+            id: id.chars().take(40).collect(),
+            reason: format!("LETL request ids are at most {LETL_REQUEST_ID_BYTES_MAX} bytes"),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The last path segment of a source, which names the object a write route stores.
+fn source_basename(source: &str) -> Result<String, ApiError> {
+    let path = source.split_once("://").map_or(source, |(_, rest)| rest);
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    let name = path
+        .rsplit(['/', ':'])
+        .find(|s| !s.is_empty())
+        .unwrap_or("");
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(ApiError::bad_request(format!(
+            "source `{source}` names no object"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+async fn open_file(path: &Path, source: &str) -> Result<(ByteStream, Option<u64>), ApiError> {
+    let path = path.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        Ok((file, meta.len()))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match opened {
+        Ok((file, size)) => Ok((read_blocks(file), Some(size))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("source `{source}` does not exist"),
+        )),
+        Err(e) => Err(ApiError::bad_request(format!("source `{source}`: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basenames_of_sources() {
+        for (source, name) in [
+            ("project-19-276121/letlCovidSet/A1", "A1"),
+            ("file:///data/x.fa", "x.fa"),
+            ("http://host:80/a/b.gz?x=1", "b.gz"),
+            ("ssd:/covid/NC_045512", "NC_045512"),
+        ] {
+            assert_eq!(source_basename(source).unwrap(), name);
+        }
+        assert!(
+            source_basename("http://host/").is_ok(),
+            "the host names the object"
+        );
+        assert!(source_basename("").is_err());
+    }
+}
