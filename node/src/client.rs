@@ -194,7 +194,12 @@ impl Client {
         self.send(preflight).await?;
         let bar = progress(size, "put");
         let counted = bar.clone();
-        let body = body.inspect_ok(move |chunk| counted.inc(chunk.len() as u64));
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sent_counter = std::sync::Arc::clone(&sent);
+        let body = body.inspect_ok(move |chunk| {
+            counted.inc(chunk.len() as u64);
+            sent_counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        });
         let mut request = self
             .request(Method::PUT, &self.object_url("objects", &target))
             .body(reqwest::Body::wrap_stream(body));
@@ -203,7 +208,22 @@ impl Client {
         }
         let result = self.json::<ObjectInfo>(request).await;
         bar.finish_and_clear();
-        result
+        match result {
+            Err(failure) if failure.code == exit::FAILURE => {
+                // A node that refuses a body midway (over the size limit, tier full) may close
+                // the connection before its answer can be read. Ask it about what was sent so
+                // far: if that is refused, the refusal is the real reason.
+                let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+                let check = self
+                    .request(Method::GET, &self.object_url("preflight", &target))
+                    .query(&[("size", sent)]);
+                match self.send(check).await {
+                    Err(refusal) if refusal.code != exit::FAILURE => Err(refusal),
+                    _ => Err(failure),
+                }
+            }
+            other => other,
+        }
     }
 
     /// `letl get URI [FILE|-]`: streams to FILE (default: the key's basename here), through a

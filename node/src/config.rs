@@ -36,6 +36,9 @@ pub struct NodeConfig {
     pub tiers: Vec<TierConfig>,
     /// The LETL routes' default source: `source_uri` keys without a scheme are read here.
     pub source_dir: Option<PathBuf>,
+    /// The endpoint of `s3://bucket/key` sources; with a bucket, scheme-less keys are read from
+    /// that bucket when there is no `source_dir`.
+    pub source_s3: Option<S3Settings>,
 }
 
 #[derive(Clone, Debug)]
@@ -145,6 +148,11 @@ struct FileNode {
 #[serde(deny_unknown_fields)]
 struct FileSource {
     dir: Option<PathBuf>,
+    endpoint: Option<String>,
+    bucket: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,13 +264,54 @@ impl NodeConfig {
         {
             return Err(field_error("source.dir", "must not be empty"));
         }
+        let source = file.source;
+        let source_dir = source.dir;
+        let source_s3 = match source.endpoint {
+            None => {
+                for (set, part) in [
+                    (source.bucket.is_some(), "bucket"),
+                    (source.region.is_some(), "region"),
+                    (source.access_key_id.is_some(), "access_key_id"),
+                    (source.secret_access_key.is_some(), "secret_access_key"),
+                ] {
+                    if set {
+                        return Err(field_error(
+                            format!("source.{part}"),
+                            "needs source.endpoint",
+                        ));
+                    }
+                }
+                None
+            }
+            Some(endpoint) => {
+                let default_bucket = source.bucket.clone();
+                let fields = S3Fields {
+                    endpoint: Some(endpoint),
+                    // Checked when given; a name that passes stands in for validation otherwise.
+                    bucket: Some(
+                        source
+                            .bucket
+                            .unwrap_or_else(|| "letl-no-default-bucket".to_string()),
+                    ),
+                    region: source.region,
+                    access_key_id: source.access_key_id,
+                    secret_access_key: source.secret_access_key,
+                    part_size: None,
+                };
+                let mut settings = s3_settings(&|part: &str| format!("source.{part}"), fields)?;
+                // Empty: no default bucket, so only s3://bucket/key sources use the endpoint.
+                settings.bucket = default_bucket.unwrap_or_default();
+                Some(settings)
+            }
+        };
         Ok(Self {
             data_dir,
             http,
             object_bytes_max,
             shutdown_grace,
             tiers,
-            source_dir: file.source.dir,
+            source_dir,
+            source_s3,
         })
     }
 
@@ -388,7 +437,17 @@ fn tier_config(data_dir: &Path, name: String, tier: FileTier) -> Result<TierConf
                     "s3 tiers have an endpoint and a bucket, not a path",
                 ));
             }
-            TierStore::S3(s3_settings(&field, tier)?)
+            TierStore::S3(s3_settings(
+                &field,
+                S3Fields {
+                    endpoint: tier.endpoint,
+                    bucket: tier.bucket,
+                    region: tier.region,
+                    access_key_id: tier.access_key_id,
+                    secret_access_key: tier.secret_access_key,
+                    part_size: tier.part_size,
+                },
+            )?)
         }
         Some(other) => {
             return Err(field_error(
@@ -405,7 +464,17 @@ fn tier_config(data_dir: &Path, name: String, tier: FileTier) -> Result<TierConf
     })
 }
 
-fn s3_settings(field: &dyn Fn(&str) -> String, tier: FileTier) -> Result<S3Settings, ConfigError> {
+/// The settings of an S3 endpoint, as a tier or the LETL source section gives them.
+struct S3Fields {
+    endpoint: Option<String>,
+    bucket: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    part_size: Option<ByteSize>,
+}
+
+fn s3_settings(field: &dyn Fn(&str) -> String, tier: S3Fields) -> Result<S3Settings, ConfigError> {
     let endpoint = tier.endpoint.ok_or_else(|| {
         field_error(
             field("endpoint"),

@@ -8,6 +8,7 @@
 //! to `destination_uri` on the other, exactly once (see `moves`). Request ids and destinations
 //! are unique for ever: a reused one gets 409 and changes nothing. Reservations are durable.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,8 +16,8 @@ use axum::http::StatusCode;
 use futures_util::TryStreamExt;
 use letl_actors::TierDirectory;
 use letl_storage::{
-    ByteStream, Clock, LetlReservation, ObjectKey, ObjectUri, SledReservations, StorageError,
-    Taken, TierName, check_request_id, read_blocks,
+    ByteStream, Clock, LetlReservation, ObjectKey, ObjectUri, S3Settings, S3Tier, SledReservations,
+    StorageError, Taken, TierBackend, TierName, check_request_id, read_blocks,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -56,6 +57,10 @@ pub struct Letl {
     clock: Arc<dyn Clock>,
     /// Where a `source_uri` without a scheme is read from.
     source_dir: Option<PathBuf>,
+    /// The endpoint of `s3://` sources (and its default bucket, if not empty).
+    source_s3: Option<S3Settings>,
+    /// One client per source bucket, made on first use.
+    source_buckets: std::sync::Mutex<BTreeMap<String, Arc<S3Tier>>>,
     http: reqwest::Client,
     /// Serializes reservations: a check and its insert never interleave with another's.
     reserving: Mutex<()>,
@@ -72,6 +77,7 @@ impl Letl {
         reservations: SledReservations,
         clock: Arc<dyn Clock>,
         source_dir: Option<PathBuf>,
+        source_s3: Option<S3Settings>,
     ) -> Self {
         Self {
             directory,
@@ -79,6 +85,8 @@ impl Letl {
             reservations,
             clock,
             source_dir,
+            source_s3,
+            source_buckets: std::sync::Mutex::new(BTreeMap::new()),
             http: reqwest::Client::new(),
             reserving: Mutex::new(()),
         }
@@ -246,9 +254,17 @@ impl Letl {
             let body: ByteStream = Box::pin(response.bytes_stream().map_err(std::io::Error::other));
             return Ok((body, size));
         }
-        if source.starts_with("https://") || source.starts_with("s3://") {
+        if let Some(rest) = source.strip_prefix("s3://") {
+            let Some((bucket, key)) = rest.split_once('/') else {
+                return Err(ApiError::bad_request(format!(
+                    "source `{source}`: expected s3://bucket/key"
+                )));
+            };
+            return self.open_s3(bucket, key, source).await;
+        }
+        if source.starts_with("https://") {
             return Err(ApiError::bad_request(format!(
-                "source `{source}`: https:// and s3:// sources are not supported by this build yet; use a tier URI, file:///, http:// or a key of the default source"
+                "source `{source}`: https:// sources are not supported by this build yet; use a tier URI, file:///, http://, s3:// or a key of the default source"
             )));
         }
         if let Some((tier, _)) = source.split_once(":/")
@@ -259,8 +275,13 @@ impl Letl {
             return Ok((reader.body, Some(reader.size)));
         }
         let Some(dir) = &self.source_dir else {
+            if let Some(settings) = &self.source_s3
+                && !settings.bucket.is_empty()
+            {
+                return self.open_s3(&settings.bucket.clone(), source, source).await;
+            }
             return Err(ApiError::bad_request(format!(
-                "source `{source}` has no scheme and this node has no default source (set [source] dir in the config)"
+                "source `{source}` has no scheme and this node has no default source (set [source] dir, or endpoint and bucket, in the config)"
             )));
         };
         // Validated like a key, so it cannot climb out of the source directory.
@@ -269,6 +290,54 @@ impl Letl {
         let mut path = dir.clone();
         path.extend(key.segments());
         open_file(&path, source).await
+    }
+}
+
+/// Most source buckets whose clients are kept.
+const SOURCE_BUCKETS_MAX: usize = 64;
+
+impl Letl {
+    async fn open_s3(
+        &self,
+        bucket: &str,
+        key: &str,
+        source: &str,
+    ) -> Result<(ByteStream, Option<u64>), ApiError> {
+        let Some(settings) = &self.source_s3 else {
+            return Err(ApiError::bad_request(format!(
+                "source `{source}`: s3:// sources need [source] endpoint in the config"
+            )));
+        };
+        let key =
+            ObjectKey::new(key).map_err(|e| ApiError::bad_request(format!("source_uri: {e}")))?;
+        let reader = {
+            let tier = {
+                let mut buckets = self
+                    .source_buckets
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if buckets.len() >= SOURCE_BUCKETS_MAX && !buckets.contains_key(bucket) {
+                    buckets.clear();
+                }
+                let tier = buckets.entry(bucket.to_string()).or_insert_with(|| {
+                    let mut settings = settings.clone();
+                    settings.bucket = bucket.to_string();
+                    let name = TierName::new("source")
+                        .unwrap_or_else(|_| unreachable!("a valid tier name"));
+                    Arc::new(S3Tier::connect(name, "source", settings, None))
+                });
+                Arc::clone(tier)
+            };
+            tier.get(&key).await
+        };
+        match reader {
+            Ok(reader) => Ok((reader.body, Some(reader.size))),
+            Err(StorageError::NotFound { .. }) => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("source `{source}` does not exist"),
+            )),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -45,6 +45,8 @@ pub struct NodeDeps {
     pub reservations: SledReservations,
     /// The LETL routes' default source directory.
     pub source_dir: Option<PathBuf>,
+    /// The LETL routes' S3 source endpoint.
+    pub source_s3: Option<letl_storage::S3Settings>,
     pub clock: Arc<dyn Clock>,
     pub shutdown_grace: Duration,
     /// Flushed as a whole once the tiers have stopped; absent when indexes live in memory.
@@ -77,6 +79,7 @@ pub async fn start(
         deps.reservations,
         Arc::clone(&deps.clock),
         deps.source_dir,
+        deps.source_s3,
     );
     let state = AppState {
         letl: Arc::new(letl),
@@ -173,6 +176,7 @@ pub async fn run(
         moves: Arc::new(index_db.moves()?),
         reservations: index_db.reservations()?,
         source_dir: config.source_dir.clone(),
+        source_s3: config.source_s3.clone(),
         clock,
         shutdown_grace: config.shutdown_grace,
         index_db: Some(index_db),

@@ -140,7 +140,7 @@ fn write_routes_take_files_tier_uris_and_http_sources() {
         (
             r#"{"destination_uri": "x", "source_uri": "s3://b/k", "request_id": "r1"}"#,
             400,
-            "not supported",
+            "need [source] endpoint",
         ),
         (
             r#"{"destination_uri": "x", "request_id": "r1"}"#,

@@ -138,3 +138,100 @@ fn wrong_credentials_get_a_clear_error() {
     );
     node.cli(&["put", &file, "ssd:/x"]).ok();
 }
+
+/// The seed's walkthrough on real endpoints: CORTX and DAOS are two S3 servers, and the
+/// dataset is read from a bucket of the configured source endpoint.
+#[test]
+fn the_seed_walkthrough_runs_across_two_s3_endpoints() {
+    let cortx = S3Server::start();
+    let daos = S3Server::start();
+    let config = format!(
+        "[source]\nendpoint = \"{}\"\nbucket = \"seed-source\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{S3_SECRET_KEY}\"\n{}{}{}",
+        cortx.endpoint,
+        letl_tests::seaweed::S3_ACCESS_KEY,
+        cortx.tier_toml("cortx", "cortx", "cortx", S3_SECRET_KEY),
+        daos.tier_toml("daos", "daos", "daos", S3_SECRET_KEY),
+        // The source bucket as a tier too, so the test can fill it the way a user would.
+        cortx.tier_toml("src", "fs", "seed-source", S3_SECRET_KEY),
+    );
+    let node = TestNode::start(Some(&config));
+    let (a1, b1) = (test_bytes(700_000, 21), test_bytes(6 << 20, 22));
+    let a1_file = write(&node, "A1", &a1);
+    let b1_file = write(&node, "B1", &b1);
+    node.cli(&["put", &a1_file, "src:/project-19-276121/letlCovidSet/A1"])
+        .ok();
+    node.cli(&["put", &b1_file, "src:/project-19-276121/letlCovidSet/B1"])
+        .ok();
+
+    let requests = [
+        (
+            "/cortx/write",
+            r#"{"destination_uri": "Covid-19/DNA/NC_045512", "source_uri": "project-19-276121/letlCovidSet/A1", "request_id": "temp_id"}"#,
+        ),
+        (
+            "/daos/ssd/write",
+            r#"{"destination_uri": "daos/public/data", "source_uri": "project-19-276121/letlCovidSet/B1", "request_id": "temp_id2"}"#,
+        ),
+        (
+            "/tiering/D-C",
+            r#"{"destination_uri": "public/tiering/B1", "source_uri": "daos/public/data/B1", "request_id": "temp_id3"}"#,
+        ),
+        (
+            "/tiering/C-D",
+            r#"{"destination_uri": "public/tiering/A1", "source": "Covid-19/DNA/NC_045512/A1", "request_id": "temp_id4"}"#,
+        ),
+    ];
+    for (route, body) in requests {
+        let (status, answer) = node.http("POST", route, body.as_bytes());
+        assert_eq!(status, 200, "{route}: {answer}");
+    }
+    assert_eq!(fetch(&node, "daos:/public/tiering/A1"), a1);
+    assert_eq!(fetch(&node, "cortx:/public/tiering/B1"), b1);
+    node.cli(&["stat", "cortx:/Covid-19/DNA/NC_045512/A1"])
+        .fails(3, "no object");
+    node.cli(&["stat", "daos:/daos/public/data/B1"])
+        .fails(3, "no object");
+    for (route, body) in requests {
+        assert_eq!(node.http("POST", route, body.as_bytes()).0, 409, "{route}");
+    }
+
+    // An s3:// source on the source endpoint.
+    let (status, answer) = node.http(
+        "POST",
+        "/cortx/write",
+        br#"{"destination_uri": "again", "source_uri": "s3://seed-source/project-19-276121/letlCovidSet/B1", "request_id": "s3src"}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(fetch(&node, "cortx:/again/B1"), b1);
+    let (status, answer) = node.http(
+        "POST",
+        "/cortx/write",
+        br#"{"destination_uri": "again", "source_uri": "s3://seed-source/nothing/here", "request_id": "s3src2"}"#,
+    );
+    assert_eq!(
+        (status, answer.contains("does not exist")),
+        (404, true),
+        "{answer}"
+    );
+
+    // A few hundred MiB stream from one endpoint to the other and back out, whole.
+    let big = test_bytes(200 << 20, 23);
+    let big_file = write(&node, "big", &big);
+    node.cli(&["put", &big_file, "cortx:/big/genome.fa"]).ok();
+    node.cli(&[
+        "mv",
+        "cortx:/big/genome.fa",
+        "daos:/big/genome.fa",
+        "--request-id",
+        "big-move",
+    ])
+    .ok();
+    let out = node
+        .command(&["get", "daos:/big/genome.fa", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(blake3_of(&out.stdout), blake3_of(&big));
+    node.cli(&["stat", "cortx:/big/genome.fa"])
+        .fails(3, "no object");
+}
