@@ -21,11 +21,13 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::upload_part::UploadPartError;
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::backend::{
@@ -41,6 +43,8 @@ use crate::uri::{KeyPrefix, ObjectKey, TierName};
 pub const S3_PART_BYTES_MIN: u64 = 5 << 20;
 /// Largest part S3 accepts.
 pub const S3_PART_BYTES_MAX: u64 = 5 << 30;
+/// Parts of one put uploaded at the same time (each holds one part's bytes in memory).
+const S3_PARTS_IN_FLIGHT_MAX: usize = 4;
 /// Most parts in one multipart upload.
 const S3_PARTS_MAX: usize = 10_000;
 /// Attempts per request (the SDK retries transient errors with exponential backoff).
@@ -50,6 +54,9 @@ const S3_INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keys per listing request (S3's own maximum).
 const S3_LIST_KEYS_MAX: usize = 1_000;
+
+/// Part uploads of one put in flight.
+type PartUploads = JoinSet<Result<CompletedPart, SdkError<UploadPartError, HttpResponse>>>;
 
 /// Where and how to reach the endpoint.
 #[derive(Clone)]
@@ -303,38 +310,50 @@ impl S3Tier {
         }
     }
 
-    async fn upload_part(
+    /// Starts uploading part `number` on a task of its own, so parts travel while the body is
+    /// still being read.
+    fn spawn_part(
         &self,
+        uploads: &mut PartUploads,
         key: &ObjectKey,
         upload_id: &str,
-        parts: &mut Vec<CompletedPart>,
+        number: i32,
         data: Bytes,
-    ) -> Result<()> {
-        if parts.len() >= S3_PARTS_MAX {
-            return Err(StorageError::TooLarge {
-                size: data.len() as u64 * S3_PARTS_MAX as u64,
-                max: self.settings.part_bytes * S3_PARTS_MAX as u64,
-            });
-        }
-        let number = i32::try_from(parts.len() + 1).unwrap_or(i32::MAX);
-        let uploaded = self
+    ) {
+        let request = self
             .client
             .upload_part()
             .bucket(&self.settings.bucket)
             .key(key.as_str())
             .upload_id(upload_id)
             .part_number(number)
-            .body(S3Body::from(data))
-            .send()
-            .await
-            .map_err(|e| self.error("upload part", Some(key), e))?;
-        parts.push(
-            CompletedPart::builder()
-                .part_number(number)
-                .set_e_tag(uploaded.e_tag().map(str::to_string))
-                .build(),
-        );
-        Ok(())
+            .body(S3Body::from(data));
+        uploads.spawn(async move {
+            request.send().await.map(|done| {
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(done.e_tag().map(str::to_string))
+                    .build()
+            })
+        });
+    }
+
+    /// Waits for one part upload to finish and records it.
+    async fn join_part(
+        &self,
+        key: &ObjectKey,
+        uploads: &mut PartUploads,
+        parts: &mut Vec<CompletedPart>,
+    ) -> Result<()> {
+        match uploads.join_next().await {
+            Some(Ok(Ok(part))) => {
+                parts.push(part);
+                Ok(())
+            }
+            Some(Ok(Err(e))) => Err(self.error("upload part", Some(key), e)),
+            Some(Err(join)) => Err(StorageError::io("upload part", std::io::Error::other(join))),
+            None => Ok(()),
+        }
     }
 
     async fn abort_upload(&self, key: &ObjectKey, upload_id: &str) {
@@ -392,6 +411,8 @@ impl TierBackend for S3Tier {
         let mut part = BytesMut::new();
         let mut received = 0u64;
         let mut upload: Option<(String, Vec<CompletedPart>)> = None;
+        let mut uploads = PartUploads::new();
+        let mut next_part = 0i32;
         let streamed: Result<()> = async {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(StorageError::Body)?;
@@ -422,21 +443,38 @@ impl TierBackend for S3Tier {
                         upload = Some((id.to_string(), Vec::new()));
                     }
                     if let Some((id, parts)) = upload.as_mut() {
-                        self.upload_part(key, id, parts, full).await?;
+                        if usize::try_from(next_part).unwrap_or(usize::MAX) >= S3_PARTS_MAX {
+                            return Err(StorageError::TooLarge {
+                                size: received,
+                                max: self.settings.part_bytes * S3_PARTS_MAX as u64,
+                            });
+                        }
+                        while uploads.len() >= S3_PARTS_IN_FLIGHT_MAX {
+                            self.join_part(key, &mut uploads, parts).await?;
+                        }
+                        next_part += 1;
+                        self.spawn_part(&mut uploads, key, id, next_part, full);
                     }
                 }
             }
             check_final_len(received, limits)?;
-            if let Some((id, parts)) = upload.as_mut()
-                && !part.is_empty()
-            {
-                let last = std::mem::take(&mut part).freeze();
-                self.upload_part(key, id, parts, last).await?;
+            if let Some((id, parts)) = upload.as_mut() {
+                if !part.is_empty() {
+                    let last = std::mem::take(&mut part).freeze();
+                    next_part += 1;
+                    self.spawn_part(&mut uploads, key, id, next_part, last);
+                }
+                while !uploads.is_empty() {
+                    self.join_part(key, &mut uploads, parts).await?;
+                }
+                // Parts finish in any order; the completion lists them in order.
+                parts.sort_by_key(|p| p.part_number());
             }
             Ok(())
         }
         .await;
         if let Err(e) = streamed {
+            uploads.abort_all();
             if let Some((id, _)) = &upload {
                 self.abort_upload(key, id).await;
             }

@@ -9,6 +9,12 @@
 //!
 //! A put is durable when it returns (the node fsyncs the file and its directory), so besides
 //! plain `cp` the harness times `cp` followed by `sync` of the copy: the fair baseline for puts.
+//!
+//! Scenarios, chosen by the first argument:
+//! - `put-get` (the default): the above.
+//! - `s3`: put and get through an S3 tier on a local SeaweedFS (`weed`, or `$LETL_WEED`) against
+//!   `aws s3 cp` to the same server (`pip install awscli`). Size `LETL_BENCH_S3_MIB`, 256.
+//! - `move`: `letl mv` between two fs tiers against `cp` + `rm` (and `cp` + `sync` + `rm`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -82,6 +88,193 @@ fn write_source(path: &Path, bytes: u64) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    match std::env::args().nth(1).as_deref() {
+        None | Some("put-get") => put_get(),
+        Some("s3") => s3(),
+        Some("move") => tier_move(),
+        Some(other) => bail!("unknown scenario `{other}`: use put-get, s3 or move"),
+    }
+}
+
+struct Table {
+    bytes: u64,
+}
+
+impl Table {
+    fn header(&self) {
+        println!("| command | median time | throughput |");
+        println!("| --- | --- | --- |");
+    }
+
+    fn row(&self, name: &str, time: Duration) {
+        println!(
+            "| {name} | {:.3} s | {:.0} MiB/s |",
+            time.as_secs_f64(),
+            mib_per_s(self.bytes, time)
+        );
+    }
+}
+
+fn ratio(name: &str, letl: Duration, baseline: Duration) {
+    println!(
+        "{name}: {:.2}x",
+        baseline.as_secs_f64() / letl.as_secs_f64()
+    );
+}
+
+fn letl_command(node: &TestNode, args: &[&str]) -> Command {
+    let mut command = Command::new(letl_bin());
+    command
+        .args(["--addr", &node.addr, "--data-dir"])
+        .arg(&node.data_dir)
+        .args(args);
+    command
+}
+
+/// `letl put`/`get` through an S3 tier against `aws s3 cp` to the same SeaweedFS.
+fn s3() -> anyhow::Result<()> {
+    let mib = env_number("LETL_BENCH_S3_MIB", 256)?;
+    let runs = env_number("LETL_BENCH_RUNS", 5)?;
+    let bytes = mib << 20;
+    let parent = std::env::var_os("LETL_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let work = tempfile::tempdir_in(&parent).context("bench directory")?;
+    let source = work.path().join("source.bin");
+    let out = work.path().join("out.bin");
+    write_source(&source, bytes)?;
+    let server = letl_tests::seaweed::S3Server::start();
+    let config = format!(
+        "[tiers.cortx]\nkind = \"cortx\"\nbackend = \"s3\"\nendpoint = \"{}\"\nbucket = \"bench\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+        server.endpoint,
+        letl_tests::seaweed::S3_ACCESS_KEY,
+        letl_tests::seaweed::S3_SECRET_KEY
+    );
+    let node = TestNode::start_in(work.path(), Some(&config));
+    let aws = |args: &[&str]| {
+        let mut command = Command::new("aws");
+        command
+            .args([
+                "--endpoint-url",
+                &server.endpoint,
+                "s3",
+                "cp",
+                "--only-show-errors",
+            ])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", letl_tests::seaweed::S3_ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", letl_tests::seaweed::S3_SECRET_KEY)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+            .env("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required");
+        command
+    };
+    let source_text = source.display().to_string();
+    let out_text = out.display().to_string();
+    eprintln!(
+        "letl-bench s3: {mib} MiB, {runs} runs each, SeaweedFS at {}",
+        server.endpoint
+    );
+    timed("aws put", &mut aws(&[&source_text, "s3://bench/warm-aws"]))?;
+    timed(
+        "letl put",
+        &mut letl_command(&node, &["put", &source_text, "cortx:/warm-letl"]),
+    )?;
+    let (mut aws_put, mut aws_get, mut letl_put, mut letl_get) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let aws_key = format!("s3://bench/aws-{run}");
+        let letl_uri = format!("cortx:/letl-{run}");
+        aws_put.push(timed("aws put", &mut aws(&[&source_text, &aws_key]))?);
+        letl_put.push(timed(
+            "letl put",
+            &mut letl_command(&node, &["put", &source_text, &letl_uri]),
+        )?);
+        std::fs::remove_file(&out).ok();
+        aws_get.push(timed("aws get", &mut aws(&[&aws_key, &out_text]))?);
+        std::fs::remove_file(&out).ok();
+        letl_get.push(timed(
+            "letl get",
+            &mut letl_command(&node, &["get", &letl_uri, &out_text]),
+        )?);
+        ensure!(
+            std::fs::metadata(&out)?.len() == bytes,
+            "fetched file has the wrong size"
+        );
+    }
+    let (aws_put, aws_get, letl_put, letl_get) = (
+        median(aws_put),
+        median(aws_get),
+        median(letl_put),
+        median(letl_get),
+    );
+    let table = Table { bytes };
+    table.header();
+    table.row("aws s3 cp (put)", aws_put);
+    table.row("letl put (s3 tier)", letl_put);
+    table.row("aws s3 cp (get)", aws_get);
+    table.row("letl get (s3 tier)", letl_get);
+    println!();
+    ratio("put vs aws s3 cp", letl_put, aws_put);
+    ratio("get vs aws s3 cp", letl_get, aws_get);
+    Ok(())
+}
+
+/// `letl mv` between two fs tiers against `cp` + `rm` of the same file.
+fn tier_move() -> anyhow::Result<()> {
+    let mib = env_number("LETL_BENCH_MIB", 1024)?;
+    let runs = env_number("LETL_BENCH_RUNS", 5)?;
+    let bytes = mib << 20;
+    let parent = std::env::var_os("LETL_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let work = tempfile::tempdir_in(&parent).context("bench directory")?;
+    let source = work.path().join("source.bin");
+    write_source(&source, bytes)?;
+    let (from_dir, to_dir) = (work.path().join("a"), work.path().join("b"));
+    std::fs::create_dir_all(&from_dir)?;
+    std::fs::create_dir_all(&to_dir)?;
+    let node = TestNode::start_in(work.path(), None);
+    let source_text = source.display().to_string();
+    eprintln!("letl-bench move: {mib} MiB, {runs} runs each");
+    let (mut cp_rm, mut cp_sync_rm, mut mv) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let (from, to) = (from_dir.join("f"), to_dir.join("f"));
+        for (label, script, times) in [
+            ("cp+rm", "cp '{from}' '{to}' && rm '{from}'", &mut cp_rm),
+            (
+                "cp+sync+rm",
+                "cp '{from}' '{to}' && sync '{to}' && rm '{from}'",
+                &mut cp_sync_rm,
+            ),
+        ] {
+            std::fs::copy(&source, &from)?;
+            std::fs::remove_file(&to).ok();
+            let script = script
+                .replace("{from}", &from.display().to_string())
+                .replace("{to}", &to.display().to_string());
+            times.push(timed(label, &mut sh(&script))?);
+        }
+        let (src_uri, dst_uri) = (format!("ssd:/m-{run}"), format!("hdd:/m-{run}"));
+        timed(
+            "letl put",
+            &mut letl_command(&node, &["put", &source_text, &src_uri]),
+        )?;
+        mv.push(timed(
+            "letl mv",
+            &mut letl_command(&node, &["mv", &src_uri, &dst_uri]),
+        )?);
+        timed("letl rm", &mut letl_command(&node, &["rm", &dst_uri]))?;
+    }
+    let (cp_rm, cp_sync_rm, mv) = (median(cp_rm), median(cp_sync_rm), median(mv));
+    let table = Table { bytes };
+    table.header();
+    table.row("cp + rm", cp_rm);
+    table.row("cp + sync + rm", cp_sync_rm);
+    table.row("letl mv (ssd -> hdd)", mv);
+    println!();
+    ratio("mv vs cp + rm", mv, cp_rm);
+    ratio("mv vs cp + sync + rm", mv, cp_sync_rm);
+    Ok(())
+}
+
+fn put_get() -> anyhow::Result<()> {
     let mib = env_number("LETL_BENCH_MIB", 1024)?;
     let runs = env_number("LETL_BENCH_RUNS", 5)?;
     ensure!(
