@@ -71,7 +71,8 @@ impl IndexDb {
         loop {
             match sled::Config::new().path(path).open() {
                 Ok(db) => return Ok(Self { db }),
-                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // sled reports a held lock as an `Other` error with this text (sled 0.34).
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                     if Instant::now() >= deadline {
                         return Err(StorageError::Index(format!(
                             "{} is locked by another process: is another letl node running on this data dir?",

@@ -235,3 +235,60 @@ fn the_seed_walkthrough_runs_across_two_s3_endpoints() {
     node.cli(&["stat", "cortx:/big/genome.fa"])
         .fails(3, "no object");
 }
+
+/// A real SIGKILL while a move streams into an S3 multipart upload: after restart the move is
+/// finished from the intact source, and exactly one complete copy exists.
+#[test]
+fn sigkill_during_a_move_to_s3_leaves_exactly_one_copy() {
+    let server = S3Server::start();
+    let mut node = node_with(&server, S3_SECRET_KEY);
+    let data = test_bytes(100 << 20, 31);
+    let file = write(&node, "big", &data);
+    node.cli(&["put", &file, "ssd:/big.bin"]).ok();
+
+    let mut mv = node
+        .command(&[
+            "mv",
+            "ssd:/big.bin",
+            "cortx:/big.bin",
+            "--request-id",
+            "kill-me",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill once the move is recorded and its copy is underway.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, moves) = node.http("GET", "/v1/moves", b"");
+        if moves.contains("\"state\":\"copying\"") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the move never started: {moves}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    node.kill();
+    let _ = mv.wait();
+
+    node.restart();
+    let moves = node.cli(&["moves"]).ok().to_string();
+    assert!(
+        moves.contains("kill-me\tmv\tssd:/big.bin -> cortx:/big.bin\tdone"),
+        "{moves}\n{}",
+        node.log()
+    );
+    node.cli(&["stat", "ssd:/big.bin"]).fails(3, "no object");
+    assert_eq!(blake3_of(&fetch(&node, "cortx:/big.bin")), blake3_of(&data));
+    assert!(!node.tier_dir("ssd").join("big.bin").exists());
+    // The kill came mid-copy (a 100 MiB copy takes far longer than the 5 ms poll): the restart
+    // finished the move, it did not find it done.
+    assert!(
+        node.log().contains("interrupted transfer finished"),
+        "{}",
+        node.log()
+    );
+}
