@@ -48,10 +48,26 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/moves", get(list_moves))
         .route("/metrics", get(render_metrics))
         // The seed's LETL routes, as it named them.
-        .route("/cortx/write", post(letl_cortx_write))
-        .route("/daos/ssd/write", post(letl_daos_write))
-        .route("/tiering/D-C", post(letl_daos_to_cortx))
-        .route("/tiering/C-D", post(letl_cortx_to_daos))
+        .route(
+            "/cortx/write",
+            post(|State(s): State<AppState>, b: Bytes| letl_write(s, b, "/cortx/write", "cortx")),
+        )
+        .route(
+            "/daos/ssd/write",
+            post(|State(s): State<AppState>, b: Bytes| letl_write(s, b, "/daos/ssd/write", "daos")),
+        )
+        .route(
+            "/tiering/D-C",
+            post(|State(s): State<AppState>, b: Bytes| {
+                letl_tiering(s, b, "/tiering/D-C", "daos", "cortx")
+            }),
+        )
+        .route(
+            "/tiering/C-D",
+            post(|State(s): State<AppState>, b: Bytes| {
+                letl_tiering(s, b, "/tiering/C-D", "cortx", "daos")
+            }),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -339,49 +355,26 @@ fn letl_body(body: Bytes) -> Result<LetlRequest, ApiError> {
     })
 }
 
-async fn letl_cortx_write(
-    State(state): State<AppState>,
+/// `POST /cortx/write`, `POST /daos/ssd/write`: `route` stores its source on `tier`.
+async fn letl_write(
+    state: AppState,
     body: Bytes,
+    route: &str,
+    tier: &str,
 ) -> Result<Json<LetlResponse>, ApiError> {
-    let request = letl_body(body)?;
-    Ok(Json(
-        state.letl.write("/cortx/write", "cortx", request).await?,
-    ))
+    Ok(Json(state.letl.write(route, tier, letl_body(body)?).await?))
 }
 
-async fn letl_daos_write(
-    State(state): State<AppState>,
+/// `POST /tiering/D-C`, `POST /tiering/C-D`: `route` moves from tier `from` to tier `to`.
+async fn letl_tiering(
+    state: AppState,
     body: Bytes,
+    route: &str,
+    from: &str,
+    to: &str,
 ) -> Result<Json<LetlResponse>, ApiError> {
-    let request = letl_body(body)?;
     Ok(Json(
-        state.letl.write("/daos/ssd/write", "daos", request).await?,
-    ))
-}
-
-async fn letl_daos_to_cortx(
-    State(state): State<AppState>,
-    body: Bytes,
-) -> Result<Json<LetlResponse>, ApiError> {
-    let request = letl_body(body)?;
-    Ok(Json(
-        state
-            .letl
-            .tier("/tiering/D-C", "daos", "cortx", request)
-            .await?,
-    ))
-}
-
-async fn letl_cortx_to_daos(
-    State(state): State<AppState>,
-    body: Bytes,
-) -> Result<Json<LetlResponse>, ApiError> {
-    let request = letl_body(body)?;
-    Ok(Json(
-        state
-            .letl
-            .tier("/tiering/C-D", "cortx", "daos", request)
-            .await?,
+        state.letl.tier(route, from, to, letl_body(body)?).await?,
     ))
 }
 

@@ -321,6 +321,27 @@ pub fn http(
     (status, body)
 }
 
+/// The seed system's walkthrough: its four LETL requests, as it documented them, in order.
+/// They expect a source holding `project-19-276121/letlCovidSet/A1` and `B1`.
+pub const SEED_REQUESTS: [(&str, &str); 4] = [
+    (
+        "/cortx/write",
+        r#"{"destination_uri": "Covid-19/DNA/NC_045512", "source_uri": "project-19-276121/letlCovidSet/A1", "request_id": "temp_id"}"#,
+    ),
+    (
+        "/daos/ssd/write",
+        r#"{"destination_uri": "daos/public/data", "source_uri": "project-19-276121/letlCovidSet/B1", "request_id": "temp_id2"}"#,
+    ),
+    (
+        "/tiering/D-C",
+        r#"{"destination_uri": "public/tiering/B1", "source_uri": "daos/public/data/B1", "request_id": "temp_id3"}"#,
+    ),
+    (
+        "/tiering/C-D",
+        r#"{"destination_uri": "public/tiering/A1", "source": "Covid-19/DNA/NC_045512/A1", "request_id": "temp_id4"}"#,
+    ),
+];
+
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
 pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;

@@ -2,27 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use letl_tests::{TestNode, blake3_of, test_bytes};
-
-/// The seed's walkthrough, request by request.
-const SEED_REQUESTS: [(&str, &str); 4] = [
-    (
-        "/cortx/write",
-        r#"{"destination_uri": "Covid-19/DNA/NC_045512", "source_uri": "project-19-276121/letlCovidSet/A1", "request_id": "temp_id"}"#,
-    ),
-    (
-        "/daos/ssd/write",
-        r#"{"destination_uri": "daos/public/data", "source_uri": "project-19-276121/letlCovidSet/B1", "request_id": "temp_id2"}"#,
-    ),
-    (
-        "/tiering/D-C",
-        r#"{"destination_uri": "public/tiering/B1", "source_uri": "daos/public/data/B1", "request_id": "temp_id3"}"#,
-    ),
-    (
-        "/tiering/C-D",
-        r#"{"destination_uri": "public/tiering/A1", "source": "Covid-19/DNA/NC_045512/A1", "request_id": "temp_id4"}"#,
-    ),
-];
+use letl_tests::{SEED_REQUESTS, TestNode, blake3_of, test_bytes};
 
 fn fetch(node: &TestNode, uri: &str) -> Option<Vec<u8>> {
     let out = node.command(&["get", uri, "-"]).output().unwrap();

@@ -163,25 +163,7 @@ fn the_seed_walkthrough_runs_across_two_s3_endpoints() {
     node.cli(&["put", &b1_file, "src:/project-19-276121/letlCovidSet/B1"])
         .ok();
 
-    let requests = [
-        (
-            "/cortx/write",
-            r#"{"destination_uri": "Covid-19/DNA/NC_045512", "source_uri": "project-19-276121/letlCovidSet/A1", "request_id": "temp_id"}"#,
-        ),
-        (
-            "/daos/ssd/write",
-            r#"{"destination_uri": "daos/public/data", "source_uri": "project-19-276121/letlCovidSet/B1", "request_id": "temp_id2"}"#,
-        ),
-        (
-            "/tiering/D-C",
-            r#"{"destination_uri": "public/tiering/B1", "source_uri": "daos/public/data/B1", "request_id": "temp_id3"}"#,
-        ),
-        (
-            "/tiering/C-D",
-            r#"{"destination_uri": "public/tiering/A1", "source": "Covid-19/DNA/NC_045512/A1", "request_id": "temp_id4"}"#,
-        ),
-    ];
-    for (route, body) in requests {
+    for (route, body) in letl_tests::SEED_REQUESTS {
         let (status, answer) = node.http("POST", route, body.as_bytes());
         assert_eq!(status, 200, "{route}: {answer}");
     }
@@ -191,7 +173,7 @@ fn the_seed_walkthrough_runs_across_two_s3_endpoints() {
         .fails(3, "no object");
     node.cli(&["stat", "daos:/daos/public/data/B1"])
         .fails(3, "no object");
-    for (route, body) in requests {
+    for (route, body) in letl_tests::SEED_REQUESTS {
         assert_eq!(node.http("POST", route, body.as_bytes()).0, 409, "{route}");
     }
 
