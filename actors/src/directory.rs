@@ -63,10 +63,6 @@ impl TierDirectory {
         );
     }
 
-    pub fn names(&self) -> Vec<TierName> {
-        self.read().keys().cloned().collect()
-    }
-
     /// The tier's handle, or an error naming the tiers this node has.
     pub fn get(&self, name: &TierName) -> Result<TierHandle, StorageError> {
         // One read guard for the whole lookup: taking a second one while holding it could

@@ -212,22 +212,11 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
     /// Reserves `more` bytes for a body whose length was not announced.
     pub fn grow(&mut self, more: u64) -> Result<()> {
         self.gauge.try_add(more)?;
         self.bytes += more;
         Ok(())
-    }
-
-    /// Gives back what was reserved but not written (a body shorter than announced).
-    pub fn shrink_to(&mut self, bytes: u64) {
-        assert!(bytes <= self.bytes, "reservation can only shrink");
-        self.gauge.release(self.bytes - bytes);
-        self.bytes = bytes;
     }
 
     /// The bytes now belong to a committed object.
@@ -350,9 +339,7 @@ mod tests {
         let mut b = gauge.reserve(0).unwrap();
         b.grow(100).unwrap();
         assert!(b.grow(1).is_err());
-        b.shrink_to(40);
-        assert_eq!(gauge.used_bytes(), 40);
         b.keep();
-        assert_eq!(gauge.used_bytes(), 40);
+        assert_eq!(gauge.used_bytes(), 100);
     }
 }

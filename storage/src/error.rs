@@ -83,19 +83,6 @@ impl StorageError {
             other => other,
         }
     }
-
-    /// True for errors caused by what the caller sent rather than by the node.
-    pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            Self::InvalidUri { .. }
-                | Self::InvalidKey { .. }
-                | Self::InvalidTierName { .. }
-                | Self::InvalidRequestId { .. }
-                | Self::LengthMismatch { .. }
-                | Self::Body(_)
-        )
-    }
 }
 
 impl From<sled::Error> for StorageError {

@@ -13,10 +13,6 @@ pub struct ContentHash([u8; 32]);
 const PREFIX: &str = "blake3:";
 
 impl ContentHash {
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
