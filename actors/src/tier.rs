@@ -178,6 +178,11 @@ impl Actor for TierActor {
             .index
             .totals()
             .map_err(|e| format!("tier `{name}`: reading the index: {e}"))?;
+        if args.reconcile {
+            // The first start's one scan of the tier (the reconciliation above) made the index
+            // match it: the index's total is what the tier holds, counted against capacity.
+            spec.backend.gauge().add_existing(bytes);
+        }
         info!(tier = %name, objects, bytes, "tier started");
         Ok(TierState {
             spec,

@@ -137,11 +137,12 @@ pub async fn run(
         let kind = tier.kind.to_string();
         let backend: Arc<dyn TierBackend> = match &tier.store {
             TierStore::Dir(path) => {
-                let (backend, report) =
+                // Staged files a crash left are logged by `open` itself.
+                let (backend, _) =
                     FsTier::open(tier.name.clone(), &kind, path.clone(), tier.capacity_bytes)
                         .await
                         .with_context(|| format!("open tier `{}`", tier.name))?;
-                info!(tier = %tier.name, path = %path.display(), objects = report.objects, bytes = report.bytes, "tier opened");
+                info!(tier = %tier.name, path = %path.display(), "tier opened");
                 Arc::new(backend)
             }
             TierStore::S3(settings) => {
@@ -153,7 +154,7 @@ pub async fn run(
                 )
                 .await;
                 if report.unreachable.is_none() {
-                    info!(tier = %tier.name, endpoint = %settings.endpoint, bucket = %settings.bucket, objects = report.objects, bytes = report.bytes, "tier opened");
+                    info!(tier = %tier.name, endpoint = %settings.endpoint, bucket = %settings.bucket, "tier opened");
                 }
                 Arc::new(backend)
             }

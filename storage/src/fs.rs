@@ -52,14 +52,13 @@ pub struct FsTier {
 /// What `open` found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FsOpenReport {
-    pub objects: u64,
-    pub bytes: u64,
     pub staged_files_removed: u64,
 }
 
 impl FsTier {
-    /// Opens (creating if needed) a tier rooted at `root`, removes staged files a crash left
-    /// behind, and counts the bytes already there against `capacity_bytes`.
+    /// Opens (creating if needed) a tier rooted at `root` and removes staged files a crash left
+    /// behind. It does not walk the objects already there: the tier actor's reconciliation does
+    /// that once at start, and seeds the capacity gauge from the reconciled index.
     pub async fn open(
         name: TierName,
         kind: &str,
@@ -88,14 +87,10 @@ impl FsTier {
             }
             fs::create_dir_all(&tmp_dir)
                 .map_err(|e| StorageError::io(format!("create {}", tmp_dir.display()), e))?;
-            sum_tree(&root, true, &mut report).map_err(|e| {
-                StorageError::io(format!("scan tier directory {}", root.display()), e)
-            })?;
             Ok((root, tmp_dir, report))
         })
         .await?;
         let gauge = CapacityGauge::new(name.clone(), capacity_bytes);
-        gauge.add_existing(report.bytes);
         if report.staged_files_removed > 0 {
             info!(tier = %name, files = report.staged_files_removed, "removed staged files left by a crash");
         }
@@ -707,23 +702,6 @@ fn prune_empty_dirs(root: &Path, mut dir: &Path) {
             None => return,
         }
     }
-}
-
-fn sum_tree(dir: &Path, is_root: bool, report: &mut FsOpenReport) -> io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let file_type = entry.file_type()?;
-        if is_root && entry.file_name() == TMP_DIR_NAME {
-            continue;
-        }
-        if file_type.is_dir() {
-            sum_tree(&entry.path(), false, report)?;
-        } else if file_type.is_file() {
-            report.objects += 1;
-            report.bytes += entry.metadata()?.len();
-        }
-    }
-    Ok(())
 }
 
 /// A depth-first walk in key order. Directories sort as `name/`, so the walk meets keys in the

@@ -109,15 +109,13 @@ enum StagedUpload {
 /// What `open` found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct S3OpenReport {
-    pub objects: u64,
-    pub bytes: u64,
     /// Why the endpoint could not be read at start, if it could not.
     pub unreachable: Option<String>,
 }
 
 impl S3Tier {
-    /// Connects to the endpoint and counts what the bucket holds (creating the bucket if it does
-    /// not exist). An endpoint that cannot be reached does not fail the open: the tier starts,
+    /// Connects to the endpoint, creating the bucket if it does not exist. What the bucket holds
+    /// is listed once, by the tier actor's reconciliation at start. An endpoint that cannot be reached does not fail the open: the tier starts,
     /// its requests fail naming the endpoint, and the report says why.
     pub async fn open(
         name: TierName,
@@ -127,12 +125,8 @@ impl S3Tier {
     ) -> (Self, S3OpenReport) {
         let tier = Self::connect(name.clone(), kind, settings, capacity_bytes);
         let mut report = S3OpenReport::default();
-        match tier.prepare_bucket().await.and(tier.count_objects().await) {
-            Ok((objects, bytes)) => {
-                report.objects = objects;
-                report.bytes = bytes;
-                tier.gauge.add_existing(bytes);
-            }
+        match tier.prepare_bucket().await {
+            Ok(()) => {}
             Err(e) => {
                 warn!(tier = %name, error = %e, "s3 tier starts without its endpoint; its requests fail until it answers");
                 report.unreachable = Some(e.to_string());
@@ -218,22 +212,6 @@ impl S3Tier {
                 Ok(())
             }
             Err(e) => Err(self.error("check bucket", None, e)),
-        }
-    }
-
-    async fn count_objects(&self) -> Result<(u64, u64)> {
-        let (mut objects, mut bytes) = (0u64, 0u64);
-        let mut after: Option<ObjectKey> = None;
-        loop {
-            let page = self
-                .list(&KeyPrefix::default(), after.as_ref(), S3_LIST_KEYS_MAX)
-                .await?;
-            objects += page.len() as u64;
-            bytes += page.iter().map(|o| o.size).sum::<u64>();
-            match page.last() {
-                Some(last) if page.len() == S3_LIST_KEYS_MAX => after = Some(last.key.clone()),
-                _ => return Ok((objects, bytes)),
-            }
         }
     }
 

@@ -157,6 +157,19 @@ fn restarts_keep_objects_versions_and_token() {
         stat.contains("version:  3") && stat.contains("size:     1002 "),
         "{stat}"
     );
+    // A restarted node counts what its tiers already hold against their capacity.
+    let tiers: serde_json::Value =
+        serde_json::from_str(node.cli(&["tiers", "--json"]).ok()).unwrap();
+    let cortx = tiers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "cortx")
+        .unwrap();
+    assert_eq!(
+        (cortx["objects"].as_u64(), cortx["used_bytes"].as_u64()),
+        (Some(1), Some(1002))
+    );
 
     // An object replaced while the node was down by bytes of the same size is rehashed at
     // start (as after a crash between a rename and its index flush).
