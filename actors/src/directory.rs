@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use letl_storage::{
-    ByteStream, ContentHash, KeyPrefix, ObjectKey, ObjectMeta, ObjectReader, StorageError,
-    TierDescription, TierName,
+    ByteStream, ContentHash, KeyPrefix, LocalFile, ObjectKey, ObjectMeta, ObjectReader,
+    StorageError, TierDescription, TierName,
 };
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, MessagingErr, RpcReplyPort};
@@ -189,6 +189,22 @@ impl TierHandle {
 
     pub async fn head(&self, key: ObjectKey) -> Result<ObjectMeta, StorageError> {
         self.call(|reply| TierMsg::Head(key, reply)).await
+    }
+
+    /// The local file holding `key`, if this tier keeps objects as local files.
+    pub async fn local_file(&self, key: ObjectKey) -> Result<Option<LocalFile>, StorageError> {
+        self.call(|reply| TierMsg::LocalFile(key, reply)).await
+    }
+
+    /// Puts another tier's local file without copying it, where this tier can; `None` when it
+    /// cannot and the bytes must be streamed.
+    pub async fn put_local_file(
+        &self,
+        key: ObjectKey,
+        file: LocalFile,
+    ) -> Result<Option<ObjectMeta>, StorageError> {
+        self.call(|reply| TierMsg::PutLocalFile { key, file, reply })
+            .await
     }
 
     pub async fn list(

@@ -11,8 +11,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use letl_storage::{
-    ByteStream, Clock, ContentHash, KeyPrefix, ObjectIndex, ObjectKey, ObjectMeta, ObjectReader,
-    PutLimits, Staged, StorageError, TierBackend, TierDescription, TierName, reconcile,
+    ByteStream, Clock, ContentHash, KeyPrefix, LocalFile, ObjectIndex, ObjectKey, ObjectMeta,
+    ObjectReader, PutLimits, Staged, StorageError, TierBackend, TierDescription, TierName,
+    reconcile,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
 use tracing::{debug, error, info, warn};
@@ -94,6 +95,16 @@ pub enum TierMsg {
         reply: Reply<()>,
     },
     Get(ObjectKey, Reply<(ObjectMeta, ObjectReader)>),
+    /// The local file holding an object, with its indexed size, stamp and hash; `None` when
+    /// this tier keeps no local files.
+    LocalFile(ObjectKey, Reply<Option<LocalFile>>),
+    /// Puts another tier's local file without copying its bytes where the backend can (see
+    /// [`TierBackend::stage_local_file`]); `None`: it cannot, stream the bytes instead.
+    PutLocalFile {
+        key: ObjectKey,
+        file: LocalFile,
+        reply: Reply<Option<ObjectMeta>>,
+    },
     Head(ObjectKey, Reply<ObjectMeta>),
     List {
         prefix: KeyPrefix,
@@ -126,6 +137,12 @@ impl fmt::Debug for TierMsg {
                 .field("key", key)
                 .finish_non_exhaustive(),
             Self::Get(key, _) => f.debug_tuple("Get").field(key).finish(),
+            Self::LocalFile(key, _) => f.debug_tuple("LocalFile").field(key).finish(),
+            Self::PutLocalFile { key, file, .. } => f
+                .debug_struct("PutLocalFile")
+                .field("key", key)
+                .field("file", file)
+                .finish_non_exhaustive(),
             Self::Head(key, _) => f.debug_tuple("Head").field(key).finish(),
             Self::List { prefix, .. } => f
                 .debug_struct("List")
@@ -234,6 +251,13 @@ impl Actor for TierActor {
             }
             TierMsg::Head(key, reply) => {
                 let _ = reply.send(state.head(&key));
+            }
+            TierMsg::LocalFile(key, reply) => {
+                let _ = reply.send(state.local_file(&key));
+            }
+            TierMsg::PutLocalFile { key, file, reply } => {
+                let outcome = state.put_local_file(&key, &file).await;
+                state.reply_after_flush(reply, outcome);
             }
             TierMsg::List {
                 prefix,
@@ -416,6 +440,40 @@ impl TierState {
         self.spec.index.get(key)?.ok_or_else(|| self.not_found(key))
     }
 
+    fn local_file(&self, key: &ObjectKey) -> Result<Option<LocalFile>, StorageError> {
+        let meta = self.head(key)?;
+        Ok(self.spec.backend.local_path(key).map(|path| LocalFile {
+            path,
+            size: meta.size,
+            stamp: meta.stamp,
+            hash: meta.hash,
+        }))
+    }
+
+    /// Stages and commits in one step of the mailbox: a hard link takes no time worth
+    /// streaming beside the actor for.
+    async fn put_local_file(
+        &mut self,
+        key: &ObjectKey,
+        file: &LocalFile,
+    ) -> Result<Option<ObjectMeta>, StorageError> {
+        if self.puts_in_flight.contains(key) {
+            return Err(self.put_in_progress(key));
+        }
+        let staged = self
+            .spec
+            .backend
+            .stage_local_file(key, file, self.spec.object_bytes_max)
+            .await?;
+        match staged {
+            Some(staged) => self
+                .finish_put(key, Ok(staged), Some(file.hash))
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
     async fn delete(
         &mut self,
         key: &ObjectKey,
@@ -463,10 +521,10 @@ impl TierState {
 
     /// Answers a write only once the index holds it durably. The flush runs beside the actor, so
     /// other requests go on meanwhile; sled batches concurrent flushes into one.
-    fn reply_after_flush(
+    fn reply_after_flush<T: Send + 'static>(
         &self,
-        reply: Reply<ObjectMeta>,
-        outcome: Result<ObjectMeta, StorageError>,
+        reply: Reply<T>,
+        outcome: Result<T, StorageError>,
     ) {
         let index = Arc::clone(&self.spec.index);
         tokio::spawn(async move {

@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 
 use letl_actors::TierDirectory;
 use letl_storage::{
-    Clock, MoveLog, MoveRecord, MoveState, ObjectMeta, ObjectUri, StorageError, check_request_id,
+    Clock, MoveLog, MoveRecord, MoveState, ObjectMeta, ObjectReader, ObjectUri, StorageError,
+    check_request_id,
 };
 use tracing::{info, warn};
 
@@ -158,15 +159,28 @@ impl Mover {
         }
         let from = self.directory.get(&source.tier)?;
         let to = self.directory.get(&destination.tier)?;
-        let (meta, reader) = from.get(source.key.clone()).await?;
+        // A move between tiers on one file system can hand over the file itself. A copy never
+        // does: two objects sharing one file would change together if it were edited in place.
+        let local = if remove_source {
+            from.local_file(source.key.clone()).await?
+        } else {
+            None
+        };
+        let (size, hash, mut reader) = match &local {
+            Some(file) => (file.size, file.hash, None),
+            None => {
+                let (meta, reader) = from.get(source.key.clone()).await?;
+                (meta.size, meta.hash, Some(reader))
+            }
+        };
         let now = self.clock.now_ms();
         let mut record = MoveRecord {
             request_id: request_id.to_string(),
             source: source.clone(),
             destination: destination.clone(),
             remove_source,
-            size: meta.size,
-            hash: meta.hash,
+            size,
+            hash,
             state: MoveState::Copying,
             started_ms: now,
             updated_ms: now,
@@ -175,14 +189,18 @@ impl Mover {
         self.log.flush().await?;
         crash_point("move:intent");
 
-        let copied = to
-            .put(
-                destination.key.clone(),
-                reader.body,
-                Some(meta.size),
-                Some(meta.hash),
-            )
-            .await;
+        let mut copied = None;
+        if let Some(file) = local {
+            match to.put_local_file(destination.key.clone(), file).await {
+                Ok(Some(meta)) => copied = Some(Ok(meta)),
+                Ok(None) => {}
+                Err(e) => copied = Some(Err(e)),
+            }
+        }
+        let copied = match copied {
+            Some(linked) => linked,
+            None => self.stream_copy(&record, reader.take()).await,
+        };
         let copied = match copied {
             Ok(copied) => copied,
             Err(e) => {
@@ -197,12 +215,36 @@ impl Mover {
         crash_point("move:recorded");
         self.finish(&mut record).await?;
         crash_point("move:deleted");
-        info!(request_id, %source, %destination, size = meta.size, moved = remove_source, "transfer done");
+        info!(request_id, %source, %destination, size, moved = remove_source, "transfer done");
         Ok(Transferred {
             request_id: request_id.to_string(),
             destination,
             meta: copied,
         })
+    }
+
+    /// Streams the source's bytes to the destination, which publishes them only if they hash
+    /// to the recorded hash. `reader`: the source, if already opened.
+    async fn stream_copy(
+        &self,
+        record: &MoveRecord,
+        reader: Option<ObjectReader>,
+    ) -> Result<ObjectMeta, StorageError> {
+        let reader = match reader {
+            Some(reader) => reader,
+            None => {
+                let from = self.directory.get(&record.source.tier)?;
+                from.get(record.source.key.clone()).await?.1
+            }
+        };
+        let to = self.directory.get(&record.destination.tier)?;
+        to.put(
+            record.destination.key.clone(),
+            reader.body,
+            Some(record.size),
+            Some(record.hash),
+        )
+        .await
     }
 
     /// After `Copied`: deletes a move's source (only if it still has the copied hash), then

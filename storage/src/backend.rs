@@ -233,6 +233,18 @@ impl Drop for Reservation {
     }
 }
 
+/// An object's file on this node, as its tier's index describes it: what a move can hand to
+/// another tier on the same file system instead of its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalFile {
+    pub path: std::path::PathBuf,
+    pub size: u64,
+    /// The indexed stamp (see [`BackendObject::stamp`]): the file still holds the indexed bytes
+    /// only while its stamp and size are these.
+    pub stamp: u64,
+    pub hash: ContentHash,
+}
+
 /// One place where objects live. Implementations: [`crate::FsTier`], [`crate::MemoryTier`].
 #[async_trait::async_trait]
 pub trait TierBackend: Send + Sync + fmt::Debug + 'static {
@@ -269,6 +281,25 @@ pub trait TierBackend: Send + Sync + fmt::Debug + 'static {
 
     /// Removes an object; returns its size, or `None` if there was none.
     async fn delete(&self, key: &ObjectKey) -> Result<Option<u64>>;
+
+    /// The file that holds `key`'s bytes, for backends that keep objects as local files.
+    fn local_path(&self, _key: &ObjectKey) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    /// Stages `file` (an object of another tier on this node) without copying its bytes, where
+    /// this backend can: a hard link on the same file system. The staged bytes are the file's
+    /// own, checked to still be the indexed ones by size and stamp, so they carry its hash.
+    /// `Ok(None)`: not possible here (another file system, another kind of backend, or the file
+    /// changed); stream the bytes instead.
+    async fn stage_local_file(
+        &self,
+        _key: &ObjectKey,
+        _file: &LocalFile,
+        _object_bytes_max: u64,
+    ) -> Result<Option<Staged>> {
+        Ok(None)
+    }
 }
 
 /// Reads a stream to its end, returning its length and hash. Used to rebuild index entries.

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::backend::{
-    BackendObject, ByteStream, CapacityGauge, Committed, ObjectReader, PutLimits, Staged,
-    TierBackend, TierDescription, check_final_len, check_running_len, reserve_for_put,
+    BackendObject, ByteStream, CapacityGauge, Committed, LocalFile, ObjectReader, PutLimits,
+    Staged, TierBackend, TierDescription, check_final_len, check_running_len, reserve_for_put,
 };
 use crate::clock::system_time_ms;
 use crate::error::{Result, StorageError};
@@ -318,6 +318,57 @@ impl TierBackend for FsTier {
                 Err(e)
             }
         }
+    }
+
+    fn local_path(&self, key: &ObjectKey) -> Option<PathBuf> {
+        self.check_fs_key(key).ok()?;
+        Some(self.path_of(key))
+    }
+
+    /// Hard-links `file` into this tier's staging directory: no byte is copied, and the commit
+    /// that follows is the usual rename. Only when the link still is the indexed file (same size
+    /// and stamp) are its bytes the ones `file.hash` describes; otherwise the caller streams.
+    async fn stage_local_file(
+        &self,
+        key: &ObjectKey,
+        file: &LocalFile,
+        object_bytes_max: u64,
+    ) -> Result<Option<Staged>> {
+        self.check_fs_key(key)?;
+        if file.size > object_bytes_max {
+            return Err(StorageError::TooLarge {
+                size: file.size,
+                max: object_bytes_max,
+            });
+        }
+        let reservation = self.gauge.reserve(file.size)?;
+        let serial = self.next_staged.fetch_add(1, Ordering::Relaxed);
+        let staged_path = self.tmp_dir.join(format!("{serial:016x}"));
+        let (source, link, expected) = (file.path.clone(), staged_path.clone(), file.clone());
+        let linked = blocking(move || {
+            if let Err(e) = fs::hard_link(&source, &link) {
+                // Another file system, or one without hard links: not an error, just no
+                // shortcut. A source that vanished is reported by the streamed copy.
+                debug!(source = %source.display(), error = %e, "no hard link; the bytes are copied");
+                return Ok(false);
+            }
+            let same = fs::metadata(&link)
+                .map(|m| m.len() == expected.size && stamp_of(&m) == expected.stamp)
+                .unwrap_or(false);
+            if !same {
+                debug!(source = %source.display(), "linked file is not the indexed one; the bytes are copied");
+                let _ = fs::remove_file(&link);
+            }
+            Ok(same)
+        })
+        .await?;
+        Ok(linked.then(|| Staged {
+            key: key.clone(),
+            size: file.size,
+            hash: file.hash,
+            token: staged_path.display().to_string(),
+            reservation,
+        }))
     }
 
     async fn abort(&self, staged: Staged) {

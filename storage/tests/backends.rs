@@ -467,3 +467,77 @@ async fn fs_large_put_passes_several_writeback_steps() {
         total
     );
 }
+
+#[tokio::test]
+async fn fs_tiers_on_one_file_system_hand_over_files_without_copying() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ssd = fs_tier(dir.path(), None).await;
+    let (hdd, _) = FsTier::open(
+        TierName::new("hdd").unwrap(),
+        "hdd",
+        dir.path().join("hdd"),
+        Some(10_000),
+    )
+    .await
+    .unwrap();
+    let hash = put(&ssd, "a/obj", pattern(5000), true).await.unwrap();
+    let found = ssd.head(&key("a/obj")).await.unwrap().unwrap();
+    let file = letl_storage::LocalFile {
+        path: ssd.local_path(&key("a/obj")).unwrap(),
+        size: found.size,
+        stamp: found.stamp,
+        hash,
+    };
+
+    // A file whose stamp is not the indexed one may hold other bytes: no shortcut, nothing left.
+    let stale = letl_storage::LocalFile {
+        stamp: found.stamp + 1,
+        ..file.clone()
+    };
+    assert!(
+        hdd.stage_local_file(&key("b/obj"), &stale, UNLIMITED)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(hdd.gauge().used_bytes(), 0);
+    let tmp = dir.path().join("hdd").join(TMP_DIR_NAME);
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+
+    // Too large for the tier: refused, as a streamed put would be.
+    let err = hdd
+        .stage_local_file(&key("b/obj"), &file, 4000)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::TooLarge { .. }), "{err}");
+
+    let staged = hdd
+        .stage_local_file(&key("b/obj"), &file, UNLIMITED)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((staged.size, staged.hash), (5000, hash));
+    hdd.commit(staged).await.unwrap();
+    assert_eq!(read(&hdd, "b/obj").await.unwrap(), (5000, hash));
+    assert_eq!(hdd.gauge().used_bytes(), 5000);
+    let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(
+        inode(&dir.path().join("hdd/b/obj")),
+        inode(&dir.path().join("ssd/a/obj"))
+    );
+    // The source's deletion leaves the destination whole.
+    ssd.delete(&key("a/obj")).await.unwrap();
+    assert_eq!(read(&hdd, "b/obj").await.unwrap(), (5000, hash));
+
+    // Backends without local files take no shortcut.
+    let memory = memory_tier(None);
+    assert!(memory.local_path(&key("a/obj")).is_none());
+    assert!(
+        memory
+            .stage_local_file(&key("a/obj"), &file, UNLIMITED)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

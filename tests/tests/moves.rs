@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+use std::os::unix::fs::MetadataExt;
+
 use letl_tests::{TestNode, blake3_of, test_bytes};
 
 fn fetch(node: &TestNode, uri: &str) -> Option<Vec<u8>> {
@@ -36,6 +38,12 @@ fn request_ids_make_transfers_idempotent() {
     node.cli(&["mv", "ssd:/a", "pmem:/a", "--request-id", "no spaces"])
         .fails(2, "invalid request id");
 
+    // A copy has its own file; a move between tiers on one file system hands over the file
+    // itself, without copying its bytes.
+    let inode = |path: std::path::PathBuf| std::fs::metadata(path).unwrap().ino();
+    let source_inode = inode(node.tier_dir("ssd").join("a"));
+    assert_ne!(inode(node.tier_dir("hdd").join("a")), source_inode);
+
     // A move repeated after it finished returns its result; the source stays gone.
     let moved = node
         .cli(&["mv", "ssd:/a", "pmem:/a", "--request-id", "move-1"])
@@ -48,6 +56,7 @@ fn request_ids_make_transfers_idempotent() {
         moved
     );
     assert!(fetch(&node, "ssd:/a").is_none());
+    assert_eq!(inode(node.tier_dir("pmem").join("a")), source_inode);
 
     // A failed transfer is recorded, and its id answers with the failure.
     node.cli(&["mv", "ssd:/missing", "pmem:/x", "--request-id", "move-2"])
