@@ -1,7 +1,7 @@
 //! The JSON shapes of the `/v1` HTTP API, shared by the server and the CLI.
 
 use letl_actors::TierStatus;
-use letl_storage::{MoveRecord, MoveState, ObjectMeta, ObjectUri};
+use letl_storage::{MoveJob, MoveJobState, MoveRecord, MoveState, ObjectMeta, ObjectUri};
 use serde::{Deserialize, Serialize};
 
 /// Most entries a list page returns unless asked for fewer.
@@ -174,6 +174,91 @@ impl From<&MoveRecord> for MoveInfo {
 pub struct MovesResponse {
     /// Most recent first.
     pub moves: Vec<MoveInfo>,
+}
+
+/// Body of `POST /v1/move-jobs`: copy or move every object under `source` (a prefix ending in
+/// `/`, or `tier:/`) to the same keys below `destination`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveJobRequest {
+    pub source: String,
+    pub destination: String,
+    /// A move (true) or a copy (false, the default).
+    #[serde(default)]
+    pub remove_source: bool,
+    /// The same id again returns the job, never a second run. One is made up when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// One object a job could not transfer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveJobFailureInfo {
+    pub key: String,
+    pub error: String,
+}
+
+/// A move job with its progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveJobInfo {
+    pub request_id: String,
+    /// `mv` or `cp`.
+    pub kind: String,
+    pub source: String,
+    pub destination: String,
+    /// `running` or `done` (done with `objects_failed > 0` means some objects were not moved).
+    pub state: String,
+    pub objects_total: u64,
+    pub bytes_total: u64,
+    pub objects_done: u64,
+    pub bytes_done: u64,
+    pub objects_failed: u64,
+    /// The first failures, with their reasons.
+    pub failures: Vec<MoveJobFailureInfo>,
+    pub started: String,
+    pub updated: String,
+}
+
+impl MoveJobInfo {
+    pub fn is_running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+impl From<&MoveJob> for MoveJobInfo {
+    fn from(job: &MoveJob) -> Self {
+        Self {
+            request_id: job.request_id.clone(),
+            kind: if job.remove_source { "mv" } else { "cp" }.to_string(),
+            source: job.source.to_string(),
+            destination: job.destination.to_string(),
+            state: match job.state {
+                MoveJobState::Running => "running",
+                MoveJobState::Done => "done",
+            }
+            .to_string(),
+            objects_total: job.objects_total,
+            bytes_total: job.bytes_total,
+            objects_done: job.objects_done,
+            bytes_done: job.bytes_done,
+            objects_failed: job.objects_failed,
+            failures: job
+                .failures
+                .iter()
+                .map(|f| MoveJobFailureInfo {
+                    key: f.key.to_string(),
+                    error: f.error.clone(),
+                })
+                .collect(),
+            started: rfc3339(job.started_ms),
+            updated: rfc3339(job.updated_ms),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveJobsResponse {
+    /// Most recent first.
+    pub jobs: Vec<MoveJobInfo>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

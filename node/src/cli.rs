@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::api::{ObjectInfo, TierInfo, TransferResponse};
+use crate::api::{MoveJobInfo, ObjectInfo, TierInfo, TransferResponse};
 use crate::client::{Client, Failure, Outcome, exit};
 use crate::config::{DEFAULT_DATA_DIR, NodeConfig, Overrides};
 
@@ -86,30 +86,49 @@ pub enum Command {
         /// The object to remove.
         uri: String,
     },
-    /// Copy an object, within a tier or between tiers (hash-verified).
+    /// Copy an object, within a tier or between tiers (hash-verified); a source ending in `/`
+    /// copies every object under it, as one job with progress.
     Cp {
-        /// The object to copy.
+        /// The object to copy, or a prefix ending in `/` (`ssd:/covid/`, `ssd:/`).
         source: String,
-        /// `tier:/key`, or `tier:/dir/` to keep the source's name.
+        /// `tier:/key`, or `tier:/dir/` to keep the source's name (for a prefix: where the
+        /// keys below it go).
         destination: String,
         /// Runs the copy once: the same id again returns the first result.
         #[arg(long, value_name = "ID")]
         request_id: Option<String>,
+        /// For a prefix: print the job's request id and return without waiting.
+        #[arg(long)]
+        detach: bool,
     },
-    /// Move an object: copy, verify the hash, then remove the source.
+    /// Move an object: copy, verify the hash, then remove the source; a source ending in `/`
+    /// moves every object under it, as one job with progress.
     Mv {
-        /// The object to move.
+        /// The object to move, or a prefix ending in `/` (`ssd:/covid/`, `ssd:/`).
         source: String,
-        /// `tier:/key`, or `tier:/dir/` to keep the source's name.
+        /// `tier:/key`, or `tier:/dir/` to keep the source's name (for a prefix: where the
+        /// keys below it go).
         destination: String,
         /// Runs the move once: the same id again returns the first result.
         #[arg(long, value_name = "ID")]
         request_id: Option<String>,
+        /// For a prefix: print the job's request id and return without waiting.
+        #[arg(long)]
+        detach: bool,
     },
     /// List copies and moves: in progress, and recent ones with how they ended.
     Moves {
         #[arg(long)]
         json: bool,
+        /// List the jobs that copy or move whole prefixes instead.
+        #[arg(long, conflicts_with = "job")]
+        jobs: bool,
+        /// Show one prefix job's progress.
+        #[arg(long, value_name = "ID")]
+        job: Option<String>,
+        /// With `--job`: wait for the job to finish (exits non-zero if objects failed).
+        #[arg(long, requires = "job")]
+        wait: bool,
     },
     /// List this node's tiers with their use and capacity.
     Tiers {
@@ -226,21 +245,37 @@ fn run_client(connection: &Connection, command: Command) -> Outcome {
                 source,
                 destination,
                 request_id,
-            } => print_transferred(
-                &client
-                    .transfer(&source, &destination, false, request_id)
-                    .await?,
-            ),
+                detach,
+            } => transfer(&client, &source, &destination, false, request_id, detach).await?,
             Command::Mv {
                 source,
                 destination,
                 request_id,
-            } => print_transferred(
-                &client
-                    .transfer(&source, &destination, true, request_id)
-                    .await?,
-            ),
-            Command::Moves { json } => {
+                detach,
+            } => transfer(&client, &source, &destination, true, request_id, detach).await?,
+            Command::Moves {
+                json,
+                jobs: _,
+                job: Some(id),
+                wait,
+            } => {
+                let mut job = client.move_job(&id).await?;
+                if wait {
+                    job = client.wait_move_job(job).await?;
+                }
+                print_job(&job, json);
+                if wait {
+                    job_outcome(&job)?;
+                }
+            }
+            Command::Moves {
+                json, jobs: true, ..
+            } => {
+                for job in client.move_jobs().await?.jobs {
+                    print_job(&job, json);
+                }
+            }
+            Command::Moves { json, .. } => {
                 for m in client.moves().await?.moves {
                     if json {
                         println!("{}", serde_json::to_string(&m).unwrap_or_default());
@@ -270,6 +305,85 @@ fn run_client(connection: &Connection, command: Command) -> Outcome {
         }
         Ok(())
     })
+}
+
+/// `letl cp`/`letl mv`: one object, or (source ending in `/`) every object under a prefix as
+/// a job, waited for unless `detach`.
+async fn transfer(
+    client: &Client,
+    source: &str,
+    destination: &str,
+    remove_source: bool,
+    request_id: Option<String>,
+    detach: bool,
+) -> Outcome {
+    let is_prefix = letl_storage::PrefixUri::parse(source).is_ok_and(|p| p.is_directory());
+    if !is_prefix {
+        if detach {
+            return Err(Failure::new(
+                exit::BAD_INPUT,
+                "--detach is for prefixes (a source ending in `/`); one object is moved at once",
+            ));
+        }
+        print_transferred(
+            &client
+                .transfer(source, destination, remove_source, request_id)
+                .await?,
+        );
+        return Ok(());
+    }
+    let job = client
+        .start_move_job(source, destination, remove_source, request_id)
+        .await?;
+    if detach {
+        println!("{}", job.request_id);
+        return Ok(());
+    }
+    let job = client.wait_move_job(job).await?;
+    print_job(&job, false);
+    job_outcome(&job)
+}
+
+/// A job's line: request id, kind, source -> destination, state, objects and bytes done of
+/// the total, failed objects; its failures follow on stderr.
+fn print_job(job: &MoveJobInfo, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(job).unwrap_or_default());
+        return;
+    }
+    println!(
+        "{}\t{}\t{} -> {}\t{}\t{}/{} objects\t{}/{} bytes\t{} failed",
+        job.request_id,
+        job.kind,
+        job.source,
+        job.destination,
+        job.state,
+        job.objects_done,
+        job.objects_total,
+        job.bytes_done,
+        job.bytes_total,
+        job.objects_failed
+    );
+    for failure in &job.failures {
+        eprintln!("letl: {}: {}", failure.key, failure.error);
+    }
+}
+
+/// A finished job whose objects did not all make it is a failed command.
+fn job_outcome(job: &MoveJobInfo) -> Outcome {
+    if job.objects_failed == 0 {
+        return Ok(());
+    }
+    Err(Failure::new(
+        exit::FAILURE,
+        format!(
+            "{} of {} objects under {} could not be {}",
+            job.objects_failed,
+            job.objects_total,
+            job.source,
+            if job.kind == "mv" { "moved" } else { "copied" }
+        ),
+    ))
 }
 
 /// A copy or move: the written object's line, then its request id.

@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::api::{
-    ErrorBody, HASH_HEADER, ListResponse, MovesResponse, ObjectInfo, TiersResponse,
-    TransferRequest, TransferResponse,
+    ErrorBody, HASH_HEADER, ListResponse, MoveJobInfo, MoveJobRequest, MoveJobsResponse,
+    MovesResponse, ObjectInfo, TiersResponse, TransferRequest, TransferResponse,
 };
 
 /// Exit codes, documented in README.md.
@@ -33,6 +33,8 @@ pub mod exit {
 const PROGRESS_BYTES_MIN: u64 = 8 << 20;
 /// Response chunks queued for the download writer thread.
 const DOWNLOAD_CHUNKS_IN_FLIGHT_MAX: usize = 32;
+/// How often a waiting `letl mv`/`cp` of a prefix asks for its job's progress.
+const JOB_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Connecting to a node that does not answer fails after this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Characters kept as they are in a key segment of a URL path; everything else is escaped.
@@ -405,6 +407,81 @@ impl Client {
                 .json(&body),
         )
         .await
+    }
+
+    /// Starts a job copying or moving every object under the prefix `source`.
+    pub async fn start_move_job(
+        &self,
+        source: &str,
+        destination: &str,
+        remove_source: bool,
+        request_id: Option<String>,
+    ) -> Outcome<MoveJobInfo> {
+        PrefixUri::parse(source)?;
+        PrefixUri::parse(destination)?;
+        if let Some(id) = &request_id {
+            letl_storage::check_request_id(id)?;
+        }
+        let body = MoveJobRequest {
+            source: source.to_string(),
+            destination: destination.to_string(),
+            remove_source,
+            request_id,
+        };
+        self.json(
+            self.request(Method::POST, &format!("{}/v1/move-jobs", self.base))
+                .json(&body),
+        )
+        .await
+    }
+
+    pub async fn move_job(&self, request_id: &str) -> Outcome<MoveJobInfo> {
+        letl_storage::check_request_id(request_id)?;
+        self.json(self.request(
+            Method::GET,
+            &format!("{}/v1/move-jobs/{request_id}", self.base),
+        ))
+        .await
+    }
+
+    pub async fn move_jobs(&self) -> Outcome<MoveJobsResponse> {
+        self.json(self.request(Method::GET, &format!("{}/v1/move-jobs", self.base)))
+            .await
+    }
+
+    /// Waits for a move job to finish, with a progress bar (objects) when stderr is a
+    /// terminal; returns the finished job.
+    pub async fn wait_move_job(&self, mut job: MoveJobInfo) -> Outcome<MoveJobInfo> {
+        let bar = if io::stderr().is_terminal() {
+            let bar = ProgressBar::new(job.objects_total);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{msg} {bar:40.cyan/blue} {pos}/{len} objects, eta {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            bar.set_message(format!(
+                "{} {} -> {}",
+                job.kind, job.source, job.destination
+            ));
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        while job.is_running() {
+            bar.set_position(job.objects_done + job.objects_failed);
+            tokio::time::sleep(JOB_POLL_INTERVAL).await;
+            job = self.move_job(&job.request_id).await.map_err(|e| {
+                Failure::new(
+                    e.code,
+                    format!(
+                        "{}; the job goes on in the node: `letl moves --job {} --wait` follows it",
+                        e.message, job.request_id
+                    ),
+                )
+            })?;
+        }
+        bar.finish_and_clear();
+        Ok(job)
     }
 
     pub async fn moves(&self) -> Outcome<MovesResponse> {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod letl;
 pub mod metrics;
+pub mod move_jobs;
 pub mod moves;
 pub mod node;
 pub mod server;

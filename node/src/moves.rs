@@ -57,7 +57,7 @@ fn crash_point(point: &str) {
 }
 
 /// A request id for callers that gave none: unique enough, and says when it was made.
-fn new_request_id(now_ms: u64) -> String {
+pub(crate) fn new_request_id(now_ms: u64) -> String {
     let mut bytes = [0u8; 8];
     let _ = getrandom::fill(&mut bytes);
     format!(
@@ -74,6 +74,11 @@ impl Mover {
             clock,
             running: Arc::new(Mutex::new(BTreeSet::new())),
         }
+    }
+
+    /// The record of one transfer, if its request id was used.
+    pub fn record(&self, request_id: &str) -> Result<Option<MoveRecord>, ApiError> {
+        Ok(self.log.get(request_id)?)
     }
 
     pub fn records(&self) -> Result<Vec<MoveRecord>, ApiError> {
@@ -109,6 +114,19 @@ impl Mover {
             }
             None => new_request_id(self.clock.now_ms()),
         };
+        self.transfer_as(request_id, source, destination, remove_source)
+            .await
+    }
+
+    /// [`Self::transfer`] under a request id made by letl itself (a move job's item ids are
+    /// longer than a caller's may be).
+    pub(crate) async fn transfer_as(
+        &self,
+        request_id: String,
+        source: ObjectUri,
+        destination: ObjectUri,
+        remove_source: bool,
+    ) -> Result<Transferred, ApiError> {
         if source == destination {
             return Err(ApiError::bad_request(format!(
                 "source and destination are the same object ({source})"

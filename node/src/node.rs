@@ -5,7 +5,8 @@
 //! builds the production parts from a config and calls it.
 //!
 //! Shutdown protocol: when `shutdown` resolves the HTTP server stops accepting and lets in-flight
-//! requests finish (at most `shutdown_grace`, then they are cut); then the supervisor drains every
+//! requests finish (at most `shutdown_grace`, then they are cut); move jobs finish the transfers
+//! they have in flight and save their progress (within the same grace); then the supervisor drains every
 //! tier actor, each flushing its index on stop; last the index database is flushed as a whole.
 
 use std::future::Future;
@@ -17,7 +18,8 @@ use std::time::Duration;
 use anyhow::Context;
 use letl_actors::{RestartPolicy, SupervisorArgs, SupervisorHandle, TierDirectory, TierSpec};
 use letl_storage::{
-    Clock, FsTier, IndexDb, MoveLog, S3Tier, SledReservations, SystemClock, TierBackend,
+    Clock, FsTier, IndexDb, MoveLog, S3Tier, SledMoveJobs, SledReservations, SystemClock,
+    TierBackend,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -26,6 +28,7 @@ use tracing::{info, warn};
 use crate::config::{NodeConfig, TierStore};
 use crate::letl::Letl;
 use crate::metrics::Metrics;
+use crate::move_jobs::MoveJobs;
 use crate::moves::Mover;
 use crate::server::{AppState, router};
 use crate::service::ObjectService;
@@ -41,6 +44,8 @@ pub struct NodeDeps {
     pub token: String,
     /// The durable record of copies and moves (see `moves`).
     pub moves: Arc<dyn MoveLog>,
+    /// Jobs that copy or move whole prefixes (see `move_jobs`).
+    pub move_jobs: SledMoveJobs,
     /// The LETL routes' reservations of request ids and destinations.
     pub reservations: SledReservations,
     /// The LETL routes' default source directory.
@@ -67,12 +72,30 @@ pub async fn start(
     .await
     .map_err(anyhow::Error::msg)?;
 
-    // Transfers a previous run left unfinished are finished before anything new is served.
+    // One signal, several listeners: the server's graceful shutdown, the grace timer, and the
+    // move jobs' runners.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    // Transfers a previous run left unfinished are finished before anything new is served;
+    // then the move jobs it left running go on from where they stood.
     let mover = Mover::new(directory.clone(), deps.moves, Arc::clone(&deps.clock));
     mover
         .resume()
         .await
         .map_err(|e| anyhow::anyhow!("resuming transfers: {}", e.message))?;
+    let jobs = MoveJobs::new(
+        directory.clone(),
+        mover.clone(),
+        deps.move_jobs,
+        Arc::clone(&deps.clock),
+        stop_rx.clone(),
+    );
+    jobs.resume()
+        .map_err(|e| anyhow::anyhow!("resuming move jobs: {}", e.message))?;
     let letl = Letl::new(
         directory.clone(),
         mover.clone(),
@@ -84,18 +107,13 @@ pub async fn start(
     let state = AppState {
         letl: Arc::new(letl),
         service: ObjectService::new(directory, mover),
+        jobs: jobs.clone(),
         token: Arc::from(deps.token),
         metrics: Arc::new(Metrics::default()),
     };
     let addr = deps.listener.local_addr()?;
     info!(%addr, "listening for http");
 
-    // One signal, two listeners: the server's graceful shutdown and the grace timer.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
     let mut server_stop = stop_rx.clone();
     let server = axum::serve(deps.listener, router(state)).with_graceful_shutdown(async move {
         let _ = server_stop.wait_for(|stop| *stop).await;
@@ -111,6 +129,8 @@ pub async fn start(
         } => warn!(grace_s = grace.as_secs(), "requests still in flight after the shutdown grace; cutting them"),
     }
 
+    // Runners finish their transfers in flight while the tiers still serve them.
+    jobs.stopped(grace).await;
     supervisor.shutdown().await.map_err(anyhow::Error::msg)?;
     if let Some(db) = deps.index_db {
         tokio::task::spawn_blocking(move || db.flush())
@@ -175,6 +195,7 @@ pub async fn run(
         tiers,
         token,
         moves: Arc::new(index_db.moves()?),
+        move_jobs: index_db.move_jobs()?,
         reservations: index_db.reservations()?,
         source_dir: config.source_dir.clone(),
         source_s3: config.source_s3.clone(),

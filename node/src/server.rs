@@ -17,18 +17,21 @@ use letl_storage::{ByteStream, KeyPrefix, LIST_PAGE_ENTRIES_MAX, ObjectKey, Obje
 use serde::Deserialize;
 
 use crate::api::{
-    HASH_HEADER, LIST_PAGE_DEFAULT, ListResponse, MoveInfo, MovesResponse, ObjectInfo, TierInfo,
-    TiersResponse, TransferRequest, TransferResponse, VERSION_HEADER,
+    HASH_HEADER, LIST_PAGE_DEFAULT, ListResponse, MoveInfo, MoveJobInfo, MoveJobRequest,
+    MoveJobsResponse, MovesResponse, ObjectInfo, TierInfo, TiersResponse, TransferRequest,
+    TransferResponse, VERSION_HEADER,
 };
 use crate::error::ApiError;
 use crate::letl::{Letl, LetlRequest, LetlResponse};
 use crate::metrics::{self, Metrics};
+use crate::move_jobs::MoveJobs;
 use crate::service::ObjectService;
 
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub service: ObjectService,
     pub letl: Arc<Letl>,
+    pub jobs: MoveJobs,
     pub token: Arc<str>,
     pub metrics: Arc<Metrics>,
 }
@@ -46,6 +49,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/copy", post(copy_object))
         .route("/v1/move", post(move_object))
         .route("/v1/moves", get(list_moves))
+        .route("/v1/move-jobs", get(list_move_jobs).post(start_move_job))
+        .route("/v1/move-jobs/{id}", get(get_move_job))
         .route("/metrics", get(render_metrics))
         // The seed's LETL routes, as it named them.
         .route(
@@ -343,6 +348,45 @@ async fn list_moves(State(state): State<AppState>) -> Result<Json<MovesResponse>
         .map(MoveInfo::from)
         .collect();
     Ok(Json(MovesResponse { moves }))
+}
+
+/// Most jobs `GET /v1/move-jobs` returns (the most recent).
+const MOVE_JOBS_LISTED_MAX: usize = 1_000;
+
+async fn start_move_job(
+    State(state): State<AppState>,
+    request: Result<Json<MoveJobRequest>, JsonRejection>,
+) -> Result<Json<MoveJobInfo>, ApiError> {
+    let Json(request) = request.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let job = state
+        .jobs
+        .start(
+            &request.source,
+            &request.destination,
+            request.remove_source,
+            request.request_id,
+        )
+        .await?;
+    Ok(Json(MoveJobInfo::from(&job)))
+}
+
+async fn get_move_job(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<MoveJobInfo>, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(Json(MoveJobInfo::from(&state.jobs.get(&id)?)))
+}
+
+async fn list_move_jobs(State(state): State<AppState>) -> Result<Json<MoveJobsResponse>, ApiError> {
+    let jobs = state
+        .jobs
+        .all()?
+        .iter()
+        .take(MOVE_JOBS_LISTED_MAX)
+        .map(MoveJobInfo::from)
+        .collect();
+    Ok(Json(MoveJobsResponse { jobs }))
 }
 
 /// The LETL routes read their body as JSON whatever its Content-Type says: the seed's clients

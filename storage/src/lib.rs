@@ -14,6 +14,7 @@ mod fs;
 mod hash;
 mod index;
 mod memory;
+mod move_jobs;
 mod moves;
 mod reconcile;
 #[cfg(feature = "s3")]
@@ -30,6 +31,10 @@ pub use fs::{FsOpenReport, FsTier, TMP_DIR_NAME, read_blocks, write_blocks};
 pub use hash::{ContentHash, Hasher};
 pub use index::{IndexDb, MemoryIndex, ObjectIndex, ObjectMeta, SledIndex};
 pub use memory::MemoryTier;
+pub use move_jobs::{
+    MOVE_JOB_FAILURES_KEPT, MOVE_JOB_OBJECTS_MAX, MoveJob, MoveJobFailure, MoveJobItem,
+    MoveJobState, SledMoveJobs,
+};
 pub use moves::{
     MemoryMoveLog, MoveLog, MoveRecord, MoveState, REQUEST_ID_BYTES_MAX,
     Reservation as LetlReservation, SledMoveLog, SledReservations, Taken, check_request_id,

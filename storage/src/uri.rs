@@ -216,7 +216,7 @@ impl std::str::FromStr for ObjectUri {
 }
 
 /// `<tier>:/<prefix>`, as `letl ls` takes it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PrefixUri {
     pub tier: TierName,
     pub prefix: KeyPrefix,
