@@ -133,12 +133,7 @@ impl Client {
     }
 
     fn transport_failure(&self, e: &reqwest::Error) -> Failure {
-        let mut detail = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(cause) = source {
-            detail = format!("{detail}: {cause}");
-            source = cause.source();
-        }
+        let detail = crate::error::error_chain(e);
         if e.is_connect() {
             Failure::new(
                 exit::FAILURE,

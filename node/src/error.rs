@@ -74,3 +74,18 @@ impl IntoResponse for ApiError {
             .into_response()
     }
 }
+
+/// An error with its chain of causes, `outer: cause: root cause`: the root cause is often the
+/// only useful part (a refused certificate, a reset connection).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut detail = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !detail.ends_with(&text) {
+            detail = format!("{detail}: {text}");
+        }
+        source = cause.source();
+    }
+    detail
+}

@@ -2,7 +2,7 @@
 //! `POST /tiering/C-D`, each with `{destination_uri, source_uri, request_id}` (`source` is
 //! accepted for `source_uri`, as the seed's own example writes it).
 //!
-//! A write route reads its source (a tier URI, `file:///path`, `http://` URL, or a key of the
+//! A write route reads its source (a tier URI, `file:///path`, `http(s)://` URL, or a key of the
 //! node's default source directory) and stores it on the route's tier at
 //! `destination_uri/<basename of the source>`. A tiering route moves `source_uri` from one tier
 //! to `destination_uri` on the other, exactly once (see `moves`). Request ids and destinations
@@ -21,7 +21,7 @@ use letl_storage::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::error::ApiError;
 use crate::moves::Mover;
@@ -61,7 +61,8 @@ pub struct Letl {
     source_s3: Option<S3Settings>,
     /// One client per source bucket, made on first use.
     source_buckets: std::sync::Mutex<BTreeMap<String, Arc<S3Tier>>>,
-    http: reqwest::Client,
+    /// For http(s) sources; the reason when it could not be built (no readable root store).
+    http: Result<reqwest::Client, String>,
     /// Serializes reservations: a check and its insert never interleave with another's.
     reserving: Mutex<()>,
 }
@@ -87,7 +88,7 @@ impl Letl {
             source_dir,
             source_s3,
             source_buckets: std::sync::Mutex::new(BTreeMap::new()),
-            http: reqwest::Client::new(),
+            http: source_http_client(),
             reserving: Mutex::new(()),
         }
     }
@@ -240,9 +241,18 @@ impl Letl {
             }
             return open_file(Path::new(path), source).await;
         }
-        if source.starts_with("http://") {
-            let response = self.http.get(source).send().await.map_err(|e| {
-                ApiError::new(StatusCode::BAD_GATEWAY, format!("source `{source}`: {e}"))
+        if source.starts_with("http://") || source.starts_with("https://") {
+            let http = self.http.as_ref().map_err(|reason| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("source `{source}`: this node has no http client: {reason}"),
+                )
+            })?;
+            let response = http.get(source).send().await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("source `{source}`: {}", crate::error::error_chain(&e)),
+                )
             })?;
             if !response.status().is_success() {
                 return Err(ApiError::new(
@@ -261,11 +271,6 @@ impl Letl {
                 )));
             };
             return self.open_s3(bucket, key, source).await;
-        }
-        if source.starts_with("https://") {
-            return Err(ApiError::bad_request(format!(
-                "source `{source}`: https:// sources are not supported by this build yet; use a tier URI, file:///, http://, s3:// or a key of the default source"
-            )));
         }
         if let Some((tier, _)) = source.split_once(":/")
             && TierName::new(tier).is_ok()
@@ -291,6 +296,23 @@ impl Letl {
         path.extend(key.segments());
         open_file(&path, source).await
     }
+}
+
+/// Connecting to an http(s) source that does not answer fails after this long.
+const SOURCE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The client for `http://` and `https://` sources. https trusts the system's root
+/// certificates; `SSL_CERT_FILE` or `SSL_CERT_DIR` in the node's environment replace them (a
+/// private CA). A root store that cannot be read leaves https sources failing with the reason.
+fn source_http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(SOURCE_CONNECT_TIMEOUT)
+        .build()
+        .map_err(|e| {
+            let reason = crate::error::error_chain(&e);
+            warn!(error = %reason, "no http client for http(s) sources");
+            reason
+        })
 }
 
 /// Most source buckets whose clients are kept.

@@ -5,6 +5,7 @@
 //! Nothing depends on it. It never links the node's code: everything goes through processes,
 //! sockets and files.
 
+pub mod https;
 pub mod seaweed;
 
 use std::io::{Read, Write};

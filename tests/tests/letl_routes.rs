@@ -153,3 +153,46 @@ fn write_routes_take_files_tier_uris_and_http_sources() {
     let (status, _) = letl_tests::http(&node.addr, "POST", "/cortx/write", &[], b"{}");
     assert_eq!(status, 401);
 }
+
+#[test]
+fn https_sources_are_read_with_the_trusted_roots_and_refused_otherwise() {
+    let server = letl_tests::https::HttpsServer::start();
+    let data = test_bytes(300_000, 21);
+    std::fs::create_dir_all(server.root.join("sets")).unwrap();
+    std::fs::write(server.root.join("sets/A1"), &data).unwrap();
+    let body = |source: &str, id: &str| {
+        format!(
+            r#"{{"destination_uri": "web", "source_uri": "{}/{source}", "request_id": "{id}"}}"#,
+            server.base
+        )
+    };
+
+    // A node that does not trust the server's CA refuses it, naming the source and why, and
+    // keeps nothing: the request id can be used again.
+    let mut node = TestNode::start(None);
+    let (status, answer) = node.http("POST", "/cortx/write", body("sets/A1", "h1").as_bytes());
+    assert_eq!(status, 502, "{answer}");
+    assert!(
+        answer.contains(&format!("{}/sets/A1", server.base)),
+        "{answer}"
+    );
+    assert!(answer.contains("certificate"), "{answer}");
+    assert!(fetch(&node, "cortx:/web/A1").is_none());
+
+    // Trusting the CA (as a private CA is trusted: SSL_CERT_FILE), the same request works.
+    node.terminate();
+    node.env = vec![(
+        "SSL_CERT_FILE".to_string(),
+        server.ca_file.display().to_string(),
+    )];
+    node.restart();
+    let (status, answer) = node.http("POST", "/cortx/write", body("sets/A1", "h1").as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(&blake3_of(&data)), "{answer}");
+    assert_eq!(fetch(&node, "cortx:/web/A1").unwrap(), data);
+
+    // A missing file is the server's 404, passed on as a bad gateway naming the source.
+    let (status, answer) = node.http("POST", "/cortx/write", body("sets/none", "h2").as_bytes());
+    assert_eq!(status, 502, "{answer}");
+    assert!(answer.contains("404"), "{answer}");
+}
