@@ -1,4 +1,5 @@
-//! letl's actors (ractor on tokio): the node supervisor and one tier actor per tier.
+//! letl's actors (ractor on tokio): the node supervisor and one tier actor per tier, and the
+//! transforms pipelines run (the in-process ones; see [`transform`]).
 //!
 //! The supervisor is the root of a node: it starts the tier actors, restarts one that fails, and
 //! drains them all at shutdown. A tier actor owns its tier's backend and is the only writer of
@@ -10,6 +11,7 @@
 mod directory;
 mod supervisor;
 mod tier;
+pub mod transform;
 
 pub use directory::{TierDirectory, TierHandle, TierStatus};
 pub use supervisor::{

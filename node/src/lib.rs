@@ -19,3 +19,4 @@ pub mod node;
 pub mod server;
 pub mod service;
 pub mod token;
+pub mod transforms;

@@ -1,0 +1,415 @@
+//! Transforms: what a pipeline does to each object's bytes, and what `letl get --transform`
+//! applies on read.
+//!
+//! A [`Transform`] turns one object's byte stream into another, streaming, never holding an
+//! object whole. The in-process kinds are in [`TransformRegistry::builtin`] (the node adds
+//! `exec` and `http`, which run commands and speak HTTP); a program that
+//! embeds letl registers its own with [`TransformRegistry::register`] (see
+//! `actors/examples/custom_transform.rs`). A transform is built from its spec (`kind` plus
+//! arguments) once, when a pipeline is registered, so bad arguments are refused then, naming
+//! the argument.
+//!
+//! CPU-bound transforms implement the simpler [`BlockTransform`] (feed blocks, then finish) and
+//! run on a blocking thread with bounded queues on both sides.
+
+mod builtin;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use letl_storage::ByteStream;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+/// Input blocks queued for a blocking transform's thread.
+const BLOCK_INPUT_IN_FLIGHT_MAX: usize = 4;
+/// Output blocks queued from a blocking transform's thread.
+const BLOCK_OUTPUT_IN_FLIGHT_MAX: usize = 4;
+
+/// One step of a pipeline's chain, built from its spec.
+#[async_trait::async_trait]
+pub trait Transform: Send + Sync + fmt::Debug + 'static {
+    /// The kind, as specs name it (`md5`, `zstd`, ...).
+    fn kind(&self) -> &str;
+
+    /// Changes whenever the output for the same input and arguments may change; part of a
+    /// pipeline's version, so outputs made by an older version are made again.
+    fn version(&self) -> u32;
+
+    /// The output for one object. Errors found while streaming (a failing command, a server
+    /// that hangs up) arrive as an error item of the returned stream; the consumer must not
+    /// publish a stream that ended in an error.
+    async fn apply(&self, input: ByteStream) -> Result<ByteStream, TransformError>;
+}
+
+/// A transform that failed on one object: the object goes to the job's dead-letter list with
+/// this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TransformError(pub String);
+
+/// A bad transform spec: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SpecError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A transform's arguments, as the spec gave them (TOML and JSON both map to JSON values).
+/// Each getter marks its argument used; [`Args::finish`] refuses the ones nobody asked for.
+#[derive(Debug)]
+pub struct Args {
+    /// `transform[2]`, for error messages.
+    field: String,
+    kind: String,
+    values: Map<String, Value>,
+    used: Vec<String>,
+}
+
+impl Args {
+    pub fn new(field: impl Into<String>, kind: &str, values: Map<String, Value>) -> Self {
+        Self {
+            field: field.into(),
+            kind: kind.to_string(),
+            values,
+            used: Vec::new(),
+        }
+    }
+
+    fn take(&mut self, name: &str) -> Option<&Value> {
+        self.used.push(name.to_string());
+        self.values.get(name)
+    }
+
+    pub fn error(&self, name: &str, reason: impl fmt::Display) -> SpecError {
+        SpecError::new(format!("{}.{name}", self.field), reason.to_string())
+    }
+
+    pub fn string(&mut self, name: &str) -> Result<Option<String>, SpecError> {
+        match self.take(name).cloned() {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(self.error(name, format!("expected a string, got {other}"))),
+        }
+    }
+
+    pub fn integer(&mut self, name: &str) -> Result<Option<i64>, SpecError> {
+        match self.take(name).cloned() {
+            None => Ok(None),
+            Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64()),
+            Some(other) => Err(self.error(name, format!("expected an integer, got {other}"))),
+        }
+    }
+
+    pub fn boolean(&mut self, name: &str) -> Result<Option<bool>, SpecError> {
+        match self.take(name).cloned() {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(other) => Err(self.error(name, format!("expected true or false, got {other}"))),
+        }
+    }
+
+    /// A string or a list of strings (a command line).
+    pub fn strings(&mut self, name: &str) -> Result<Option<Vec<String>>, SpecError> {
+        match self.take(name).cloned() {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(vec![s])),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    other => Err(self.error(name, format!("expected strings, got {other}"))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(other) => Err(self.error(
+                name,
+                format!("expected a string or a list of strings, got {other}"),
+            )),
+        }
+    }
+
+    /// A duration such as `"30s"` or `"2m"`.
+    pub fn duration(&mut self, name: &str) -> Result<Option<Duration>, SpecError> {
+        match self.string(name)? {
+            None => Ok(None),
+            Some(text) => humantime::parse_duration(&text).map(Some).map_err(|e| {
+                self.error(
+                    name,
+                    format!("`{text}` is not a duration like 30s or 2m: {e}"),
+                )
+            }),
+        }
+    }
+
+    /// Refuses arguments that no getter asked for.
+    pub fn finish(self) -> Result<(), SpecError> {
+        let unknown: Vec<&String> = self
+            .values
+            .keys()
+            .filter(|k| !self.used.contains(k))
+            .collect();
+        match unknown.first() {
+            None => Ok(()),
+            Some(name) => {
+                let takes = if self.used.is_empty() {
+                    "no arguments".to_string()
+                } else {
+                    self.used.join(", ")
+                };
+                Err(SpecError::new(
+                    format!("{}.{name}", self.field),
+                    format!(
+                        "unknown argument for transform `{}` (it takes: {takes})",
+                        self.kind
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// Builds one kind of transform from its arguments.
+pub type TransformBuilder =
+    Arc<dyn Fn(&mut Args) -> Result<Arc<dyn Transform>, SpecError> + Send + Sync>;
+
+/// The transform kinds a node knows, by name.
+#[derive(Clone)]
+pub struct TransformRegistry {
+    builders: BTreeMap<String, TransformBuilder>,
+}
+
+impl fmt::Debug for TransformRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransformRegistry")
+            .field("kinds", &self.builders.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl TransformRegistry {
+    /// No kinds at all.
+    pub fn empty() -> Self {
+        Self {
+            builders: BTreeMap::new(),
+        }
+    }
+
+    /// The built-in kinds that compute in-process: identity, md5, sha256, gzip, gunzip, zstd,
+    /// unzstd, lines, fasta-stats. The node adds `exec` and `http`, which reach outside.
+    pub fn builtin() -> Self {
+        let mut registry = Self::empty();
+        builtin::register_all(&mut registry);
+        registry
+    }
+
+    /// Adds (or replaces) a kind.
+    pub fn register(
+        &mut self,
+        kind: &str,
+        builder: impl Fn(&mut Args) -> Result<Arc<dyn Transform>, SpecError> + Send + Sync + 'static,
+    ) {
+        self.builders.insert(kind.to_string(), Arc::new(builder));
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.builders.keys().map(String::as_str)
+    }
+
+    /// Builds the transform a spec table describes: its `kind`, and its arguments beside it.
+    /// `field` names the table in errors (`transform[0]`).
+    pub fn build(
+        &self,
+        field: &str,
+        spec: &Map<String, Value>,
+    ) -> Result<Arc<dyn Transform>, SpecError> {
+        let mut values = spec.clone();
+        let kind = match values.remove("kind") {
+            Some(Value::String(kind)) => kind,
+            Some(other) => {
+                return Err(SpecError::new(
+                    format!("{field}.kind"),
+                    format!("expected a string, got {other}"),
+                ));
+            }
+            None => {
+                return Err(SpecError::new(
+                    format!("{field}.kind"),
+                    format!(
+                        "missing; one of: {}",
+                        self.kinds().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        };
+        let Some(builder) = self.builders.get(&kind) else {
+            return Err(SpecError::new(
+                format!("{field}.kind"),
+                format!(
+                    "unknown transform `{kind}`; one of: {}",
+                    self.kinds().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        };
+        let mut args = Args::new(field, &kind, values);
+        let transform = builder(&mut args)?;
+        args.finish()?;
+        Ok(transform)
+    }
+
+    /// A transform named only by kind, with default arguments (`letl get --transform md5`).
+    pub fn build_kind(&self, kind: &str) -> Result<Arc<dyn Transform>, SpecError> {
+        let mut spec = Map::new();
+        spec.insert("kind".to_string(), Value::String(kind.to_string()));
+        self.build("transform", &spec)
+    }
+}
+
+/// Applies a chain of transforms, each to the previous one's output.
+pub async fn apply_chain(
+    chain: &[Arc<dyn Transform>],
+    mut input: ByteStream,
+) -> Result<ByteStream, TransformError> {
+    for transform in chain {
+        input = transform.apply(input).await?;
+    }
+    Ok(input)
+}
+
+/// A CPU-bound transform, fed block after block on a blocking thread.
+pub trait BlockTransform: Send + Sync + fmt::Debug + 'static {
+    fn kind(&self) -> &str;
+    fn version(&self) -> u32;
+    /// State for one object.
+    fn start(&self) -> Box<dyn BlockState>;
+}
+
+/// One object's pass through a [`BlockTransform`].
+pub trait BlockState: Send {
+    /// Takes the next input block; appends any output to `out`.
+    fn update(&mut self, block: &[u8], out: &mut Vec<u8>) -> io::Result<()>;
+    /// The input ended; appends the rest of the output to `out`.
+    fn finish(self: Box<Self>, out: &mut Vec<u8>) -> io::Result<()>;
+}
+
+/// What a blocking transform's thread sends: output, or how it ended.
+enum Produced {
+    Block(Bytes),
+    Done,
+    Failed(io::Error),
+}
+
+#[async_trait::async_trait]
+impl<T: BlockTransform> Transform for T {
+    fn kind(&self) -> &str {
+        BlockTransform::kind(self)
+    }
+
+    fn version(&self) -> u32 {
+        BlockTransform::version(self)
+    }
+
+    async fn apply(&self, mut input: ByteStream) -> Result<ByteStream, TransformError> {
+        let (in_tx, mut in_rx) = mpsc::channel::<io::Result<Bytes>>(BLOCK_INPUT_IN_FLIGHT_MAX);
+        let (out_tx, out_rx) = mpsc::channel::<Produced>(BLOCK_OUTPUT_IN_FLIGHT_MAX);
+        tokio::spawn(async move {
+            while let Some(block) = input.next().await {
+                let failed = block.is_err();
+                if in_tx.send(block).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut state = self.start();
+        let kind = BlockTransform::kind(self).to_string();
+        tokio::task::spawn_blocking(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut out = Vec::new();
+                while let Some(block) = in_rx.blocking_recv() {
+                    state.update(&block?, &mut out)?;
+                    if !out.is_empty()
+                        && out_tx
+                            .blocking_send(Produced::Block(Bytes::from(std::mem::take(&mut out))))
+                            .is_err()
+                    {
+                        return Ok(false);
+                    }
+                }
+                state.finish(&mut out)?;
+                if !out.is_empty() {
+                    let _ = out_tx.blocking_send(Produced::Block(Bytes::from(out)));
+                }
+                Ok(true)
+            }));
+            let last = match outcome {
+                Ok(Ok(true)) => Produced::Done,
+                // The consumer went away: nobody to tell.
+                Ok(Ok(false)) => return,
+                Ok(Err(e)) => Produced::Failed(e),
+                Err(panic) => Produced::Failed(io::Error::other(format!(
+                    "transform `{kind}` panicked: {}",
+                    panic_message(panic.as_ref())
+                ))),
+            };
+            let _ = out_tx.blocking_send(last);
+        });
+        let kind = BlockTransform::kind(self).to_string();
+        Ok(Box::pin(futures_util::stream::unfold(
+            (out_rx, kind, false),
+            |(mut rx, kind, ended)| async move {
+                if ended {
+                    return None;
+                }
+                match rx.recv().await {
+                    Some(Produced::Block(block)) => Some((Ok(block), (rx, kind, false))),
+                    Some(Produced::Done) => None,
+                    Some(Produced::Failed(e)) => Some((Err(e), (rx, kind, true))),
+                    // The thread vanished without saying how it ended: never a clean end.
+                    None => Some((
+                        Err(io::Error::other(format!(
+                            "transform `{kind}` stopped without finishing"
+                        ))),
+                        (rx, kind, true),
+                    )),
+                }
+            },
+        )))
+    }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+/// Lowercase hex, as `md5sum` prints digests.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}
