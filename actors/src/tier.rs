@@ -253,7 +253,7 @@ impl Actor for TierActor {
                 let _ = reply.send(state.head(&key));
             }
             TierMsg::LocalFile(key, reply) => {
-                let _ = reply.send(state.local_file(&key));
+                let _ = reply.send(state.local_file(&key).await);
             }
             TierMsg::PutLocalFile { key, file, reply } => {
                 let outcome = state.put_local_file(&key, &file).await;
@@ -440,14 +440,22 @@ impl TierState {
         self.spec.index.get(key)?.ok_or_else(|| self.not_found(key))
     }
 
-    fn local_file(&self, key: &ObjectKey) -> Result<Option<LocalFile>, StorageError> {
+    /// Inside the mailbox, so no commit of this key runs between reading the index entry and
+    /// naming the file: the file named is the indexed object.
+    async fn local_file(&self, key: &ObjectKey) -> Result<Option<LocalFile>, StorageError> {
         let meta = self.head(key)?;
-        Ok(self.spec.backend.local_path(key).map(|path| LocalFile {
-            path,
-            size: meta.size,
-            stamp: meta.stamp,
-            hash: meta.hash,
-        }))
+        Ok(self
+            .spec
+            .backend
+            .local_path(key)
+            .await?
+            .map(|(path, file_id)| LocalFile {
+                path,
+                file_id,
+                size: meta.size,
+                stamp: meta.stamp,
+                hash: meta.hash,
+            }))
     }
 
     /// Stages and commits in one step of the mailbox: a hard link takes no time worth

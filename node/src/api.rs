@@ -1,7 +1,9 @@
 //! The JSON shapes of the `/v1` HTTP API, shared by the server and the CLI.
 
 use letl_actors::TierStatus;
-use letl_storage::{MoveJob, MoveJobState, MoveRecord, MoveState, ObjectMeta, ObjectUri};
+use letl_storage::{MoveJobState, MoveRecord, MoveState, ObjectMeta, ObjectUri};
+
+use crate::move_jobs::JobView;
 use serde::{Deserialize, Serialize};
 
 /// Most entries a list page returns unless asked for fewer.
@@ -205,8 +207,11 @@ pub struct MoveJobInfo {
     pub kind: String,
     pub source: String,
     pub destination: String,
-    /// `running` or `done` (done with `objects_failed > 0` means some objects were not moved).
+    /// `running`, `done` (with `objects_failed > 0`, some objects were not transferred), or
+    /// `stalled` (its runner stopped on `error`; the same request again starts it again).
     pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub objects_total: u64,
     pub bytes_total: u64,
     pub objects_done: u64,
@@ -222,20 +227,28 @@ impl MoveJobInfo {
     pub fn is_running(&self) -> bool {
         self.state == "running"
     }
+
+    /// Objects tried so far, done or failed.
+    pub fn objects_tried_shown(&self) -> u64 {
+        self.objects_done + self.objects_failed
+    }
 }
 
-impl From<&MoveJob> for MoveJobInfo {
-    fn from(job: &MoveJob) -> Self {
+impl From<&JobView> for MoveJobInfo {
+    fn from(view: &JobView) -> Self {
+        let job = &view.job;
         Self {
             request_id: job.request_id.clone(),
             kind: if job.remove_source { "mv" } else { "cp" }.to_string(),
             source: job.source.to_string(),
             destination: job.destination.to_string(),
-            state: match job.state {
-                MoveJobState::Running => "running",
-                MoveJobState::Done => "done",
+            state: match (&job.state, &view.stalled) {
+                (MoveJobState::Done, _) => "done",
+                (MoveJobState::Running, None) => "running",
+                (MoveJobState::Running, Some(_)) => "stalled",
             }
             .to_string(),
+            error: view.stalled.clone(),
             objects_total: job.objects_total,
             bytes_total: job.bytes_total,
             objects_done: job.objects_done,

@@ -81,7 +81,9 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Failure::new(
                 exit::BAD_INPUT,
-                format!("--addr `{addr}` must start with http:// (e.g. http://127.0.0.1:7070)"),
+                format!(
+                    "--addr `{addr}` must start with http:// or https:// (e.g. http://127.0.0.1:7070)"
+                ),
             ));
         }
         let http = reqwest::Client::builder()
@@ -476,6 +478,18 @@ impl Client {
             })?;
         }
         bar.finish_and_clear();
+        if job.state == "stalled" {
+            return Err(Failure::new(
+                exit::FAILURE,
+                format!(
+                    "move job `{}` stalled after {} of {} objects: {}; the same command (same --request-id) starts it again",
+                    job.request_id,
+                    job.objects_tried_shown(),
+                    job.objects_total,
+                    job.error.as_deref().unwrap_or("no reason given")
+                ),
+            ));
+        }
         Ok(job)
     }
 

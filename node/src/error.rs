@@ -12,6 +12,9 @@ use crate::api::ErrorBody;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// The same request may well succeed later: a tier was unavailable, or an I/O or index
+    /// error happened. Refusals (bad input, conflicts, a full tier) are not transient.
+    pub transient: bool,
 }
 
 impl ApiError {
@@ -19,6 +22,7 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            transient: false,
         }
     }
 
@@ -53,7 +57,17 @@ impl From<StorageError> for ApiError {
             | StorageError::Io { .. }
             | StorageError::Index(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self::new(status, e.to_string())
+        let transient = matches!(
+            e,
+            StorageError::Unavailable { .. }
+                | StorageError::Io { .. }
+                | StorageError::Index(_)
+                | StorageError::Body(_)
+        );
+        Self {
+            transient,
+            ..Self::new(status, e.to_string())
+        }
     }
 }
 

@@ -262,7 +262,7 @@ impl Letl {
             }
             let size = response.content_length();
             let body: ByteStream = Box::pin(response.bytes_stream().map_err(std::io::Error::other));
-            return Ok((body, size));
+            return Ok((letl_storage::idle_timeout(body, SOURCE_IDLE_TIMEOUT), size));
         }
         if let Some(rest) = source.strip_prefix("s3://") {
             let Some((bucket, key)) = rest.split_once('/') else {
@@ -298,6 +298,8 @@ impl Letl {
     }
 }
 
+/// An http(s) source that sends nothing for this long fails the write (and frees its put).
+const SOURCE_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Connecting to an http(s) source that does not answer fails after this long.
 const SOURCE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 

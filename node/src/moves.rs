@@ -45,6 +45,53 @@ pub struct Transferred {
     pub meta: ObjectMeta,
 }
 
+/// Errors a tier gives before publishing anything, that the same request would meet again: a
+/// transfer ending in one is recorded as failed. Any other error (unavailable, I/O, index)
+/// leaves the transfer pending, to be finished or redone.
+fn is_clean_refusal(e: &StorageError) -> bool {
+    matches!(
+        e,
+        StorageError::InvalidUri { .. }
+            | StorageError::InvalidKey { .. }
+            | StorageError::InvalidRequestId { .. }
+            | StorageError::InvalidTierName { .. }
+            | StorageError::UnknownTier { .. }
+            | StorageError::NotFound { .. }
+            | StorageError::TierFull { .. }
+            | StorageError::NoSpace { .. }
+            | StorageError::TooLarge { .. }
+            | StorageError::Conflict { .. }
+            | StorageError::LengthMismatch { .. }
+            | StorageError::HashMismatch { .. }
+    )
+}
+
+/// A request id marked as running for as long as this lives (also when its future is dropped
+/// half-way, as when a client disconnects).
+struct Running<'a> {
+    set: &'a Mutex<BTreeSet<String>>,
+    id: String,
+}
+
+impl<'a> Running<'a> {
+    fn claim(set: &'a Mutex<BTreeSet<String>>, id: &str) -> Option<Self> {
+        let mut ids = set.lock().unwrap_or_else(|p| p.into_inner());
+        ids.insert(id.to_string()).then(|| Self {
+            set,
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
 /// Test hook: `LETL_CRASH_AT=<point>` ends the process at that point of a transfer, as a
 /// SIGKILL would (no clean-up), so black-box tests can check recovery from each step.
 fn crash_point(point: &str) {
@@ -132,23 +179,14 @@ impl Mover {
                 "source and destination are the same object ({source})"
             )));
         }
-        {
-            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            if !running.insert(request_id.clone()) {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!("request id `{request_id}` is in progress"),
-                ));
-            }
-        }
-        let outcome = self
-            .transfer_once(&request_id, source, destination, remove_source)
-            .await;
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&request_id);
-        outcome
+        let Some(_running) = Running::claim(&self.running, &request_id) else {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("request id `{request_id}` is in progress"),
+            ));
+        };
+        self.transfer_once(&request_id, source, destination, remove_source)
+            .await
     }
 
     async fn transfer_once(
@@ -221,10 +259,17 @@ impl Mover {
         };
         let copied = match copied {
             Ok(copied) => copied,
-            Err(e) => {
-                // Nothing was published; the source is untouched.
+            Err(e) if is_clean_refusal(&e) => {
+                // Refused before anything was published; the source is untouched.
                 self.save(&mut record, MoveState::Failed(e.to_string()))
                     .await?;
+                return Err(e.into());
+            }
+            Err(e) => {
+                // A tier unavailable or an I/O error: the copy may even have been published
+                // before the failure. The intent stays: the same request id again, or the next
+                // start, finishes the transfer or redoes the copy.
+                warn!(request_id, error = %e, "transfer interrupted; its request id retries it, and the next start finishes it");
                 return Err(e.into());
             }
         };

@@ -5,8 +5,9 @@
 //! builds the production parts from a config and calls it.
 //!
 //! Shutdown protocol: when `shutdown` resolves the HTTP server stops accepting and lets in-flight
-//! requests finish (at most `shutdown_grace`, then they are cut); move jobs finish the transfers
-//! they have in flight and save their progress (within the same grace); then the supervisor drains every
+//! requests finish and move jobs finish the transfers they have in flight and save their
+//! progress (together at most `shutdown_grace` after the signal, then they are cut and resume
+//! at the next start); then the supervisor drains every
 //! tier actor, each flushing its index on stop; last the index database is flushed as a whole.
 
 use std::future::Future;
@@ -75,8 +76,12 @@ pub async fn start(
     // One signal, several listeners: the server's graceful shutdown, the grace timer, and the
     // move jobs' runners.
     let (stop_tx, stop_rx) = watch::channel(false);
+    // When the stop came: one grace for requests and move jobs together.
+    let stopped_at = Arc::new(std::sync::OnceLock::new());
+    let stop_time = Arc::clone(&stopped_at);
     tokio::spawn(async move {
         shutdown.await;
+        let _ = stop_time.set(tokio::time::Instant::now());
         let _ = stop_tx.send(true);
     });
 
@@ -129,8 +134,13 @@ pub async fn start(
         } => warn!(grace_s = grace.as_secs(), "requests still in flight after the shutdown grace; cutting them"),
     }
 
-    // Runners finish their transfers in flight while the tiers still serve them.
-    jobs.stopped(grace).await;
+    // Runners finish their transfers in flight while the tiers still serve them, within what is
+    // left of the grace.
+    let stopped_at = stopped_at
+        .get()
+        .copied()
+        .unwrap_or_else(tokio::time::Instant::now);
+    jobs.stopped(stopped_at + grace).await;
     supervisor.shutdown().await.map_err(anyhow::Error::msg)?;
     if let Some(db) = deps.index_db {
         tokio::task::spawn_blocking(move || db.flush())

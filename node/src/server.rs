@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::TryStreamExt;
-use letl_storage::{ByteStream, KeyPrefix, LIST_PAGE_ENTRIES_MAX, ObjectKey, ObjectUri, TierName};
+use letl_storage::{KeyPrefix, LIST_PAGE_ENTRIES_MAX, ObjectKey, ObjectUri, TierName};
 use serde::Deserialize;
 
 use crate::api::{
@@ -155,29 +155,6 @@ async fn refuse_body(body: Body, declared: Option<u64>, error: ApiError) -> ApiE
 /// An upload that sends nothing for this long fails, freeing its key and its put slot.
 const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Ends a body stream with a `TimedOut` error when no chunk arrives within [`BODY_IDLE_TIMEOUT`].
-fn idle_timeout(body: ByteStream) -> ByteStream {
-    Box::pin(futures_util::stream::unfold(
-        Some(body),
-        |body| async move {
-            let mut body = body?;
-            match tokio::time::timeout(BODY_IDLE_TIMEOUT, futures_util::StreamExt::next(&mut body))
-                .await
-            {
-                Ok(Some(item)) => Some((item, Some(body))),
-                Ok(None) => None,
-                Err(_) => Some((
-                    Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no data for {}s", BODY_IDLE_TIMEOUT.as_secs()),
-                    )),
-                    None,
-                )),
-            }
-        },
-    ))
-}
-
 #[derive(Debug, Deserialize)]
 struct PreflightQuery {
     size: Option<u64>,
@@ -214,7 +191,10 @@ async fn put_object(
         Ok(uri) => uri,
         Err(e) => return Err(refuse_body(body, declared, e).await),
     };
-    let stream = idle_timeout(Box::pin(body.into_data_stream().map_err(io::Error::other)));
+    let stream = letl_storage::idle_timeout(
+        Box::pin(body.into_data_stream().map_err(io::Error::other)),
+        BODY_IDLE_TIMEOUT,
+    );
     let meta = state.service.put(&uri, stream, declared).await?;
     Ok((StatusCode::CREATED, Json(ObjectInfo::new(&uri, &meta))))
 }
@@ -403,23 +383,39 @@ fn letl_body(body: Bytes) -> Result<LetlRequest, ApiError> {
 async fn letl_write(
     state: AppState,
     body: Bytes,
-    route: &str,
-    tier: &str,
+    route: &'static str,
+    tier: &'static str,
 ) -> Result<Json<LetlResponse>, ApiError> {
-    Ok(Json(state.letl.write(route, tier, letl_body(body)?).await?))
+    let request = letl_body(body)?;
+    let letl = Arc::clone(&state.letl);
+    detached(async move { letl.write(route, tier, request).await }).await
+}
+
+/// Runs a request's work apart from the request, so a client that goes away cannot cut it
+/// between reserving and releasing what it holds.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<Json<T>, ApiError> {
+    match tokio::spawn(work).await {
+        Ok(outcome) => outcome.map(Json),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the request's task failed: {e}"),
+        )),
+    }
 }
 
 /// `POST /tiering/D-C`, `POST /tiering/C-D`: `route` moves from tier `from` to tier `to`.
 async fn letl_tiering(
     state: AppState,
     body: Bytes,
-    route: &str,
-    from: &str,
-    to: &str,
+    route: &'static str,
+    from: &'static str,
+    to: &'static str,
 ) -> Result<Json<LetlResponse>, ApiError> {
-    Ok(Json(
-        state.letl.tier(route, from, to, letl_body(body)?).await?,
-    ))
+    let request = letl_body(body)?;
+    let letl = Arc::clone(&state.letl);
+    detached(async move { letl.tier(route, from, to, request).await }).await
 }
 
 async fn list_tiers(State(state): State<AppState>) -> Json<TiersResponse> {

@@ -238,6 +238,9 @@ impl Drop for Reservation {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalFile {
     pub path: std::path::PathBuf,
+    /// The file itself (device and inode), taken while its tier's actor vouched that the path
+    /// held the indexed object: a link to any other file is not this object.
+    pub file_id: (u64, u64),
     pub size: u64,
     /// The indexed stamp (see [`BackendObject::stamp`]): the file still holds the indexed bytes
     /// only while its stamp and size are these.
@@ -282,16 +285,21 @@ pub trait TierBackend: Send + Sync + fmt::Debug + 'static {
     /// Removes an object; returns its size, or `None` if there was none.
     async fn delete(&self, key: &ObjectKey) -> Result<Option<u64>>;
 
-    /// The file that holds `key`'s bytes, for backends that keep objects as local files.
-    fn local_path(&self, _key: &ObjectKey) -> Option<std::path::PathBuf> {
-        None
+    /// The file that holds `key`'s bytes and its identity (device, inode), for backends that
+    /// keep objects as local files. `None` for others, or when the file is not there.
+    async fn local_path(
+        &self,
+        _key: &ObjectKey,
+    ) -> Result<Option<(std::path::PathBuf, (u64, u64))>> {
+        Ok(None)
     }
 
     /// Stages `file` (an object of another tier on this node) without copying its bytes, where
-    /// this backend can: a hard link on the same file system. The staged bytes are the file's
-    /// own, checked to still be the indexed ones by size and stamp, so they carry its hash.
-    /// `Ok(None)`: not possible here (another file system, another kind of backend, or the file
-    /// changed); stream the bytes instead.
+    /// this backend can: a hard link on the same file system. The link must be to the very
+    /// file the source's actor named (same device and inode, same size and stamp), so the
+    /// staged bytes are the indexed object's and carry its hash. `Ok(None)`: not possible here
+    /// (another file system, another kind of backend, or the path now holds another file);
+    /// stream the bytes instead.
     async fn stage_local_file(
         &self,
         _key: &ObjectKey,

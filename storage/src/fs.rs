@@ -320,9 +320,16 @@ impl TierBackend for FsTier {
         }
     }
 
-    fn local_path(&self, key: &ObjectKey) -> Option<PathBuf> {
-        self.check_fs_key(key).ok()?;
-        Some(self.path_of(key))
+    async fn local_path(&self, key: &ObjectKey) -> Result<Option<(PathBuf, (u64, u64))>> {
+        use std::os::unix::fs::MetadataExt;
+        self.check_fs_key(key)?;
+        let path = self.path_of(key);
+        blocking(move || match fs::metadata(&path) {
+            Ok(meta) => Ok(Some((path, (meta.dev(), meta.ino())))),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(StorageError::io(format!("stat {}", path.display()), e)),
+        })
+        .await
     }
 
     /// Hard-links `file` into this tier's staging directory: no byte is copied, and the commit
@@ -353,7 +360,12 @@ impl TierBackend for FsTier {
                 return Ok(false);
             }
             let same = fs::metadata(&link)
-                .map(|m| m.len() == expected.size && stamp_of(&m) == expected.stamp)
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    (m.dev(), m.ino()) == expected.file_id
+                        && m.len() == expected.size
+                        && stamp_of(&m) == expected.stamp
+                })
                 .unwrap_or(false);
             if !same {
                 debug!(source = %source.display(), "linked file is not the indexed one; the bytes are copied");

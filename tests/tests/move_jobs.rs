@@ -99,7 +99,7 @@ fn a_prefix_moves_as_one_job_and_its_request_id_runs_it_once() {
     assert_eq!(job["state"], "done");
     // Each object's own transfer is in the move log under the job's id.
     let moves = node.cli(&["moves"]).ok().to_string();
-    assert_eq!(moves.matches("\tjob-1:").count(), 25, "{moves}");
+    assert_eq!(moves.matches("\tjob-1#").count(), 25, "{moves}");
 
     // A copy job, detached, then followed to its end.
     let id = node

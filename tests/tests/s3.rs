@@ -274,3 +274,58 @@ fn sigkill_during_a_move_to_s3_leaves_exactly_one_copy() {
         node.log()
     );
 }
+
+#[test]
+fn a_move_that_meets_a_down_endpoint_stays_pending_and_finishes_later() {
+    let mut server = S3Server::start();
+    let mut node = node_with(&server, S3_SECRET_KEY);
+    let single = write(&node, "single", b"one object");
+    node.cli(&["put", &single, "ssd:/one"]).ok();
+    for i in 0..3 {
+        let file = write(&node, &format!("f{i}"), format!("object {i}").as_bytes());
+        node.cli(&["put", &file, &format!("ssd:/set/{i}")]).ok();
+    }
+    server.stop();
+
+    // One object: the move fails, but it is pending, not failed, and the source stays.
+    node.cli(&["mv", "ssd:/one", "cortx:/one", "--request-id", "r1"])
+        .fails(1, "unreachable");
+    let moves = node.cli(&["moves"]).ok().to_string();
+    assert!(
+        moves.contains("r1\tmv\tssd:/one -> cortx:/one\tcopying"),
+        "{moves}"
+    );
+    assert_eq!(fetch(&node, "ssd:/one"), b"one object");
+
+    // A job: each item is tried a few times, then reported; nothing is lost.
+    let run = node.cli(&["mv", "ssd:/set/", "cortx:/set/", "--request-id", "j1"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("3 of 3 objects under ssd:/set/ could not be moved"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fetch(&node, "ssd:/set/2"), b"object 2");
+
+    // The endpoint is back: the same request id finishes the single move...
+    server.restart();
+    let done = node
+        .cli(&["mv", "ssd:/one", "cortx:/one", "--request-id", "r1"])
+        .ok()
+        .to_string();
+    assert!(done.starts_with("cortx:/one\t10\t"), "{done}");
+    assert_eq!(fetch(&node, "cortx:/one"), b"one object");
+    node.cli(&["stat", "ssd:/one"]).fails(3, "no object");
+    // ...and the next start finishes the job's pending transfers.
+    node.terminate();
+    node.restart();
+    for i in 0..3 {
+        assert_eq!(
+            fetch(&node, &format!("cortx:/set/{i}")),
+            format!("object {i}").as_bytes()
+        );
+        node.cli(&["stat", &format!("ssd:/set/{i}")])
+            .fails(3, "no object");
+    }
+}
