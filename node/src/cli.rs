@@ -65,6 +65,10 @@ pub enum Command {
         uri: String,
         /// A file or directory to write to, or `-` for stdout.
         file: Option<String>,
+        /// Fetch the object through this transform (`md5`, `sha256`, `gzip`, `zstd`,
+        /// `fasta-stats`, ...) without storing the result.
+        #[arg(long, value_name = "KIND")]
+        transform: Option<String>,
     },
     /// List objects under a prefix, e.g. `ssd:/covid/`.
     Ls {
@@ -205,8 +209,15 @@ fn run_client(connection: &Connection, command: Command) -> Outcome {
         match command {
             Command::Node { .. } => unreachable!("handled by run_node"),
             Command::Put { file, uri } => print_written(&client.put(&file, &uri).await?),
-            Command::Get { uri, file } => {
-                if let Some((path, size, hash)) = client.get(&uri, file.as_deref()).await? {
+            Command::Get {
+                uri,
+                file,
+                transform,
+            } => {
+                if let Some((path, size, hash)) = client
+                    .get(&uri, file.as_deref(), transform.as_deref())
+                    .await?
+                {
                     println!("{}\t{size}\t{hash}", path.display());
                 }
             }

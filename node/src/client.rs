@@ -227,10 +227,13 @@ impl Client {
 
     /// `letl get URI [FILE|-]`: streams to FILE (default: the key's basename here), through a
     /// `.letl-part` file renamed into place once the bytes match the node's hash.
+    /// `letl get URI [FILE] [--transform KIND]`. Plain gets are checked against the node's
+    /// hash; a transformed one has no stored hash to check, so its own is reported.
     pub async fn get(
         &self,
         uri: &str,
         file: Option<&str>,
+        transform: Option<&str>,
     ) -> Outcome<Option<(PathBuf, u64, ContentHash)>> {
         let uri = ObjectUri::parse(uri)?;
         let destination = match file {
@@ -241,21 +244,28 @@ impl Client {
             Some(path) => Some(PathBuf::from(path)),
             None => Some(PathBuf::from(uri.key.basename())),
         };
-        let response = self
-            .send(self.request(Method::GET, &self.object_url("objects", &uri)))
-            .await?;
+        let mut request = self.request(Method::GET, &self.object_url("objects", &uri));
+        if let Some(kind) = transform {
+            request = request.query(&[("transform", kind)]);
+        }
+        let response = self.send(request).await?;
         // Every byte is checked against the node's hash: an answer without one is refused.
-        let expected: ContentHash = response
-            .headers()
-            .get(HASH_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| {
-                Failure::new(
-                    exit::FAILURE,
-                    format!("the node sent {uri} without a valid {HASH_HEADER} header"),
-                )
-            })?;
+        let expected: Option<ContentHash> = match transform {
+            Some(_) => None,
+            None => Some(
+                response
+                    .headers()
+                    .get(HASH_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| {
+                        Failure::new(
+                            exit::FAILURE,
+                            format!("the node sent {uri} without a valid {HASH_HEADER} header"),
+                        )
+                    })?,
+            ),
+        };
         let size = response.content_length();
         let bar = progress(size, "get");
 
@@ -315,7 +325,9 @@ impl Client {
                     format!("{uri}: got {len} of {size} bytes"),
                 ));
             }
-            if expected != hash {
+            if let Some(expected) = expected
+                && expected != hash
+            {
                 return Err(Failure::new(
                     exit::FAILURE,
                     format!("{uri}: content hash mismatch (node says {expected}, received {hash})"),

@@ -113,6 +113,7 @@ pub async fn start(
         letl: Arc::new(letl),
         service: ObjectService::new(directory, mover),
         jobs: jobs.clone(),
+        transforms: Arc::new(crate::transforms::registry()),
         token: Arc::from(deps.token),
         metrics: Arc::new(Metrics::default()),
     };

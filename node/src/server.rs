@@ -32,6 +32,7 @@ pub struct AppState {
     pub service: ObjectService,
     pub letl: Arc<Letl>,
     pub jobs: MoveJobs,
+    pub transforms: Arc<letl_actors::transform::TransformRegistry>,
     pub token: Arc<str>,
     pub metrics: Arc<Metrics>,
 }
@@ -199,11 +200,38 @@ async fn put_object(
     Ok((StatusCode::CREATED, Json(ObjectInfo::new(&uri, &meta))))
 }
 
+#[derive(Debug, Deserialize)]
+struct GetQuery {
+    /// Apply this transform on the way out; nothing is stored.
+    transform: Option<String>,
+}
+
 async fn get_object(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let uri = object_uri(path)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if let Some(kind) = query.transform {
+        let transform = state
+            .transforms
+            .build_kind(&kind)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let (_, reader) = state.service.get(&uri).await?;
+        let output = transform
+            .apply(reader.body)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.0))?;
+        // No length or hash is known before the end; an error mid-way cuts the response, so
+        // the client never takes a short result for a whole one.
+        let mut response = Body::from_stream(output).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        return Ok(response);
+    }
     let (meta, reader) = state.service.get(&uri).await?;
     let mut response = Body::from_stream(reader.body).into_response();
     let headers = response.headers_mut();
