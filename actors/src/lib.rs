@@ -9,6 +9,7 @@
 //! indexes as trait objects, so the simulator can hand it in-memory ones.
 
 mod directory;
+pub mod pipeline;
 mod supervisor;
 mod tier;
 pub mod transform;

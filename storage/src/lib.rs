@@ -17,6 +17,7 @@ mod memory;
 mod move_jobs;
 mod moves;
 mod reconcile;
+mod records;
 #[cfg(feature = "s3")]
 mod s3;
 mod uri;
@@ -40,6 +41,7 @@ pub use moves::{
     Reservation as LetlReservation, SledMoveLog, SledReservations, Taken, check_request_id,
 };
 pub use reconcile::{ReconcileReport, reconcile};
+pub use records::SledRecords;
 #[cfg(feature = "s3")]
 pub use s3::{S3_PART_BYTES_MAX, S3_PART_BYTES_MIN, S3OpenReport, S3Settings, S3Tier};
 pub use uri::{KEY_BYTES_MAX, KeyPrefix, ObjectKey, ObjectUri, PrefixUri, TierName};

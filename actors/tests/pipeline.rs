@@ -1,0 +1,322 @@
+//! The pipeline engine on in-memory sources and sinks: results, autoscaling, dead letters,
+//! panics, incremental runs and stopping.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use letl_actors::pipeline::{
+    Input, JobEnd, JobPlan, JobProgress, Ledger, Scaling, Seen, Sink, Source, Stored, run_job,
+};
+use letl_actors::transform::{Transform, TransformError, TransformRegistry};
+use letl_storage::{ByteStream, stream_of};
+use tokio::sync::watch;
+
+#[derive(Debug, Default)]
+struct MemorySource {
+    objects: BTreeMap<String, Vec<u8>>,
+}
+
+#[async_trait::async_trait]
+impl Source for MemorySource {
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Input>, String> {
+        Ok(self
+            .objects
+            .iter()
+            .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
+            .take(limit)
+            .map(|(k, v)| Input {
+                uri: format!("mem:/{k}"),
+                key: k.clone(),
+                size: v.len() as u64,
+                fingerprint: format!("{:x}", fingerprint(v)),
+            })
+            .collect())
+    }
+
+    async fn open(&self, input: &Input) -> Result<ByteStream, String> {
+        let data = self.objects.get(&input.key).ok_or("gone")?;
+        Ok(stream_of(Bytes::from(data.clone()), 1000))
+    }
+}
+
+/// A cheap fingerprint for tests: length and a sum.
+fn fingerprint(data: &[u8]) -> u64 {
+    data.iter().fold(data.len() as u64, |acc, b| {
+        acc.wrapping_mul(31).wrapping_add(u64::from(*b))
+    })
+}
+
+#[derive(Debug, Default)]
+struct MemorySink {
+    stored: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+#[async_trait::async_trait]
+impl Sink for MemorySink {
+    async fn store(&self, input: &Input, mut output: ByteStream) -> Result<Stored, String> {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = output.next().await {
+            bytes.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+        }
+        let size = bytes.len() as u64;
+        self.stored.lock().unwrap().insert(input.key.clone(), bytes);
+        Ok(Stored {
+            uri: format!("out:/{}", input.key),
+            size,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct MemoryLedger {
+    produced: Mutex<BTreeMap<String, String>>,
+}
+
+#[async_trait::async_trait]
+impl Ledger for MemoryLedger {
+    async fn seen(&self, input: &Input) -> Result<Seen, String> {
+        Ok(match self.produced.lock().unwrap().get(&input.key) {
+            Some(f) if *f == input.fingerprint => Seen::Produced,
+            _ => Seen::New,
+        })
+    }
+    async fn record(&self, input: &Input, _stored: &Stored) -> Result<(), String> {
+        self.produced
+            .lock()
+            .unwrap()
+            .insert(input.key.clone(), input.fingerprint.clone());
+        Ok(())
+    }
+}
+
+/// Sleeps, then passes the object on; panics on objects named `bad...`.
+#[derive(Debug)]
+struct Slow(Duration);
+
+#[async_trait::async_trait]
+impl Transform for Slow {
+    fn kind(&self) -> &str {
+        "slow"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    async fn apply(&self, input: ByteStream) -> Result<ByteStream, TransformError> {
+        tokio::time::sleep(self.0).await;
+        let mut bytes = Vec::new();
+        let mut input = input;
+        while let Some(chunk) = input.next().await {
+            bytes.extend_from_slice(&chunk.map_err(|e| TransformError(e.to_string()))?);
+        }
+        assert!(
+            !bytes.starts_with(b"bad"),
+            "slow transform met a bad object"
+        );
+        Ok(stream_of(Bytes::from(bytes), 4096))
+    }
+}
+
+fn source(count: usize) -> Arc<MemorySource> {
+    let mut objects = BTreeMap::new();
+    for i in 0..count {
+        objects.insert(
+            format!("obj{i:04}"),
+            format!("object number {i}").into_bytes(),
+        );
+    }
+    Arc::new(MemorySource { objects })
+}
+
+fn plan(
+    source: Arc<MemorySource>,
+    chain: Vec<Arc<dyn Transform>>,
+    sink: Arc<MemorySink>,
+    ledger: Arc<MemoryLedger>,
+    transform: Scaling,
+) -> JobPlan {
+    JobPlan {
+        job_id: "test".to_string(),
+        source,
+        chain,
+        sink,
+        ledger,
+        extract: Scaling::default(),
+        transform,
+        load: Scaling::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_md5_job_produces_every_digest_and_a_rerun_skips_them_all() {
+    let md5 = TransformRegistry::builtin().build_kind("md5").unwrap();
+    let (sink, ledger) = (
+        Arc::new(MemorySink::default()),
+        Arc::new(MemoryLedger::default()),
+    );
+    let source = source(300);
+    let progress = Arc::new(JobProgress::default());
+    let (_stop_tx, stop) = watch::channel(false);
+    let end = run_job(
+        plan(
+            Arc::clone(&source),
+            vec![Arc::clone(&md5)],
+            Arc::clone(&sink),
+            Arc::clone(&ledger),
+            Scaling::default(),
+        ),
+        Arc::clone(&progress),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(end, JobEnd::Finished);
+    let stats = progress.snapshot();
+    assert_eq!(
+        (stats.objects_in, stats.objects_out, stats.dead_lettered),
+        (300, 300, 0)
+    );
+    let stored = sink.stored.lock().unwrap().clone();
+    assert_eq!(stored.len(), 300);
+    // The digest as md5sum prints it.
+    use md5::Digest;
+    for (key, digest) in &stored {
+        let data = &source.objects[key];
+        assert_eq!(
+            *digest,
+            letl_actors::transform::hex(&md5::Md5::digest(data)).into_bytes()
+        );
+    }
+
+    let again = Arc::new(JobProgress::default());
+    run_job(
+        plan(
+            source,
+            vec![md5],
+            Arc::clone(&sink),
+            ledger,
+            Scaling::default(),
+        ),
+        Arc::clone(&again),
+        stop,
+    )
+    .await
+    .unwrap();
+    let stats = again.snapshot();
+    assert_eq!(
+        (stats.skipped, stats.objects_in, stats.objects_out),
+        (300, 0, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_transform_grows_its_workers_and_counts_breaches() {
+    let (sink, ledger) = (
+        Arc::new(MemorySink::default()),
+        Arc::new(MemoryLedger::default()),
+    );
+    let progress = Arc::new(JobProgress::default());
+    let (_stop_tx, stop) = watch::channel(false);
+    let scaling = Scaling {
+        threshold: 2,
+        growth_factor: 2.0,
+        workers_min: 1,
+        workers_max: 6,
+    };
+    let slow: Arc<dyn Transform> = Arc::new(Slow(Duration::from_millis(30)));
+    run_job(
+        plan(source(60), vec![slow], Arc::clone(&sink), ledger, scaling),
+        Arc::clone(&progress),
+        stop,
+    )
+    .await
+    .unwrap();
+    let stats = progress.snapshot();
+    assert_eq!(stats.objects_out, 60);
+    assert!(stats.transform.threshold_breaches >= 1, "{stats:?}");
+    assert!(stats.transform.workers_peak > 1, "{stats:?}");
+    assert!(stats.transform.workers_peak <= 6, "{stats:?}");
+    assert_eq!(stats.transform.workers, 0, "the stage ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_transform_dead_letters_its_object_and_the_rest_go_on() {
+    let mut objects = BTreeMap::new();
+    for i in 0..20 {
+        objects.insert(format!("ok{i:02}"), b"fine".to_vec());
+    }
+    objects.insert("zz".to_string(), b"bad object".to_vec());
+    let source = Arc::new(MemorySource { objects });
+    let (sink, ledger) = (
+        Arc::new(MemorySink::default()),
+        Arc::new(MemoryLedger::default()),
+    );
+    let progress = Arc::new(JobProgress::default());
+    let (_stop_tx, stop) = watch::channel(false);
+    let slow: Arc<dyn Transform> = Arc::new(Slow(Duration::ZERO));
+    let end = run_job(
+        plan(
+            source,
+            vec![slow],
+            Arc::clone(&sink),
+            ledger,
+            Scaling::default(),
+        ),
+        Arc::clone(&progress),
+        stop,
+    )
+    .await
+    .unwrap();
+    assert_eq!(end, JobEnd::Finished);
+    let stats = progress.snapshot();
+    assert_eq!(
+        (stats.objects_out, stats.dead_lettered),
+        (20, 1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.transform.restarts, 1);
+    let letters = progress.dead_letters();
+    assert_eq!(letters[0].input.key, "zz");
+    assert!(letters[0].error.contains("panicked"), "{letters:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_job_finishes_what_it_took_in() {
+    let (sink, ledger) = (
+        Arc::new(MemorySink::default()),
+        Arc::new(MemoryLedger::default()),
+    );
+    let progress = Arc::new(JobProgress::default());
+    let (stop_tx, stop) = watch::channel(false);
+    let slow: Arc<dyn Transform> = Arc::new(Slow(Duration::from_millis(20)));
+    let job = tokio::spawn(run_job(
+        plan(
+            source(3000),
+            vec![slow],
+            Arc::clone(&sink),
+            ledger,
+            Scaling::default(),
+        ),
+        Arc::clone(&progress),
+        stop,
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_tx.send(true).unwrap();
+    let end = job.await.unwrap().unwrap();
+    assert_eq!(end, JobEnd::Stopped);
+    let stats = progress.snapshot();
+    assert!(
+        stats.objects_out > 0 && stats.objects_out < 3000,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.objects_in,
+        stats.objects_out + stats.dead_lettered,
+        "{stats:?}"
+    );
+    assert_eq!(sink.stored.lock().unwrap().len() as u64, stats.objects_out);
+}
