@@ -23,6 +23,9 @@ pub struct ObjectInfo {
     pub modified: String,
     pub created_ms: u64,
     pub modified_ms: u64,
+    /// For objects a pipeline produced: where from, by which pipeline version and job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<crate::pipelines::io::Provenance>,
 }
 
 impl ObjectInfo {
@@ -38,6 +41,7 @@ impl ObjectInfo {
             modified: rfc3339(meta.modified_ms),
             created_ms: meta.created_ms,
             modified_ms: meta.modified_ms,
+            provenance: None,
         }
     }
 }
@@ -282,3 +286,106 @@ pub struct ErrorBody {
 /// Response headers of an object get.
 pub const HASH_HEADER: &str = "x-letl-hash";
 pub const VERSION_HEADER: &str = "x-letl-version";
+
+/// A registered pipeline as `GET /v1/pipelines` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PipelineInfo {
+    pub name: String,
+    pub version: u64,
+    pub mounted: bool,
+    pub registered: String,
+    pub updated: String,
+    /// The spec as registered (TOML and JSON specs both shown as JSON).
+    pub spec: serde_json::Value,
+}
+
+impl PipelineInfo {
+    pub fn new(name: &str, registered: &crate::pipelines::Registered) -> Self {
+        Self {
+            name: name.to_string(),
+            version: registered.version,
+            mounted: registered.mounted,
+            registered: rfc3339(registered.registered_ms),
+            updated: rfc3339(registered.updated_ms),
+            spec: serde_json::from_str(&registered.spec_json).unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PipelinesResponse {
+    pub pipelines: Vec<PipelineInfo>,
+}
+
+/// Body of `POST /v1/pipelines/{name}/run` (optional).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// An object a job could not process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterInfo {
+    pub uri: String,
+    pub stage: String,
+    pub error: String,
+}
+
+/// A pipeline job with its figures.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub id: String,
+    pub request_id: Option<String>,
+    pub pipeline: String,
+    pub pipeline_version: u64,
+    /// `running`, `succeeded`, `failed`, `cancelled`, or `interrupted` (resumes at the node's
+    /// next start).
+    pub state: String,
+    pub error: Option<String>,
+    pub stats: letl_actors::pipeline::JobStats,
+    pub dead_letters: Vec<DeadLetterInfo>,
+    pub retry_of: Option<String>,
+    pub started: String,
+    pub ended: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+impl JobInfo {
+    pub fn new(job: &crate::pipelines::JobRecord, now_ms: u64) -> Self {
+        Self {
+            id: job.id.clone(),
+            request_id: job.request_id.clone(),
+            pipeline: job.pipeline.clone(),
+            pipeline_version: job.pipeline_version,
+            state: job.state.name().to_string(),
+            error: job.error.clone(),
+            stats: job.stats.clone(),
+            dead_letters: job
+                .dead_letters
+                .iter()
+                .map(|d| DeadLetterInfo {
+                    uri: d.input.uri.clone(),
+                    stage: d.stage.clone(),
+                    error: d.error.clone(),
+                })
+                .collect(),
+            retry_of: job.retry_of.clone(),
+            started: rfc3339(job.started_ms),
+            ended: job.ended_ms.map(rfc3339),
+            elapsed_ms: job
+                .ended_ms
+                .unwrap_or(now_ms)
+                .saturating_sub(job.started_ms),
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobsResponse {
+    pub jobs: Vec<JobInfo>,
+}

@@ -43,8 +43,11 @@ pub struct Connection {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Start a node (with no flags: the single-node default in ./letl-data on 127.0.0.1:7070).
+    /// Start a node (with no flags: the single-node default in ./letl-data on 127.0.0.1:7070);
+    /// `letl node shutdown` stops a running one cleanly.
     Node {
+        #[command(subcommand)]
+        action: Option<NodeAction>,
         /// TOML config file (see letl.example.toml).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -139,12 +142,85 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pipelines: register, list, show, mount, unmount, run, stats.
+    Pipeline {
+        #[command(subcommand)]
+        action: PipelineAction,
+    },
+    /// Pipeline jobs: status, watch, cancel, retry.
+    Job {
+        #[command(subcommand)]
+        action: JobAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeAction {
+    /// Stop the node at --addr as SIGTERM would: no new work, queues drained, progress saved.
+    Shutdown,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PipelineAction {
+    /// Register (or update) a pipeline from a TOML or JSON spec (see pipelines/covid-md5.toml).
+    Register { file: String },
+    /// List registered pipelines.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a pipeline's spec, version and mount state.
+    Show { name: String },
+    /// Mount a pipeline so it can run.
+    Mount { name: String },
+    /// Unmount a pipeline: no new runs; running jobs finish.
+    Unmount { name: String },
+    /// Run a mounted pipeline; prints the job id.
+    Run {
+        name: String,
+        /// The same id again returns the same job, never a second run.
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
+        /// Wait for the job to end; exit non-zero if it failed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// A pipeline's figures over its jobs.
+    Stats {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobAction {
+    /// A job's state and figures.
+    Status {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a job with a progress bar until it ends; exit non-zero if it failed.
+    Watch { id: String },
+    /// Stop a running job: it takes in nothing more and finishes what it took in.
+    Cancel { id: String },
+    /// Run again only the objects a finished job dead-lettered, as a new job; prints its id.
+    Retry {
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Node { config, http } => run_node(config, http, cli.connection.data_dir),
+        Command::Node {
+            action: None,
+            config,
+            http,
+        } => run_node(config, http, cli.connection.data_dir),
         command => run_client(&cli.connection, command),
     };
     match outcome {
@@ -207,7 +283,16 @@ fn run_client(connection: &Connection, command: Command) -> Outcome {
     let client = Client::new(&connection.addr, token(connection)?)?;
     runtime()?.block_on(async move {
         match command {
-            Command::Node { .. } => unreachable!("handled by run_node"),
+            Command::Node {
+                action: Some(NodeAction::Shutdown),
+                ..
+            } => {
+                client.shutdown_node().await?;
+                println!("shutdown requested");
+            }
+            Command::Node { action: None, .. } => unreachable!("handled by run_node"),
+            Command::Pipeline { action } => pipeline(&client, action).await?,
+            Command::Job { action } => job(&client, action).await?,
             Command::Put { file, uri } => print_written(&client.put(&file, &uri).await?),
             Command::Get {
                 uri,
@@ -393,6 +478,161 @@ fn job_outcome(job: &MoveJobInfo) -> Outcome {
             job.objects_total,
             job.source,
             if job.kind == "mv" { "moved" } else { "copied" }
+        ),
+    ))
+}
+
+async fn pipeline(client: &Client, action: PipelineAction) -> Outcome {
+    match action {
+        PipelineAction::Register { file } => {
+            print_pipeline_line(&client.register_pipeline(&file).await?)
+        }
+        PipelineAction::List { json } => {
+            for p in client.pipelines().await?.pipelines {
+                if json {
+                    println!("{}", serde_json::to_string(&p).unwrap_or_default());
+                } else {
+                    print_pipeline_line(&p);
+                }
+            }
+        }
+        PipelineAction::Show { name } => {
+            let p = client.pipeline(&name).await?;
+            println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
+        }
+        PipelineAction::Mount { name } => {
+            print_pipeline_line(&client.mount_pipeline(&name, true).await?)
+        }
+        PipelineAction::Unmount { name } => {
+            print_pipeline_line(&client.mount_pipeline(&name, false).await?)
+        }
+        PipelineAction::Run {
+            name,
+            request_id,
+            wait,
+        } => {
+            let job = client.run_pipeline(&name, request_id).await?;
+            println!("{}", job.id);
+            if wait {
+                let job = client.wait_job(job, false).await?;
+                print_job_status(&job);
+                job_result(&job)?;
+            }
+        }
+        PipelineAction::Stats { name, json } => {
+            let stats = client.pipeline_stats(&name).await?;
+            if json {
+                println!("{}", serde_json::to_string(&stats).unwrap_or_default());
+            } else if let Some(fields) = stats.as_object() {
+                for (key, value) in fields {
+                    println!("{key}: {value}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn job(client: &Client, action: JobAction) -> Outcome {
+    match action {
+        JobAction::Status { id, json } => {
+            let job = client.job(&id).await?;
+            if json {
+                println!("{}", serde_json::to_string(&job).unwrap_or_default());
+            } else {
+                print_job_status(&job);
+            }
+        }
+        JobAction::Watch { id } => {
+            let job = client.wait_job(client.job(&id).await?, true).await?;
+            print_job_status(&job);
+            job_result(&job)?;
+        }
+        JobAction::Cancel { id } => {
+            let job = client.cancel_job(&id).await?;
+            println!("cancel requested for {} ({})", job.id, job.pipeline);
+        }
+        JobAction::Retry { id, wait } => {
+            let job = client.retry_job(&id).await?;
+            println!("{}", job.id);
+            if wait {
+                let job = client.wait_job(job, false).await?;
+                print_job_status(&job);
+                job_result(&job)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `name  vN  mounted|unmounted`.
+fn print_pipeline_line(p: &crate::api::PipelineInfo) {
+    println!(
+        "{}\tv{}\t{}",
+        p.name,
+        p.version,
+        if p.mounted { "mounted" } else { "unmounted" }
+    );
+}
+
+fn print_job_status(job: &crate::api::JobInfo) {
+    let s = &job.stats;
+    println!("job:        {}", job.id);
+    println!(
+        "pipeline:   {} (version {})",
+        job.pipeline, job.pipeline_version
+    );
+    println!("state:      {}", job.state);
+    if let Some(error) = &job.error {
+        println!("error:      {error}");
+    }
+    println!(
+        "objects:    in {} ({}), out {} ({}), skipped {}, dead-lettered {}",
+        s.objects_in,
+        human_bytes(s.bytes_in),
+        s.objects_out,
+        human_bytes(s.bytes_out),
+        s.skipped,
+        s.dead_lettered
+    );
+    for (stage, st) in [
+        ("extract", &s.extract),
+        ("transform", &s.transform),
+        ("load", &s.load),
+    ] {
+        println!(
+            "{stage:<10}  workers {} (peak {}, provisioned {}), threshold breaches {}, restarts {}",
+            st.workers, st.workers_peak, st.workers_provisioned, st.threshold_breaches, st.restarts
+        );
+    }
+    println!("elapsed:    {:.3} s", job.elapsed_ms as f64 / 1000.0);
+    for letter in &job.dead_letters {
+        eprintln!(
+            "letl: dead letter: {} ({}): {}",
+            letter.uri, letter.stage, letter.error
+        );
+    }
+}
+
+/// A job that did not succeed is a failed command.
+fn job_result(job: &crate::api::JobInfo) -> Outcome {
+    if job.state == "succeeded" {
+        return Ok(());
+    }
+    Err(Failure::new(
+        exit::FAILURE,
+        format!(
+            "job {} {}{}",
+            job.id,
+            job.state,
+            match (&job.error, job.stats.dead_lettered) {
+                (Some(e), _) => format!(": {e}"),
+                (None, 0) => String::new(),
+                (None, n) => format!(
+                    ": {n} objects dead-lettered (`letl job retry {}` runs them again)",
+                    job.id
+                ),
+            }
         ),
     ))
 }

@@ -15,8 +15,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::api::{
-    ErrorBody, HASH_HEADER, ListResponse, MoveJobInfo, MoveJobRequest, MoveJobsResponse,
-    MovesResponse, ObjectInfo, TiersResponse, TransferRequest, TransferResponse,
+    ErrorBody, HASH_HEADER, JobInfo, ListResponse, MoveJobInfo, MoveJobRequest, MoveJobsResponse,
+    MovesResponse, ObjectInfo, PipelineInfo, PipelinesResponse, RunRequest, TiersResponse,
+    TransferRequest, TransferResponse,
 };
 
 /// Exit codes, documented in README.md.
@@ -502,6 +503,134 @@ impl Client {
                 ),
             ));
         }
+        Ok(job)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v1/{path}", self.base)
+    }
+
+    /// A path segment (a pipeline name or job id), escaped.
+    fn segment(text: &str) -> String {
+        utf8_percent_encode(text, SEGMENT).to_string()
+    }
+
+    pub async fn register_pipeline(&self, file: &str) -> Outcome<PipelineInfo> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| Failure::new(exit::BAD_INPUT, format!("cannot read {file}: {e}")))?;
+        self.json(
+            self.request(Method::POST, &self.url("pipelines"))
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(text),
+        )
+        .await
+    }
+
+    pub async fn pipelines(&self) -> Outcome<PipelinesResponse> {
+        self.json(self.request(Method::GET, &self.url("pipelines")))
+            .await
+    }
+
+    pub async fn pipeline(&self, name: &str) -> Outcome<PipelineInfo> {
+        self.json(self.request(
+            Method::GET,
+            &self.url(&format!("pipelines/{}", Self::segment(name))),
+        ))
+        .await
+    }
+
+    pub async fn mount_pipeline(&self, name: &str, mounted: bool) -> Outcome<PipelineInfo> {
+        let action = if mounted { "mount" } else { "unmount" };
+        self.json(self.request(
+            Method::POST,
+            &self.url(&format!("pipelines/{}/{action}", Self::segment(name))),
+        ))
+        .await
+    }
+
+    pub async fn run_pipeline(&self, name: &str, request_id: Option<String>) -> Outcome<JobInfo> {
+        if let Some(id) = &request_id {
+            letl_storage::check_request_id(id)?;
+        }
+        self.json(
+            self.request(
+                Method::POST,
+                &self.url(&format!("pipelines/{}/run", Self::segment(name))),
+            )
+            .json(&RunRequest { request_id }),
+        )
+        .await
+    }
+
+    pub async fn pipeline_stats(&self, name: &str) -> Outcome<serde_json::Value> {
+        self.json(self.request(
+            Method::GET,
+            &self.url(&format!("pipelines/{}/stats", Self::segment(name))),
+        ))
+        .await
+    }
+
+    pub async fn job(&self, id: &str) -> Outcome<JobInfo> {
+        self.json(self.request(
+            Method::GET,
+            &self.url(&format!("jobs/{}", Self::segment(id))),
+        ))
+        .await
+    }
+
+    pub async fn cancel_job(&self, id: &str) -> Outcome<JobInfo> {
+        self.json(self.request(
+            Method::POST,
+            &self.url(&format!("jobs/{}/cancel", Self::segment(id))),
+        ))
+        .await
+    }
+
+    pub async fn retry_job(&self, id: &str) -> Outcome<JobInfo> {
+        self.json(self.request(
+            Method::POST,
+            &self.url(&format!("jobs/{}/retry", Self::segment(id))),
+        ))
+        .await
+    }
+
+    pub async fn shutdown_node(&self) -> Outcome {
+        self.send(self.request(Method::POST, &self.url("node/shutdown")))
+            .await
+            .map(|_| ())
+    }
+
+    /// Waits for a pipeline job to end, with a progress bar when stderr is a terminal.
+    pub async fn wait_job(&self, mut job: JobInfo, watching: bool) -> Outcome<JobInfo> {
+        let bar = if watching || io::stderr().is_terminal() {
+            let bar = ProgressBar::new(0);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{msg} {bar:40.cyan/blue} {pos}/{len} objects, eta {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        while job.is_running() {
+            let s = &job.stats;
+            bar.set_length(s.objects_in.max(s.objects_out + s.dead_lettered));
+            bar.set_position(s.objects_out + s.dead_lettered);
+            bar.set_message(format!(
+                "{} {}: skipped {}, dead {}, workers {}/{}/{}",
+                job.pipeline,
+                job.id,
+                s.skipped,
+                s.dead_lettered,
+                s.extract.workers,
+                s.transform.workers,
+                s.load.workers
+            ));
+            tokio::time::sleep(JOB_POLL_INTERVAL).await;
+            job = self.job(&job.id).await?;
+        }
+        bar.finish_and_clear();
         Ok(job)
     }
 

@@ -16,6 +16,8 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:7070";
 /// S3's own ceiling; a node that must refuse smaller objects says so in its config.
 pub const DEFAULT_OBJECT_BYTES_MAX: u64 = 5 << 40;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long pipeline jobs may drain at shutdown unless configured.
+pub const DEFAULT_HARD_TERMINATE: Duration = Duration::from_secs(30 * 60);
 /// The single-node default's tiers, each a directory under `<data_dir>/tiers/`. `daos` and
 /// `cortx` are local stand-ins until configured as endpoints.
 pub const DEFAULT_TIERS: [(&str, TierKind); 5] = [
@@ -33,6 +35,9 @@ pub struct NodeConfig {
     pub http: SocketAddr,
     pub object_bytes_max: u64,
     pub shutdown_grace: Duration,
+    /// At shutdown, how long pipeline jobs may take to drain before they are cut (and resume
+    /// at the next start).
+    pub hard_terminate: Duration,
     pub tiers: Vec<TierConfig>,
     /// The LETL routes' default source: `source_uri` keys without a scheme are read here.
     pub source_dir: Option<PathBuf>,
@@ -141,6 +146,7 @@ struct FileNode {
     http: Option<String>,
     max_object_size: Option<ByteSize>,
     shutdown_grace: Option<String>,
+    hard_terminate: Option<String>,
 }
 
 /// Where the LETL routes read a `source_uri` without a scheme.
@@ -234,6 +240,15 @@ impl NodeConfig {
             })?,
             None => DEFAULT_SHUTDOWN_GRACE,
         };
+        let hard_terminate = match file.node.hard_terminate {
+            Some(text) => humantime::parse_duration(&text).map_err(|e| {
+                field_error(
+                    "node.hard_terminate",
+                    format!("`{text}` is not a duration like 30s or 30m ({e})"),
+                )
+            })?,
+            None => DEFAULT_HARD_TERMINATE,
+        };
         let tiers = match file.tiers {
             None => DEFAULT_TIERS
                 .iter()
@@ -309,6 +324,7 @@ impl NodeConfig {
             http,
             object_bytes_max,
             shutdown_grace,
+            hard_terminate,
             tiers,
             source_dir,
             source_s3,

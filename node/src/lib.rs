@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod move_jobs;
 pub mod moves;
 pub mod node;
+pub mod pipelines;
 pub mod server;
 pub mod service;
 pub mod token;

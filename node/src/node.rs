@@ -31,6 +31,7 @@ use crate::letl::Letl;
 use crate::metrics::Metrics;
 use crate::move_jobs::MoveJobs;
 use crate::moves::Mover;
+use crate::pipelines::{PipelineStores, Pipelines};
 use crate::server::{AppState, router};
 use crate::service::ObjectService;
 
@@ -47,6 +48,10 @@ pub struct NodeDeps {
     pub moves: Arc<dyn MoveLog>,
     /// Jobs that copy or move whole prefixes (see `move_jobs`).
     pub move_jobs: SledMoveJobs,
+    /// Pipeline registrations, jobs and provenance.
+    pub pipelines: PipelineStores,
+    /// How long pipeline jobs may drain at shutdown.
+    pub hard_terminate: Duration,
     /// The LETL routes' reservations of request ids and destinations.
     pub reservations: SledReservations,
     /// The LETL routes' default source directory.
@@ -75,14 +80,12 @@ pub async fn start(
 
     // One signal, several listeners: the server's graceful shutdown, the grace timer, and the
     // move jobs' runners.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // When the stop came: one grace for requests and move jobs together.
-    let stopped_at = Arc::new(std::sync::OnceLock::new());
-    let stop_time = Arc::clone(&stopped_at);
+    let stopper = Arc::new(Stopper::default());
+    let stop_rx = stopper.subscribe();
+    let signal_stop = Arc::clone(&stopper);
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_time.set(tokio::time::Instant::now());
-        let _ = stop_tx.send(true);
+        signal_stop.stop();
     });
 
     // Transfers a previous run left unfinished are finished before anything new is served;
@@ -101,6 +104,17 @@ pub async fn start(
     );
     jobs.resume()
         .map_err(|e| anyhow::anyhow!("resuming move jobs: {}", e.message))?;
+    let transforms = Arc::new(crate::transforms::registry());
+    let pipelines = Pipelines::new(
+        deps.pipelines,
+        directory.clone(),
+        Arc::clone(&transforms),
+        Arc::clone(&deps.clock),
+        stop_rx.clone(),
+    );
+    pipelines
+        .resume()
+        .map_err(|e| anyhow::anyhow!("resuming pipeline jobs: {}", e.message))?;
     let letl = Letl::new(
         directory.clone(),
         mover.clone(),
@@ -113,7 +127,9 @@ pub async fn start(
         letl: Arc::new(letl),
         service: ObjectService::new(directory, mover),
         jobs: jobs.clone(),
-        transforms: Arc::new(crate::transforms::registry()),
+        transforms,
+        pipelines: pipelines.clone(),
+        stopper: Arc::clone(&stopper),
         token: Arc::from(deps.token),
         metrics: Arc::new(Metrics::default()),
     };
@@ -137,11 +153,10 @@ pub async fn start(
 
     // Runners finish their transfers in flight while the tiers still serve them, within what is
     // left of the grace.
-    let stopped_at = stopped_at
-        .get()
-        .copied()
-        .unwrap_or_else(tokio::time::Instant::now);
+    let stopped_at = stopper.stopped_at();
     jobs.stopped(stopped_at + grace).await;
+    // Pipeline jobs drain their queues, within `hard_terminate` of the stop.
+    pipelines.stopped(stopped_at + deps.hard_terminate).await;
     supervisor.shutdown().await.map_err(anyhow::Error::msg)?;
     if let Some(db) = deps.index_db {
         tokio::task::spawn_blocking(move || db.flush())
@@ -207,6 +222,8 @@ pub async fn run(
         token,
         moves: Arc::new(index_db.moves()?),
         move_jobs: index_db.move_jobs()?,
+        pipelines: PipelineStores::open(&index_db)?,
+        hard_terminate: config.hard_terminate,
         reservations: index_db.reservations()?,
         source_dir: config.source_dir.clone(),
         source_s3: config.source_s3.clone(),
@@ -215,6 +232,41 @@ pub async fn run(
         index_db: Some(index_db),
     };
     start(deps, shutdown).await
+}
+
+/// The node's one stop: set by a signal or by `letl node shutdown`; remembers when.
+#[derive(Debug)]
+pub struct Stopper {
+    tx: watch::Sender<bool>,
+    at: std::sync::OnceLock<tokio::time::Instant>,
+}
+
+impl Default for Stopper {
+    fn default() -> Self {
+        Self {
+            tx: watch::channel(false).0,
+            at: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl Stopper {
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+
+    pub fn stop(&self) {
+        let _ = self.at.set(tokio::time::Instant::now());
+        self.tx.send_replace(true);
+    }
+
+    /// When the stop came (now, if it has not).
+    pub fn stopped_at(&self) -> tokio::time::Instant {
+        self.at
+            .get()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now)
+    }
 }
 
 fn write_http_addr(data_dir: &std::path::Path, addr: SocketAddr) -> anyhow::Result<()> {

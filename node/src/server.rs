@@ -17,9 +17,9 @@ use letl_storage::{KeyPrefix, LIST_PAGE_ENTRIES_MAX, ObjectKey, ObjectUri, TierN
 use serde::Deserialize;
 
 use crate::api::{
-    HASH_HEADER, LIST_PAGE_DEFAULT, ListResponse, MoveInfo, MoveJobInfo, MoveJobRequest,
-    MoveJobsResponse, MovesResponse, ObjectInfo, TierInfo, TiersResponse, TransferRequest,
-    TransferResponse, VERSION_HEADER,
+    HASH_HEADER, JobInfo, JobsResponse, LIST_PAGE_DEFAULT, ListResponse, MoveInfo, MoveJobInfo,
+    MoveJobRequest, MoveJobsResponse, MovesResponse, ObjectInfo, PipelineInfo, PipelinesResponse,
+    RunRequest, TierInfo, TiersResponse, TransferRequest, TransferResponse, VERSION_HEADER,
 };
 use crate::error::ApiError;
 use crate::letl::{Letl, LetlRequest, LetlResponse};
@@ -33,6 +33,8 @@ pub struct AppState {
     pub letl: Arc<Letl>,
     pub jobs: MoveJobs,
     pub transforms: Arc<letl_actors::transform::TransformRegistry>,
+    pub pipelines: crate::pipelines::Pipelines,
+    pub stopper: Arc<crate::node::Stopper>,
     pub token: Arc<str>,
     pub metrics: Arc<Metrics>,
 }
@@ -52,6 +54,31 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/moves", get(list_moves))
         .route("/v1/move-jobs", get(list_move_jobs).post(start_move_job))
         .route("/v1/move-jobs/{id}", get(get_move_job))
+        .route("/v1/pipelines", get(list_pipelines).post(register_pipeline))
+        .route("/v1/pipelines/{name}", get(show_pipeline))
+        .route(
+            "/v1/pipelines/{name}/mount",
+            post(
+                |s: State<AppState>, p: Result<Path<String>, PathRejection>| {
+                    mount_pipeline(s, p, true)
+                },
+            ),
+        )
+        .route(
+            "/v1/pipelines/{name}/unmount",
+            post(
+                |s: State<AppState>, p: Result<Path<String>, PathRejection>| {
+                    mount_pipeline(s, p, false)
+                },
+            ),
+        )
+        .route("/v1/pipelines/{name}/run", post(run_pipeline))
+        .route("/v1/pipelines/{name}/stats", get(pipeline_stats))
+        .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/{id}", get(show_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/retry", post(retry_job))
+        .route("/v1/node/shutdown", post(shutdown_node))
         .route("/metrics", get(render_metrics))
         // The seed's LETL routes, as it named them.
         .route(
@@ -257,7 +284,13 @@ async fn stat_object(
 ) -> Result<Json<ObjectInfo>, ApiError> {
     let uri = object_uri(path)?;
     let meta = state.service.head(&uri).await?;
-    Ok(Json(ObjectInfo::new(&uri, &meta)))
+    let mut info = ObjectInfo::new(&uri, &meta);
+    // Provenance describes this object only while its bytes are what was produced.
+    info.provenance = state
+        .pipelines
+        .provenance_of(&uri.to_string())?
+        .filter(|p| p.output_hash == meta.hash.to_string());
+    Ok(Json(info))
 }
 
 async fn delete_object(
@@ -356,6 +389,140 @@ async fn list_moves(State(state): State<AppState>) -> Result<Json<MovesResponse>
         .map(MoveInfo::from)
         .collect();
     Ok(Json(MovesResponse { moves }))
+}
+
+/// Most pipeline jobs `GET /v1/jobs` returns (the most recent).
+const JOBS_LISTED_MAX: usize = 1_000;
+
+fn path_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(name) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(name)
+}
+
+/// `POST /v1/pipelines`: the body is the spec, TOML or JSON.
+async fn register_pipeline(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<PipelineInfo>, ApiError> {
+    let text = std::str::from_utf8(&body).map_err(|_| {
+        ApiError::bad_request("the pipeline spec must be UTF-8 text (TOML or JSON)")
+    })?;
+    let (name, registered) = state.pipelines.register(text).await?;
+    Ok(Json(PipelineInfo::new(&name, &registered)))
+}
+
+async fn list_pipelines(
+    State(state): State<AppState>,
+) -> Result<Json<PipelinesResponse>, ApiError> {
+    let pipelines = state
+        .pipelines
+        .list()?
+        .iter()
+        .map(|(name, registered)| PipelineInfo::new(name, registered))
+        .collect();
+    Ok(Json(PipelinesResponse { pipelines }))
+}
+
+async fn show_pipeline(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<PipelineInfo>, ApiError> {
+    let name = path_name(path)?;
+    Ok(Json(PipelineInfo::new(&name, &state.pipelines.get(&name)?)))
+}
+
+async fn mount_pipeline(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    mounted: bool,
+) -> Result<Json<PipelineInfo>, ApiError> {
+    let name = path_name(path)?;
+    let registered = state.pipelines.set_mounted(&name, mounted).await?;
+    Ok(Json(PipelineInfo::new(&name, &registered)))
+}
+
+async fn run_pipeline(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Json<JobInfo>, ApiError> {
+    let name = path_name(path)?;
+    let request: RunRequest = if body.is_empty() {
+        RunRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!("the body must be JSON {{\"request_id\"}}: {e}"))
+        })?
+    };
+    let job = state.pipelines.run(&name, request.request_id).await?;
+    Ok(Json(JobInfo::new(&job, now_ms())))
+}
+
+async fn pipeline_stats(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<crate::pipelines::PipelineStats>, ApiError> {
+    let name = path_name(path)?;
+    Ok(Json(state.pipelines.stats(&name)?))
+}
+
+#[derive(Debug, Deserialize)]
+struct JobsQuery {
+    pipeline: Option<String>,
+}
+
+async fn list_jobs(
+    State(state): State<AppState>,
+    query: Result<Query<JobsQuery>, QueryRejection>,
+) -> Result<Json<JobsResponse>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let now = now_ms();
+    let jobs = state
+        .pipelines
+        .jobs(query.pipeline.as_deref())?
+        .iter()
+        .take(JOBS_LISTED_MAX)
+        .map(|job| JobInfo::new(job, now))
+        .collect();
+    Ok(Json(JobsResponse { jobs }))
+}
+
+async fn show_job(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<JobInfo>, ApiError> {
+    let id = path_name(path)?;
+    Ok(Json(JobInfo::new(&state.pipelines.job(&id)?, now_ms())))
+}
+
+async fn cancel_job(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<JobInfo>, ApiError> {
+    let id = path_name(path)?;
+    Ok(Json(JobInfo::new(&state.pipelines.cancel(&id)?, now_ms())))
+}
+
+async fn retry_job(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<JobInfo>, ApiError> {
+    let id = path_name(path)?;
+    Ok(Json(JobInfo::new(
+        &state.pipelines.retry(&id).await?,
+        now_ms(),
+    )))
+}
+
+/// `POST /v1/node/shutdown`: the same clean stop as SIGTERM.
+async fn shutdown_node(State(state): State<AppState>) -> StatusCode {
+    tracing::info!("shutdown requested over the API");
+    state.stopper.stop();
+    StatusCode::ACCEPTED
+}
+
+fn now_ms() -> u64 {
+    letl_storage::system_time_ms(std::time::SystemTime::now())
 }
 
 /// Most jobs `GET /v1/move-jobs` returns (the most recent).

@@ -120,6 +120,8 @@ pub struct Input {
 pub struct Stored {
     pub uri: String,
     pub size: u64,
+    /// The stored object's content hash, as its tier reports it.
+    pub hash: String,
 }
 
 /// A job's inputs.

@@ -1,0 +1,286 @@
+//! What pipelines read from and write to on a node: tier prefixes, directories, and the
+//! provenance records that make runs incremental.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use letl_actors::TierDirectory;
+use letl_actors::pipeline::{Input, Ledger, Seen, Sink, Source, Stored};
+use letl_storage::{ByteStream, ObjectKey, ObjectUri, PrefixUri, SledRecords, read_blocks};
+use serde::{Deserialize, Serialize};
+
+use super::spec::render_key;
+
+/// Most files a directory source takes in one run.
+pub const DIR_SOURCE_FILES_MAX: usize = 1_000_000;
+
+/// Objects under a tier prefix; fingerprints are their content hashes.
+#[derive(Debug)]
+pub struct TierSource {
+    pub directory: TierDirectory,
+    pub from: PrefixUri,
+}
+
+#[async_trait::async_trait]
+impl Source for TierSource {
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Input>, String> {
+        let tier = self
+            .directory
+            .get(&self.from.tier)
+            .map_err(|e| e.to_string())?;
+        let start_after = after
+            .map(|key| ObjectKey::new(format!("{}{key}", self.from.prefix)))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let page = tier
+            .list(self.from.prefix.clone(), start_after, limit)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(page
+            .into_iter()
+            .map(|(key, meta)| Input {
+                uri: ObjectUri::new(self.from.tier.clone(), key.clone()).to_string(),
+                key: key
+                    .as_str()
+                    .strip_prefix(self.from.prefix.as_str())
+                    .unwrap_or(key.as_str())
+                    .to_string(),
+                size: meta.size,
+                fingerprint: meta.hash.to_string(),
+            })
+            .collect())
+    }
+
+    async fn open(&self, input: &Input) -> Result<ByteStream, String> {
+        let key = ObjectKey::new(format!("{}{}", self.from.prefix, input.key))
+            .map_err(|e| e.to_string())?;
+        let tier = self
+            .directory
+            .get(&self.from.tier)
+            .map_err(|e| e.to_string())?;
+        let (meta, reader) = tier.get(key).await.map_err(|e| e.to_string())?;
+        if meta.hash.to_string() != input.fingerprint {
+            return Err(format!("{} changed since it was listed", input.uri));
+        }
+        Ok(reader.body)
+    }
+}
+
+/// Files under a directory (recursively, in path order); fingerprints are size and
+/// modification time.
+#[derive(Debug)]
+pub struct DirSource {
+    pub root: PathBuf,
+    /// The listing, made once per run.
+    listed: Mutex<Option<Arc<Vec<Input>>>>,
+}
+
+impl DirSource {
+    pub fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            listed: Mutex::new(None),
+        }
+    }
+
+    fn walk(root: &std::path::Path) -> Result<Vec<Input>, String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut found = Vec::new();
+        let mut dirs = vec![(root.to_path_buf(), String::new())];
+        while let Some((dir, rel)) = dirs.pop() {
+            let entries =
+                std::fs::read_dir(&dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| format!("read {}: {e}", dir.display()))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = entry.path();
+                let meta = std::fs::metadata(&path)
+                    .map_err(|e| format!("stat {}: {e}", path.display()))?;
+                let key = format!("{rel}{name}");
+                if meta.is_dir() {
+                    dirs.push((path, format!("{key}/")));
+                } else if meta.is_file() {
+                    if found.len() == DIR_SOURCE_FILES_MAX {
+                        return Err(format!(
+                            "more than {DIR_SOURCE_FILES_MAX} files under {}; split the pipeline",
+                            root.display()
+                        ));
+                    }
+                    found.push(Input {
+                        uri: format!("file://{}", path.display()),
+                        key,
+                        size: meta.len(),
+                        fingerprint: format!(
+                            "{}:{}.{}",
+                            meta.len(),
+                            meta.mtime(),
+                            meta.mtime_nsec()
+                        ),
+                    });
+                }
+            }
+        }
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(found)
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for DirSource {
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Input>, String> {
+        let listed = self
+            .listed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let all = match listed {
+            Some(all) => all,
+            None => {
+                let root = self.root.clone();
+                let all = Arc::new(
+                    tokio::task::spawn_blocking(move || Self::walk(&root))
+                        .await
+                        .map_err(|e| e.to_string())??,
+                );
+                *self.listed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&all));
+                all
+            }
+        };
+        let start = match after {
+            Some(after) => all.partition_point(|input| input.key.as_str() <= after),
+            None => 0,
+        };
+        Ok(all.iter().skip(start).take(limit).cloned().collect())
+    }
+
+    async fn open(&self, input: &Input) -> Result<ByteStream, String> {
+        let mut path = self.root.clone();
+        path.extend(input.key.split('/'));
+        let file =
+            std::fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+        Ok(read_blocks(file))
+    }
+}
+
+/// Results stored under a tier prefix, named by the key template.
+#[derive(Debug)]
+pub struct TierSink {
+    pub directory: TierDirectory,
+    pub to: PrefixUri,
+    pub key_template: String,
+    pub pipeline: String,
+}
+
+impl TierSink {
+    pub fn output_uri(&self, input: &Input) -> Result<ObjectUri, String> {
+        let key = ObjectKey::new(format!(
+            "{}{}",
+            self.to.prefix,
+            render_key(&self.key_template, &input.key, &self.pipeline)
+        ))
+        .map_err(|e| format!("output key for {}: {e}", input.uri))?;
+        Ok(ObjectUri::new(self.to.tier.clone(), key))
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for TierSink {
+    async fn store(&self, input: &Input, output: ByteStream) -> Result<Stored, String> {
+        let uri = self.output_uri(input)?;
+        let tier = self.directory.get(&uri.tier).map_err(|e| e.to_string())?;
+        let meta = tier
+            .put(uri.key.clone(), output, None, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Stored {
+            uri: uri.to_string(),
+            size: meta.size,
+            hash: meta.hash.to_string(),
+        })
+    }
+}
+
+/// Where an output came from: kept per input (for incremental runs) and per output (for
+/// `letl stat`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub pipeline: String,
+    /// See [`super::spec::Compiled::version_tag`].
+    pub version: String,
+    pub source: String,
+    pub source_fingerprint: String,
+    pub output: String,
+    /// The output's content hash when it was produced: the record describes the object only
+    /// while it still has it.
+    pub output_hash: String,
+    pub job: String,
+    pub produced_ms: u64,
+}
+
+/// Provenance records of one pipeline version, as one job sees them.
+#[derive(Debug)]
+pub struct ProvenanceLedger {
+    pub records: SledRecords<Provenance>,
+    pub directory: TierDirectory,
+    pub pipeline: String,
+    pub version: String,
+    pub job: String,
+    pub clock: Arc<dyn letl_storage::Clock>,
+}
+
+/// Key of an input's record.
+pub fn by_input(pipeline: &str, source: &str) -> String {
+    format!("in/{pipeline}\u{0}{source}")
+}
+
+/// Key of an output's record.
+pub fn by_output(output: &str) -> String {
+    format!("out/{output}")
+}
+
+#[async_trait::async_trait]
+impl Ledger for ProvenanceLedger {
+    async fn seen(&self, input: &Input) -> Result<Seen, String> {
+        let Some(record) = self
+            .records
+            .get(&by_input(&self.pipeline, &input.uri))
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(Seen::New);
+        };
+        if record.version != self.version || record.source_fingerprint != input.fingerprint {
+            return Ok(Seen::New);
+        }
+        // An output deleted since is made again.
+        let output = ObjectUri::parse(&record.output).map_err(|e| e.to_string())?;
+        let present = match self.directory.get(&output.tier) {
+            Ok(tier) => tier.head(output.key).await.is_ok(),
+            Err(_) => false,
+        };
+        Ok(match (present, record.job == self.job) {
+            (false, _) => Seen::New,
+            (true, true) => Seen::ProducedByThisJob,
+            (true, false) => Seen::Produced,
+        })
+    }
+
+    async fn record(&self, input: &Input, stored: &Stored) -> Result<(), String> {
+        let record = Provenance {
+            pipeline: self.pipeline.clone(),
+            version: self.version.clone(),
+            source: input.uri.clone(),
+            source_fingerprint: input.fingerprint.clone(),
+            output: stored.uri.clone(),
+            output_hash: stored.hash.clone(),
+            job: self.job.clone(),
+            produced_ms: self.clock.now_ms(),
+        };
+        self.records
+            .put(&by_input(&self.pipeline, &input.uri), &record)
+            .map_err(|e| e.to_string())?;
+        self.records
+            .put(&by_output(&stored.uri), &record)
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}

@@ -1,0 +1,735 @@
+//! Pipelines on a node: registrations, mounts, jobs and their statistics, kept in the node's
+//! database (the raft issue moves them into the replicated control plane).
+//!
+//! A registration keeps the spec and a version that grows whenever the spec changes. Running
+//! a mounted pipeline creates a job that the engine (`letl_actors::pipeline`) runs; its
+//! figures are saved as it goes and when it ends. A job interrupted by the node's stop (or a
+//! crash) is resumed at the next start: inputs it already produced are skipped through their
+//! provenance, so no object is produced twice.
+
+pub mod io;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use letl_actors::TierDirectory;
+use letl_actors::pipeline::{
+    DeadLetter, Input, JobEnd, JobPlan, JobProgress, JobStats, Source, run_job,
+};
+use letl_actors::transform::TransformRegistry;
+use letl_storage::{ByteStream, Clock, IndexDb, SledRecords, check_request_id};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::error::ApiError;
+use crate::moves::new_request_id;
+use io::{DirSource, Provenance, ProvenanceLedger, TierSink, TierSource};
+use spec::{Compiled, ExtractFrom, PipelineSpec};
+
+/// How often a running job saves its figures.
+const JOB_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the scheduler looks for pipelines that are due.
+const SCHEDULE_TICK: Duration = Duration::from_secs(1);
+/// Jobs of one pipeline that `letl pipeline stats` sums (the most recent).
+const STATS_JOBS_MAX: usize = 10_000;
+
+/// A registered pipeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    /// The spec as JSON text (specs hold free-form transform arguments).
+    pub spec_json: String,
+    /// 1 at first registration, one more at each change of the spec.
+    pub version: u64,
+    pub mounted: bool,
+    pub registered_ms: u64,
+    pub updated_ms: u64,
+}
+
+impl Registered {
+    pub fn spec(&self) -> Result<PipelineSpec, ApiError> {
+        serde_json::from_str(&self.spec_json).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("stored pipeline spec unreadable: {e}"),
+            )
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Running,
+    /// Every input was produced or skipped.
+    Succeeded,
+    /// Some inputs were dead-lettered, or the source could not be listed.
+    Failed,
+    Cancelled,
+    /// Stopped with the node; resumed at its next start.
+    Interrupted,
+}
+
+impl JobState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// A pipeline job as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub request_id: Option<String>,
+    pub pipeline: String,
+    pub pipeline_version: u64,
+    pub state: JobState,
+    pub error: Option<String>,
+    pub stats: JobStats,
+    pub dead_letters: Vec<DeadLetter>,
+    /// A retry job runs only these inputs (the dead letters of `retry_of`).
+    pub inputs: Option<Vec<Input>>,
+    pub retry_of: Option<String>,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+}
+
+/// A pipeline's figures over its jobs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineStats {
+    pub jobs: u64,
+    pub jobs_running: u64,
+    pub jobs_succeeded: u64,
+    pub jobs_failed: u64,
+    pub objects_in: u64,
+    pub bytes_in: u64,
+    pub objects_out: u64,
+    pub bytes_out: u64,
+    pub skipped: u64,
+    pub dead_lettered: u64,
+    pub extract_workers_provisioned: u64,
+    pub transform_workers_provisioned: u64,
+    pub load_workers_provisioned: u64,
+    pub extract_threshold_breaches: u64,
+    pub transform_threshold_breaches: u64,
+    pub load_threshold_breaches: u64,
+    pub elapsed_ms: u64,
+    pub last_job: Option<String>,
+}
+
+#[derive(Debug)]
+struct Running {
+    progress: Arc<JobProgress>,
+    cancel: watch::Sender<bool>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Pipelines {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    directory: TierDirectory,
+    transforms: Arc<TransformRegistry>,
+    registrations: SledRecords<Registered>,
+    jobs: SledRecords<JobRecord>,
+    /// `request_id` → job id.
+    requests: SledRecords<String>,
+    provenance: SledRecords<Provenance>,
+    clock: Arc<dyn Clock>,
+    stop: watch::Receiver<bool>,
+    /// Serializes registrations, mounts and job starts.
+    admin: tokio::sync::Mutex<()>,
+    running: Mutex<BTreeMap<String, Running>>,
+    runners: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn not_found(what: &str, name: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no {what} `{name}`"))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// Where pipelines keep their records.
+#[derive(Clone, Debug)]
+pub struct PipelineStores {
+    registrations: SledRecords<Registered>,
+    jobs: SledRecords<JobRecord>,
+    requests: SledRecords<String>,
+    provenance: SledRecords<Provenance>,
+}
+
+impl PipelineStores {
+    pub fn open(db: &IndexDb) -> letl_storage::Result<Self> {
+        Ok(Self {
+            registrations: db.records("pipelines")?,
+            jobs: db.records("pipeline-jobs")?,
+            requests: db.records("pipeline-job-requests")?,
+            provenance: db.records("provenance")?,
+        })
+    }
+}
+
+impl Pipelines {
+    pub fn new(
+        stores: PipelineStores,
+        directory: TierDirectory,
+        transforms: Arc<TransformRegistry>,
+        clock: Arc<dyn Clock>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                directory,
+                transforms,
+                registrations: stores.registrations,
+                jobs: stores.jobs,
+                requests: stores.requests,
+                provenance: stores.provenance,
+                clock,
+                stop,
+                admin: tokio::sync::Mutex::new(()),
+                running: Mutex::new(BTreeMap::new()),
+                runners: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Registers (or updates) a pipeline from its spec text; returns it with its version.
+    pub async fn register(&self, text: &str) -> Result<(String, Registered), ApiError> {
+        let spec = spec::parse(text).map_err(ApiError::bad_request)?;
+        spec.compile(&self.inner.transforms)
+            .map_err(ApiError::bad_request)?;
+        let spec_json = serde_json::to_string(&spec).map_err(internal)?;
+        let _admin = self.inner.admin.lock().await;
+        let now = self.inner.clock.now_ms();
+        let registered = match self.inner.registrations.get(&spec.name)? {
+            Some(previous) if previous.spec_json == spec_json => previous,
+            Some(previous) => Registered {
+                spec_json,
+                version: previous.version + 1,
+                mounted: previous.mounted || spec.mounted,
+                registered_ms: previous.registered_ms,
+                updated_ms: now,
+            },
+            None => Registered {
+                spec_json,
+                version: 1,
+                mounted: spec.mounted,
+                registered_ms: now,
+                updated_ms: now,
+            },
+        };
+        self.inner.registrations.put(&spec.name, &registered)?;
+        self.inner.registrations.flush().await?;
+        info!(pipeline = %spec.name, version = registered.version, mounted = registered.mounted, "pipeline registered");
+        Ok((spec.name, registered))
+    }
+
+    pub fn list(&self) -> Result<Vec<(String, Registered)>, ApiError> {
+        Ok(self.inner.registrations.scan("")?)
+    }
+
+    pub fn get(&self, name: &str) -> Result<Registered, ApiError> {
+        self.inner
+            .registrations
+            .get(name)?
+            .ok_or_else(|| not_found("pipeline", name))
+    }
+
+    /// Mounts or unmounts. Unmounting stops new runs; running jobs finish.
+    pub async fn set_mounted(&self, name: &str, mounted: bool) -> Result<Registered, ApiError> {
+        let _admin = self.inner.admin.lock().await;
+        let mut registered = self.get(name)?;
+        if registered.mounted != mounted {
+            registered.mounted = mounted;
+            registered.updated_ms = self.inner.clock.now_ms();
+            self.inner.registrations.put(name, &registered)?;
+            self.inner.registrations.flush().await?;
+            info!(pipeline = name, mounted, "pipeline mount changed");
+        }
+        Ok(registered)
+    }
+
+    /// Starts a job of a mounted pipeline. A request id given before returns its job.
+    pub async fn run(&self, name: &str, request_id: Option<String>) -> Result<JobRecord, ApiError> {
+        if let Some(id) = &request_id {
+            check_request_id(id)?;
+        }
+        if *self.inner.stop.borrow() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the node is stopping; no new jobs",
+            ));
+        }
+        let _admin = self.inner.admin.lock().await;
+        if let Some(id) = &request_id
+            && let Some(job_id) = self.inner.requests.get(id)?
+        {
+            let job = self.job(&job_id)?;
+            if job.pipeline != name {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "request id `{id}` was used to run pipeline `{}`",
+                        job.pipeline
+                    ),
+                ));
+            }
+            return Ok(job);
+        }
+        let registered = self.get(name)?;
+        if !registered.mounted {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("pipeline `{name}` is not mounted; `letl pipeline mount {name}` first"),
+            ));
+        }
+        let job = JobRecord {
+            id: format!("j{}", &new_request_id(self.inner.clock.now_ms())[1..]),
+            request_id: request_id.clone(),
+            pipeline: name.to_string(),
+            pipeline_version: registered.version,
+            state: JobState::Running,
+            error: None,
+            stats: JobStats::default(),
+            dead_letters: Vec::new(),
+            inputs: None,
+            retry_of: None,
+            started_ms: self.inner.clock.now_ms(),
+            ended_ms: None,
+        };
+        self.start_job(job, &registered, request_id.as_deref())
+            .await
+    }
+
+    /// A new job over the dead letters of job `id`.
+    pub async fn retry(&self, id: &str) -> Result<JobRecord, ApiError> {
+        let _admin = self.inner.admin.lock().await;
+        let old = self.job(id)?;
+        if !old.state.is_finished() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "job `{id}` is {}; retry it once it has ended",
+                    old.state.name()
+                ),
+            ));
+        }
+        if old.dead_letters.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("job `{id}` has no dead-lettered objects to retry"),
+            ));
+        }
+        let registered = self.get(&old.pipeline)?;
+        let job = JobRecord {
+            id: format!("j{}", &new_request_id(self.inner.clock.now_ms())[1..]),
+            request_id: None,
+            pipeline: old.pipeline.clone(),
+            pipeline_version: registered.version,
+            state: JobState::Running,
+            error: None,
+            stats: JobStats::default(),
+            dead_letters: Vec::new(),
+            inputs: Some(old.dead_letters.iter().map(|d| d.input.clone()).collect()),
+            retry_of: Some(old.id.clone()),
+            started_ms: self.inner.clock.now_ms(),
+            ended_ms: None,
+        };
+        self.start_job(job, &registered, None).await
+    }
+
+    async fn start_job(
+        &self,
+        job: JobRecord,
+        registered: &Registered,
+        request_id: Option<&str>,
+    ) -> Result<JobRecord, ApiError> {
+        let compiled = registered
+            .spec()?
+            .compile(&self.inner.transforms)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("pipeline `{}` cannot run: {e}", job.pipeline),
+                )
+            })?;
+        self.inner.jobs.put(&job.id, &job)?;
+        if let Some(id) = request_id {
+            self.inner.requests.put(id, &job.id)?;
+        }
+        self.inner.jobs.flush().await?;
+        self.inner.requests.flush().await?;
+        info!(job = %job.id, pipeline = %job.pipeline, version = job.pipeline_version, "pipeline job started");
+        self.spawn(job.clone(), compiled, registered.version);
+        Ok(job)
+    }
+
+    fn spawn(&self, job: JobRecord, compiled: Compiled, version: u64) {
+        let progress = Arc::new(JobProgress::default());
+        progress.restore(&job.stats, job.dead_letters.clone());
+        let (cancel, cancelled) = watch::channel(false);
+        lock(&self.inner.running).insert(
+            job.id.clone(),
+            Running {
+                progress: Arc::clone(&progress),
+                cancel,
+            },
+        );
+        let inner = Arc::clone(&self.inner);
+        let runner = tokio::spawn(async move {
+            let id = job.id.clone();
+            let outcome = run(
+                &inner,
+                job,
+                compiled,
+                version,
+                Arc::clone(&progress),
+                cancelled,
+            )
+            .await;
+            if let Err(e) = outcome {
+                warn!(job = %id, error = %e.message, "pipeline job could not be recorded; it resumes at the next start");
+            }
+            lock(&inner.running).remove(&id);
+        });
+        let mut runners = lock(&self.inner.runners);
+        runners.retain(|r| !r.is_finished());
+        runners.push(runner);
+    }
+
+    /// A job with its live figures while it runs.
+    pub fn job(&self, id: &str) -> Result<JobRecord, ApiError> {
+        let mut job = self
+            .inner
+            .jobs
+            .get(id)?
+            .ok_or_else(|| not_found("job", id))?;
+        if let Some(running) = lock(&self.inner.running).get(id) {
+            job.stats = running.progress.snapshot();
+            job.dead_letters = running.progress.dead_letters();
+        }
+        Ok(job)
+    }
+
+    /// Jobs, most recent first; of one pipeline if named.
+    pub fn jobs(&self, pipeline: Option<&str>) -> Result<Vec<JobRecord>, ApiError> {
+        let mut jobs: Vec<JobRecord> = self
+            .inner
+            .jobs
+            .scan("")?
+            .into_iter()
+            .map(|(_, job)| job)
+            .filter(|job| pipeline.is_none_or(|p| job.pipeline == p))
+            .collect();
+        {
+            let running = lock(&self.inner.running);
+            for job in &mut jobs {
+                if let Some(live) = running.get(&job.id) {
+                    job.stats = live.progress.snapshot();
+                }
+            }
+        }
+        jobs.sort_by(|a, b| b.started_ms.cmp(&a.started_ms).then(a.id.cmp(&b.id)));
+        Ok(jobs)
+    }
+
+    /// Stops a running job: it takes in nothing more, finishes what it took in, and ends
+    /// `cancelled`.
+    pub fn cancel(&self, id: &str) -> Result<JobRecord, ApiError> {
+        let job = self.job(id)?;
+        match lock(&self.inner.running).get(id) {
+            Some(running) => {
+                let _ = running.cancel.send(true);
+                info!(job = id, "pipeline job cancel requested");
+            }
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("job `{id}` is {}, not running", job.state.name()),
+                ));
+            }
+        }
+        Ok(job)
+    }
+
+    pub fn stats(&self, name: &str) -> Result<PipelineStats, ApiError> {
+        self.get(name)?;
+        let mut stats = PipelineStats::default();
+        for job in self.jobs(Some(name))?.into_iter().take(STATS_JOBS_MAX) {
+            stats.jobs += 1;
+            match job.state {
+                JobState::Running | JobState::Interrupted => stats.jobs_running += 1,
+                JobState::Succeeded => stats.jobs_succeeded += 1,
+                JobState::Failed | JobState::Cancelled => stats.jobs_failed += 1,
+            }
+            let s = &job.stats;
+            stats.objects_in += s.objects_in;
+            stats.bytes_in += s.bytes_in;
+            stats.objects_out += s.objects_out;
+            stats.bytes_out += s.bytes_out;
+            stats.skipped += s.skipped;
+            stats.dead_lettered += s.dead_lettered;
+            stats.extract_workers_provisioned += s.extract.workers_provisioned;
+            stats.transform_workers_provisioned += s.transform.workers_provisioned;
+            stats.load_workers_provisioned += s.load.workers_provisioned;
+            stats.extract_threshold_breaches += s.extract.threshold_breaches;
+            stats.transform_threshold_breaches += s.transform.threshold_breaches;
+            stats.load_threshold_breaches += s.load.threshold_breaches;
+            let end = job.ended_ms.unwrap_or_else(|| self.inner.clock.now_ms());
+            stats.elapsed_ms += end.saturating_sub(job.started_ms);
+            if stats.last_job.is_none() {
+                stats.last_job = Some(job.id.clone());
+            }
+        }
+        Ok(stats)
+    }
+
+    /// The provenance of an output object, if a pipeline produced it.
+    pub fn provenance_of(&self, output: &str) -> Result<Option<Provenance>, ApiError> {
+        Ok(self.inner.provenance.get(&io::by_output(output))?)
+    }
+
+    /// Resumes jobs a previous run left running or interrupted, and starts the scheduler.
+    pub fn resume(&self) -> Result<(), ApiError> {
+        for (_, job) in self.inner.jobs.scan("")? {
+            if job.state.is_finished() {
+                continue;
+            }
+            let registered = self.get(&job.pipeline)?;
+            match registered.spec()?.compile(&self.inner.transforms) {
+                Ok(compiled) => {
+                    info!(job = %job.id, pipeline = %job.pipeline, "resuming pipeline job");
+                    self.spawn(job, compiled, registered.version);
+                }
+                Err(e) => warn!(job = %job.id, error = %e, "cannot resume pipeline job"),
+            }
+        }
+        let this = self.clone();
+        tokio::spawn(async move { this.schedule().await });
+        Ok(())
+    }
+
+    /// Runs mounted pipelines that have a schedule when they are due and not already running.
+    async fn schedule(&self) {
+        let mut last_run: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+        let mut stop = self.inner.stop.clone();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(SCHEDULE_TICK) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let Ok(pipelines) = self.list() else { continue };
+            for (name, registered) in pipelines {
+                let Ok(Some(interval)) = registered.spec().map(|s| {
+                    s.schedule
+                        .as_deref()
+                        .and_then(|t| spec::parse_schedule(t).ok())
+                }) else {
+                    continue;
+                };
+                if !registered.mounted {
+                    continue;
+                }
+                let due = last_run
+                    .get(&name)
+                    .is_none_or(|at| at.elapsed() >= interval);
+                let busy = lock(&self.inner.running).keys().any(|id| {
+                    self.inner
+                        .jobs
+                        .get(id)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|j| j.pipeline == name)
+                });
+                if due && !busy {
+                    last_run.insert(name.clone(), tokio::time::Instant::now());
+                    match self.run(&name, None).await {
+                        Ok(job) => info!(pipeline = %name, job = %job.id, "scheduled run started"),
+                        Err(e) => {
+                            warn!(pipeline = %name, error = %e.message, "scheduled run refused")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// After the stop signal: waits until `deadline` for jobs to drain and record themselves;
+    /// jobs still going then are cut and resume at the next start.
+    pub async fn stopped(&self, deadline: tokio::time::Instant) {
+        let runners = std::mem::take(&mut *lock(&self.inner.runners));
+        for mut runner in runners {
+            if tokio::time::timeout_at(deadline, &mut runner)
+                .await
+                .is_err()
+            {
+                warn!(
+                    "a pipeline job did not drain before hard_terminate; it resumes at the next start"
+                );
+                runner.abort();
+            }
+        }
+    }
+
+    /// Live figures of running jobs, for `/metrics`.
+    pub fn running_stats(&self) -> Vec<(String, JobStats)> {
+        let running = lock(&self.inner.running);
+        running
+            .iter()
+            .map(|(id, r)| (id.clone(), r.progress.snapshot()))
+            .collect()
+    }
+}
+
+/// Inputs fixed in advance (a retry job's), opened through the pipeline's own source.
+#[derive(Debug)]
+struct FixedSource {
+    inner: Arc<dyn Source>,
+    inputs: Vec<Input>,
+}
+
+#[async_trait::async_trait]
+impl Source for FixedSource {
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Input>, String> {
+        let mut inputs = self.inputs.clone();
+        inputs.sort_by(|a, b| a.key.cmp(&b.key));
+        inputs.dedup_by(|a, b| a.key == b.key);
+        Ok(inputs
+            .into_iter()
+            .filter(|i| after.is_none_or(|a| i.key.as_str() > a))
+            .take(limit)
+            .collect())
+    }
+
+    async fn open(&self, input: &Input) -> Result<ByteStream, String> {
+        self.inner.open(input).await
+    }
+}
+
+/// Runs one job and records how it ended.
+async fn run(
+    inner: &Inner,
+    mut job: JobRecord,
+    compiled: Compiled,
+    version: u64,
+    progress: Arc<JobProgress>,
+    mut cancelled: watch::Receiver<bool>,
+) -> Result<(), ApiError> {
+    let source: Arc<dyn Source> = match &compiled.from {
+        ExtractFrom::Tier(from) => Arc::new(TierSource {
+            directory: inner.directory.clone(),
+            from: from.clone(),
+        }),
+        ExtractFrom::Dir(root) => Arc::new(DirSource::new(root.clone())),
+    };
+    let source: Arc<dyn Source> = match job.inputs.clone() {
+        Some(inputs) => Arc::new(FixedSource {
+            inner: source,
+            inputs,
+        }),
+        None => source,
+    };
+    let plan = JobPlan {
+        job_id: job.id.clone(),
+        source,
+        chain: compiled.chain.clone(),
+        sink: Arc::new(TierSink {
+            directory: inner.directory.clone(),
+            to: compiled.to.clone(),
+            key_template: compiled.key_template.clone(),
+            pipeline: job.pipeline.clone(),
+        }),
+        ledger: Arc::new(ProvenanceLedger {
+            records: inner.provenance.clone(),
+            directory: inner.directory.clone(),
+            pipeline: job.pipeline.clone(),
+            version: compiled.version_tag(version),
+            job: job.id.clone(),
+            clock: Arc::clone(&inner.clock),
+        }),
+        extract: compiled.extract,
+        transform: compiled.transform,
+        load: compiled.load,
+    };
+    // One stop for the engine: the node's, or this job's cancel.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut node_stop = inner.stop.clone();
+    let watcher = tokio::spawn(async move {
+        tokio::select! {
+            _ = node_stop.wait_for(|s| *s) => {}
+            _ = cancelled.wait_for(|s| *s) => {}
+        }
+        let _ = stop_tx.send(true);
+    });
+    let engine = tokio::spawn(run_job(plan, Arc::clone(&progress), stop_rx));
+    tokio::pin!(engine);
+    let end = loop {
+        tokio::select! {
+            end = &mut engine => break end,
+            () = tokio::time::sleep(JOB_SAVE_INTERVAL) => {
+                job.stats = progress.snapshot();
+                job.dead_letters = progress.dead_letters();
+                inner.jobs.put(&job.id, &job)?;
+                inner.provenance.flush().await?;
+                inner.jobs.flush().await?;
+            }
+        }
+    };
+    watcher.abort();
+    job.stats = progress.snapshot();
+    job.dead_letters = progress.dead_letters();
+    let node_stopping = *inner.stop.borrow();
+    match end {
+        Ok(Ok(JobEnd::Finished)) => {
+            job.state = if job.stats.dead_lettered == 0 {
+                JobState::Succeeded
+            } else {
+                JobState::Failed
+            };
+        }
+        Ok(Ok(JobEnd::Stopped)) if node_stopping => job.state = JobState::Interrupted,
+        Ok(Ok(JobEnd::Stopped)) => job.state = JobState::Cancelled,
+        Ok(Ok(JobEnd::ListingFailed(e))) => {
+            job.state = JobState::Failed;
+            job.error = Some(format!("listing the source failed: {e}"));
+        }
+        Ok(Err(e)) => {
+            job.state = JobState::Failed;
+            job.error = Some(e);
+        }
+        Err(e) => {
+            job.state = JobState::Failed;
+            job.error = Some(format!("the job's engine failed: {e}"));
+        }
+    }
+    if job.state != JobState::Interrupted {
+        job.ended_ms = Some(inner.clock.now_ms());
+    }
+    inner.provenance.flush().await?;
+    inner.jobs.put(&job.id, &job)?;
+    inner.jobs.flush().await?;
+    info!(job = %job.id, pipeline = %job.pipeline, state = job.state.name(), produced = job.stats.objects_out, skipped = job.stats.skipped, dead = job.stats.dead_lettered, "pipeline job ended");
+    Ok(())
+}
