@@ -160,3 +160,314 @@ fn md5_hex(data: &[u8]) -> String {
     let text = String::from_utf8(out.stdout).unwrap();
     text.split_whitespace().next().unwrap().to_string()
 }
+
+fn dir_pipeline(name: &str, input: &Path, transforms: &str, extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\nmounted = true\n[extract]\nfrom = \"file://{}/\"\n{transforms}\n[load]\nto = \"hdd:/{name}/\"\n{extra}",
+        input.display()
+    )
+}
+
+#[test]
+fn bad_specs_and_bad_runs_are_refused_with_the_reason() {
+    let node = TestNode::start(None);
+    let input = node.dir.path().join("in");
+    write_files(&input, 3, 10);
+    let md5 = "[[transform]]\nkind = \"md5\"";
+    let register = |text: &str| {
+        let path = spec_file(&node, "spec", text);
+        node.cli(&["pipeline", "register", path.to_str().unwrap()])
+    };
+    let cases = [
+        (
+            dir_pipeline("p", &input, md5, "[scaling]\nthreshold = 0"),
+            "scaling.threshold: must be at least 1",
+        ),
+        (
+            dir_pipeline("p", &input, md5, "[scaling]\ngrowth_factor = 1.0"),
+            "scaling.growth_factor: must be more than 1",
+        ),
+        (
+            dir_pipeline(
+                "p",
+                &input,
+                md5,
+                "[scaling]\nworkers_min = 4\nworkers_max = 2",
+            ),
+            "scaling.workers_max: 2 is less than workers_min (4)",
+        ),
+        (
+            dir_pipeline("p", &input, "[[transform]]\nkind = \"md7\"", ""),
+            "transform[0].kind: unknown transform `md7`",
+        ),
+        (
+            dir_pipeline("p", &input, "[[transform]]\nkind = \"zstd\"\nspeed = 3", ""),
+            "transform[0].speed: unknown argument",
+        ),
+        (
+            dir_pipeline(
+                "p",
+                &input,
+                "[[transform]]\nkind = \"exec\"\ncommand = [\"no-such-command-here\"]",
+                "",
+            ),
+            "transform[0].command: command `no-such-command-here` not found",
+        ),
+        (
+            "name = \"p\"\n[extract]\nfrom = \"ssd:/data/\"\n[load]\nto = \"ssd:/data/out/\"\n"
+                .to_string(),
+            "the pipeline would read its own output (a loop)",
+        ),
+    ];
+    for (text, reason) in cases {
+        register(&text).fails(2, reason);
+    }
+    node.cli(&["pipeline", "run", "nope"])
+        .fails(3, "no pipeline `nope`");
+    node.cli(&["pipeline", "list"]).ok();
+    assert_eq!(
+        node.cli(&["pipeline", "list"]).ok(),
+        "",
+        "nothing was registered"
+    );
+
+    // Mounting governs running.
+    let text = dir_pipeline("p", &input, md5, "").replace("mounted = true", "mounted = false");
+    assert_eq!(register(&text).ok(), "p\tv1\tunmounted\n");
+    node.cli(&["pipeline", "run", "p"])
+        .fails(5, "pipeline `p` is not mounted");
+    node.cli(&["pipeline", "mount", "p"]).ok();
+    let first = node
+        .cli(&["pipeline", "run", "p", "--request-id", "r1", "--wait"])
+        .ok()
+        .to_string();
+    // The same request id: the same job, never a second run.
+    let second = node
+        .cli(&["pipeline", "run", "p", "--request-id", "r1"])
+        .ok()
+        .to_string();
+    assert_eq!(second.lines().next(), first.lines().next());
+    let jobs: serde_json::Value =
+        serde_json::from_str(&node.http("GET", "/v1/jobs?pipeline=p", b"").1).unwrap();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1);
+    node.cli(&["pipeline", "unmount", "p"]).ok();
+    node.cli(&["pipeline", "run", "p"]).fails(5, "not mounted");
+    node.cli(&["job", "status", "j-none"])
+        .fails(3, "no job `j-none`");
+}
+
+#[test]
+fn a_slow_transform_grows_its_workers_and_the_breaches_show_in_stats() {
+    let node = TestNode::start(None);
+    let input = node.dir.path().join("in");
+    write_files(&input, 60, 100);
+    let text = dir_pipeline(
+        "slow",
+        &input,
+        "[[transform]]\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", \"sleep 0.05; cat\"]",
+        "[scaling]\nthreshold = 2\ngrowth_factor = 2.0\nworkers_min = 1\nworkers_max = 6",
+    );
+    let path = spec_file(&node, "slow", &text);
+    node.cli(&["pipeline", "register", path.to_str().unwrap()])
+        .ok();
+    let job = run_and_wait(&node, "slow");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["stats"]["objects_out"], 60);
+    let transform = &job["stats"]["transform"];
+    assert!(transform["workers_peak"].as_u64().unwrap() > 1, "{job}");
+    assert!(transform["workers_peak"].as_u64().unwrap() <= 6, "{job}");
+    assert!(
+        transform["threshold_breaches"].as_u64().unwrap() >= 1,
+        "{job}"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(node.cli(&["pipeline", "stats", "slow", "--json"]).ok()).unwrap();
+    assert!(
+        stats["transform_threshold_breaches"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    assert!(
+        stats["transform_workers_provisioned"].as_u64().unwrap() > 1,
+        "{stats}"
+    );
+    let human = node
+        .cli(&["job", "status", job["id"].as_str().unwrap()])
+        .ok()
+        .to_string();
+    assert!(human.contains("state:      succeeded"), "{human}");
+}
+
+/// A real HTTP transform server: uppercases what is POSTed; 500 for bodies containing "bad".
+fn start_transform_server(dir: &Path) -> (std::process::Child, u16) {
+    let port_file = dir.join("port");
+    let script = r#"
+import http.server, os, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else b""
+        if self.headers.get("Transfer-Encoding") == "chunked":
+            body = b""
+            while True:
+                size = int(self.rfile.readline().strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        if b"bad" in body:
+            self.send_response(500); self.end_headers(); self.wfile.write(b"cannot take it"); return
+        out = body.upper()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    def log_message(self, *a): pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+open(sys.argv[1] + ".tmp", "w").write(str(s.server_address[1])); os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+s.serve_forever()
+"#;
+    let child = Command::new("python3")
+        .args(["-c", script, port_file.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if let Ok(text) = std::fs::read_to_string(&port_file) {
+            return (child, text.trim().parse().unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("the transform server did not start");
+}
+
+#[test]
+fn exec_and_http_transforms_run_real_programs_and_dead_letter_their_failures() {
+    let node = TestNode::start(None);
+    let input = node.dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    for (name, text) in [
+        ("a", "alpha"),
+        ("b", "bad beta"),
+        ("c", "gamma"),
+        ("d", "bad delta"),
+    ] {
+        std::fs::write(input.join(name), text).unwrap();
+    }
+    // exec: a shell script that fails, with a message on stderr, on bad input.
+    let script = "x=$(cat); case \"$x\" in *bad*) echo \"refusing $x\" >&2; exit 3;; esac; printf %s \"$x\" | tr a-z A-Z";
+    let text = dir_pipeline(
+        "shout",
+        &input,
+        &format!(
+            "[[transform]]\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\ntimeout = \"10s\""
+        ),
+        "",
+    );
+    let path = spec_file(&node, "shout", &text);
+    node.cli(&["pipeline", "register", path.to_str().unwrap()])
+        .ok();
+    let run = node.cli(&["pipeline", "run", "shout", "--wait"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("2 objects dead-lettered"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("refusing bad beta"), "{}", run.stderr);
+    assert_eq!(object(&node, "hdd:/shout/a").as_deref(), Some("ALPHA"));
+    assert_eq!(
+        object(&node, "hdd:/shout/b"),
+        None,
+        "a failed result is never stored"
+    );
+    // A retry runs only the dead letters.
+    let id = run.stdout.lines().next().unwrap();
+    let retry = node.cli(&["job", "retry", id, "--wait"]);
+    assert_eq!(retry.code, 1, "{retry:?}");
+    let retried = job_json(&node, retry.stdout.lines().next().unwrap());
+    assert_eq!(retried["stats"]["objects_in"], 2, "{retried}");
+    assert_eq!(retried["retry_of"], id);
+
+    // http: a real server, and a server that is down.
+    let (mut server, port) = start_transform_server(node.dir.path());
+    let text = dir_pipeline(
+        "web",
+        &input,
+        &format!(
+            "[[transform]]\nkind = \"http\"\nurl = \"http://127.0.0.1:{port}/upper\"\ntimeout = \"10s\""
+        ),
+        "",
+    );
+    let path = spec_file(&node, "web", &text);
+    node.cli(&["pipeline", "register", path.to_str().unwrap()])
+        .ok();
+    let job = run_and_wait(&node, "web");
+    assert_eq!(job["stats"]["objects_out"], 2, "{job}");
+    assert_eq!(object(&node, "hdd:/web/c").as_deref(), Some("GAMMA"));
+    let letters = job["dead_letters"].as_array().unwrap();
+    assert!(
+        letters[0]["error"].as_str().unwrap().contains("500"),
+        "{job}"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+    std::fs::write(input.join("a"), "alpha again").unwrap();
+    let down = run_and_wait(&node, "web");
+    assert_eq!(down["state"], "failed", "{down}");
+    let error = down["dead_letters"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains(&format!("http transform http://127.0.0.1:{port}/upper")),
+        "{error}"
+    );
+    assert_eq!(
+        object(&node, "hdd:/web/a").as_deref(),
+        Some("ALPHA"),
+        "the old output stays"
+    );
+}
+
+#[test]
+fn a_node_stopped_mid_job_resumes_it_and_makes_each_output_once() {
+    let mut node = TestNode::start(None);
+    let input = node.dir.path().join("in");
+    let names = write_files(&input, 30, 50);
+    let text = dir_pipeline(
+        "steady",
+        &input,
+        "[[transform]]\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", \"sleep 0.1; cat\"]",
+        "[scaling]\nworkers_max = 1",
+    );
+    let path = spec_file(&node, "steady", &text);
+    node.cli(&["pipeline", "register", path.to_str().unwrap()])
+        .ok();
+    let id = node
+        .cli(&["pipeline", "run", "steady"])
+        .ok()
+        .trim()
+        .to_string();
+    loop {
+        if job_json(&node, &id)["stats"]["objects_out"]
+            .as_u64()
+            .unwrap()
+            >= 3
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // `letl node shutdown`: the job stops taking in, drains, records itself; the node exits 0.
+    assert_eq!(node.cli(&["node", "shutdown"]).ok(), "shutdown requested\n");
+    assert_eq!(node.wait_for_exit().code(), Some(0), "{}", node.log());
+    node.restart();
+    let done = node.cli(&["job", "watch", &id]);
+    assert_eq!(done.code, 0, "{done:?}");
+    let job = job_json(&node, &id);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["stats"]["objects_out"], 30, "{job}");
+    let listed = node.cli(&["ls", "hdd:/steady/"]).ok().lines().count();
+    assert_eq!(listed, names.len());
+    assert_eq!(node.staged_files("hdd"), 0);
+}
