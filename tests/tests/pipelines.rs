@@ -297,8 +297,24 @@ fn a_slow_transform_grows_its_workers_and_the_breaches_show_in_stats() {
     assert!(human.contains("state:      succeeded"), "{human}");
 }
 
+/// A child process killed (and reaped) when dropped.
+struct Server(std::process::Child);
+
+impl Server {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A real HTTP transform server: uppercases what is POSTed; 500 for bodies containing "bad".
-fn start_transform_server(dir: &Path) -> (std::process::Child, u16) {
+fn start_transform_server(dir: &Path) -> (Server, u16) {
     let port_file = dir.join("port");
     let script = r#"
 import http.server, os, sys
@@ -327,13 +343,15 @@ s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
 open(sys.argv[1] + ".tmp", "w").write(str(s.server_address[1])); os.rename(sys.argv[1] + ".tmp", sys.argv[1])
 s.serve_forever()
 "#;
-    let child = Command::new("python3")
-        .args(["-c", script, port_file.to_str().unwrap()])
-        .spawn()
-        .unwrap();
+    let server = Server(
+        Command::new("python3")
+            .args(["-c", script, port_file.to_str().unwrap()])
+            .spawn()
+            .unwrap(),
+    );
     for _ in 0..500 {
         if let Ok(text) = std::fs::read_to_string(&port_file) {
-            return (child, text.trim().parse().unwrap());
+            return (server, text.trim().parse().unwrap());
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -409,8 +427,7 @@ fn exec_and_http_transforms_run_real_programs_and_dead_letter_their_failures() {
         letters[0]["error"].as_str().unwrap().contains("500"),
         "{job}"
     );
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.stop();
     std::fs::write(input.join("a"), "alpha again").unwrap();
     let down = run_and_wait(&node, "web");
     assert_eq!(down["state"], "failed", "{down}");
