@@ -35,7 +35,7 @@ const PROGRESS_BYTES_MIN: u64 = 8 << 20;
 /// Response chunks queued for the download writer thread.
 const DOWNLOAD_CHUNKS_IN_FLIGHT_MAX: usize = 32;
 /// How often a waiting `letl mv`/`cp` of a prefix asks for its job's progress.
-const JOB_POLL_INTERVAL: Duration = Duration::from_millis(200);
+const JOB_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Connecting to a node that does not answer fails after this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Characters kept as they are in a key segment of a URL path; everything else is escaped.

@@ -419,20 +419,28 @@ impl Work for Extract {
         item
     }
 
+    /// Hands the transform stage a stream that opens the input when first read: a queue of
+    /// opened inputs would hold a reader (and its read-ahead) per queued object. An input that
+    /// cannot be opened then fails its stream, and is dead-lettered where that is seen.
     async fn process(&self, input: Input) {
-        match self.source.open(&input).await {
-            Ok(body) => {
-                self.progress.objects_in.fetch_add(1, Ordering::Relaxed);
-                self.progress
-                    .bytes_in
-                    .fetch_add(input.size, Ordering::Relaxed);
-                if let Err(async_channel::SendError((input, _))) =
-                    self.next.send((input, body)).await
-                {
-                    self.dead_letter(input, "the transform stage stopped".to_string());
-                }
-            }
-            Err(e) => self.dead_letter(input, e),
+        self.progress.objects_in.fetch_add(1, Ordering::Relaxed);
+        self.progress
+            .bytes_in
+            .fetch_add(input.size, Ordering::Relaxed);
+        let source = Arc::clone(&self.source);
+        let opening = input.clone();
+        let body: ByteStream = Box::pin(
+            futures_util::stream::once(async move { source.open(&opening).await }).flat_map(
+                |opened| match opened {
+                    Ok(body) => body,
+                    Err(e) => Box::pin(futures_util::stream::once(std::future::ready(Err(
+                        std::io::Error::other(e),
+                    )))),
+                },
+            ),
+        );
+        if let Err(async_channel::SendError((input, _))) = self.next.send((input, body)).await {
+            self.dead_letter(input, "the transform stage stopped".to_string());
         }
     }
 

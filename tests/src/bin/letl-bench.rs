@@ -15,6 +15,9 @@
 //! - `s3`: put and get through an S3 tier on a local SeaweedFS (`weed`, or `$LETL_WEED`) against
 //!   `aws s3 cp` to the same server (`pip install awscli`). Size `LETL_BENCH_S3_MIB`, 256.
 //! - `move`: `letl mv` between two fs tiers against `cp` + `rm` (and `cp` + `sync` + `rm`).
+//! - `pipeline`: an md5 pipeline over `LETL_BENCH_MIB` in 4 MiB objects on the ssd tier, with one
+//!   and with two transform workers, against `md5sum` over the same files; and a zstd (level 1)
+//!   pipeline against `zstd -1` over them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -92,7 +95,8 @@ fn main() -> anyhow::Result<()> {
         None | Some("put-get") => put_get(),
         Some("s3") => s3(),
         Some("move") => tier_move(),
-        Some(other) => bail!("unknown scenario `{other}`: use put-get, s3 or move"),
+        Some("pipeline") => pipeline(),
+        Some(other) => bail!("unknown scenario `{other}`: use put-get, s3, move or pipeline"),
     }
 }
 
@@ -271,6 +275,137 @@ fn tier_move() -> anyhow::Result<()> {
     println!();
     ratio("mv vs cp + rm", mv, cp_rm);
     ratio("mv vs cp + sync + rm", mv, cp_sync_rm);
+    Ok(())
+}
+
+/// Objects of the pipeline scenario.
+const PIPELINE_OBJECT_BYTES: u64 = 4 << 20;
+
+fn pipeline() -> anyhow::Result<()> {
+    let mib = env_number("LETL_BENCH_MIB", 1024)?;
+    let runs = env_number("LETL_BENCH_RUNS", 3)?;
+    let bytes = mib << 20;
+    let objects = bytes / PIPELINE_OBJECT_BYTES;
+    ensure!(
+        objects > 0 && runs > 0,
+        "LETL_BENCH_MIB must be at least 4 and LETL_BENCH_RUNS positive"
+    );
+    let parent = std::env::var_os("LETL_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let work = tempfile::tempdir_in(&parent).context("bench directory")?;
+    let files = work.path().join("files");
+    std::fs::create_dir_all(&files)?;
+    let mut names = Vec::new();
+    for i in 0..objects {
+        let name = format!("o{i:04}");
+        write_source(&files.join(&name), PIPELINE_OBJECT_BYTES)?;
+        // Distinct objects: the first bytes differ.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(files.join(&name))?;
+        file.write_all(&i.to_le_bytes())?;
+        names.push(name);
+    }
+    let node = TestNode::start_in(work.path(), None);
+    eprintln!("letl-bench pipeline: {objects} objects of 4 MiB, {runs} runs each");
+    for name in &names {
+        let source = files.join(name).display().to_string();
+        timed_quiet(&mut letl_command(
+            &node,
+            &["put", &source, &format!("ssd:/bench/{name}")],
+        ))?;
+    }
+    let specs = [
+        ("md5-1w", "[[transform]]\nkind = \"md5\"", 1),
+        ("md5-2w", "[[transform]]\nkind = \"md5\"", 2),
+        ("zstd-1w", "[[transform]]\nkind = \"zstd\"\nlevel = 1", 1),
+    ];
+    for (name, transform, workers) in specs {
+        let spec = format!(
+            "name = \"{name}\"\nmounted = true\n[extract]\nfrom = \"ssd:/bench/\"\n{transform}\n[load]\nto = \"hdd:/{name}/\"\n[scaling.transform]\nworkers_min = {workers}\nworkers_max = {workers}\n"
+        );
+        let path = work.path().join(format!("{name}.toml"));
+        std::fs::write(&path, spec)?;
+        timed_quiet(&mut letl_command(
+            &node,
+            &["pipeline", "register", &path.display().to_string()],
+        ))?;
+    }
+    let listed = names.join(" ");
+    let (mut md5sum, mut zstd, mut zstd_files) = (Vec::new(), Vec::new(), Vec::new());
+    let packed_dir = work.path().join("zstd-out");
+    std::fs::create_dir_all(&packed_dir)?;
+    let mut letl: [Vec<Duration>; 3] = Default::default();
+    for run in 0..runs {
+        md5sum.push(timed(
+            "md5sum",
+            &mut sh(&format!(
+                "cd '{}' && md5sum {listed} > /dev/null",
+                files.display()
+            )),
+        )?);
+        zstd.push(timed(
+            "zstd -1",
+            &mut sh(&format!(
+                "cd '{}' && zstd -1 -q -c {listed} > /dev/null",
+                files.display()
+            )),
+        )?);
+        // What the pipeline does: one compressed file per object, durable.
+        zstd_files.push(timed(
+            "zstd -1 to files + sync",
+            &mut sh(&format!(
+                "cd '{}' && zstd -1 -q -f --output-dir-flat '{out}' {listed} && sync -f '{out}'",
+                files.display(),
+                out = packed_dir.display()
+            )),
+        )?);
+        for (i, (name, _, _)) in specs.iter().enumerate() {
+            // A new version each run, so the run is not skipped as already done.
+            let path = work.path().join(format!("{name}.toml"));
+            let base: String = std::fs::read_to_string(&path)?
+                .lines()
+                .filter(|line| !line.starts_with("description = "))
+                .map(|line| format!("{line}\n"))
+                .collect();
+            std::fs::write(&path, format!("description = \"run {run}\"\n{base}"))?;
+            timed_quiet(&mut letl_command(
+                &node,
+                &["pipeline", "register", &path.display().to_string()],
+            ))?;
+            letl[i].push(timed(
+                name,
+                &mut letl_command(&node, &["pipeline", "run", name, "--wait"]),
+            )?);
+        }
+    }
+    let table = Table { bytes };
+    table.header();
+    let md5sum = median(md5sum);
+    let zstd = median(zstd);
+    let zstd_files = median(zstd_files);
+    let [one, two, packed] = letl.map(median);
+    table.row("md5sum", md5sum);
+    table.row("letl md5 pipeline, 1 transform worker", one);
+    table.row("letl md5 pipeline, 2 transform workers", two);
+    table.row("zstd -1 (to /dev/null)", zstd);
+    table.row("zstd -1 (to files, then sync)", zstd_files);
+    table.row("letl zstd (level 1) pipeline, 1 transform worker", packed);
+    println!();
+    ratio("md5, 1 worker vs md5sum", one, md5sum);
+    ratio("md5, 2 workers vs md5sum", two, md5sum);
+    ratio("zstd vs zstd -1 to /dev/null", packed, zstd);
+    ratio("zstd vs zstd -1 to files + sync", packed, zstd_files);
+    Ok(())
+}
+
+/// Runs a set-up command, failing the bench if it fails; not timed.
+fn timed_quiet(command: &mut Command) -> anyhow::Result<()> {
+    let out = command.output().context("run set-up command")?;
+    ensure!(
+        out.status.success(),
+        "set-up command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
