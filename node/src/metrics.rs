@@ -88,6 +88,117 @@ impl Metrics {
     }
 }
 
+/// Pipeline figures for `/metrics`: totals per pipeline (bounded by the pipelines registered)
+/// and live figures per running job (bounded by the jobs running).
+pub fn render_pipelines(
+    pipelines: &[(String, crate::pipelines::PipelineStats)],
+    running: &[(String, letl_actors::pipeline::JobStats)],
+) -> String {
+    type Total = fn(&crate::pipelines::PipelineStats) -> u64;
+    let totals: [(&str, &str, Total); 9] = [
+        ("letl_pipeline_jobs_total", "Jobs run.", |s| s.jobs),
+        ("letl_pipeline_objects_in_total", "Objects taken in.", |s| {
+            s.objects_in
+        }),
+        ("letl_pipeline_bytes_in_total", "Bytes taken in.", |s| {
+            s.bytes_in
+        }),
+        (
+            "letl_pipeline_objects_out_total",
+            "Objects produced.",
+            |s| s.objects_out,
+        ),
+        ("letl_pipeline_bytes_out_total", "Bytes produced.", |s| {
+            s.bytes_out
+        }),
+        (
+            "letl_pipeline_skipped_total",
+            "Inputs skipped as already produced.",
+            |s| s.skipped,
+        ),
+        (
+            "letl_pipeline_dead_lettered_total",
+            "Objects dead-lettered.",
+            |s| s.dead_lettered,
+        ),
+        (
+            "letl_pipeline_transform_workers_provisioned_total",
+            "Transform workers started.",
+            |s| s.transform_workers_provisioned,
+        ),
+        (
+            "letl_pipeline_transform_threshold_breaches_total",
+            "Times a transform queue passed its threshold.",
+            |s| s.transform_threshold_breaches,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, value) in totals {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (pipeline, stats) in pipelines {
+            let _ = writeln!(
+                out,
+                "{name}{{pipeline=\"{}\"}} {}",
+                escape(pipeline),
+                value(stats)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP letl_job_stage_workers Workers of a running job's stage."
+    );
+    let _ = writeln!(out, "# TYPE letl_job_stage_workers gauge");
+    for (job, stats) in running {
+        for (stage, s) in [
+            ("extract", &stats.extract),
+            ("transform", &stats.transform),
+            ("load", &stats.load),
+        ] {
+            let _ = writeln!(
+                out,
+                "letl_job_stage_workers{{job=\"{}\",stage=\"{stage}\"}} {}",
+                escape(job),
+                s.workers
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP letl_job_stage_queue Items queued before a running job's stage."
+    );
+    let _ = writeln!(out, "# TYPE letl_job_stage_queue gauge");
+    for (job, stats) in running {
+        for (stage, s) in [
+            ("extract", &stats.extract),
+            ("transform", &stats.transform),
+            ("load", &stats.load),
+        ] {
+            let _ = writeln!(
+                out,
+                "letl_job_stage_queue{{job=\"{}\",stage=\"{stage}\"}} {}",
+                escape(job),
+                s.queue_len
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP letl_job_objects_out Objects a running job produced so far."
+    );
+    let _ = writeln!(out, "# TYPE letl_job_objects_out gauge");
+    for (job, stats) in running {
+        let _ = writeln!(
+            out,
+            "letl_job_objects_out{{job=\"{}\"}} {}",
+            escape(job),
+            stats.objects_out
+        );
+    }
+    out
+}
+
 /// Reads one gauge's value off a tier (`None`: no sample for that tier).
 type TierValue = fn(&TierInfo) -> Option<u64>;
 

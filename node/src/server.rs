@@ -632,7 +632,18 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
         .into_iter()
         .map(TierInfo::from)
         .collect();
-    let text = state.metrics.render(&tiers);
+    let mut text = state.metrics.render(&tiers);
+    let pipelines: Vec<_> = state
+        .pipelines
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, _)| state.pipelines.stats(&name).ok().map(|s| (name, s)))
+        .collect();
+    text.push_str(&metrics::render_pipelines(
+        &pipelines,
+        &state.pipelines.running_stats(),
+    ));
     (
         [(
             header::CONTENT_TYPE,

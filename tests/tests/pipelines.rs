@@ -295,6 +295,16 @@ fn a_slow_transform_grows_its_workers_and_the_breaches_show_in_stats() {
         .ok()
         .to_string();
     assert!(human.contains("state:      succeeded"), "{human}");
+    let (status, metrics) = node.http("GET", "/metrics", b"");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("letl_pipeline_objects_out_total{pipeline=\"slow\"} 60"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("letl_pipeline_transform_threshold_breaches_total{pipeline=\"slow\"}"),
+        "{metrics}"
+    );
 }
 
 /// A child process killed (and reaped) when dropped.
