@@ -8,6 +8,7 @@
 //! the process environment; it never names sled or a file path: storage hands it backends and
 //! indexes as trait objects, so the simulator can hand it in-memory ones.
 
+pub mod cache;
 mod directory;
 pub mod pipeline;
 mod supervisor;

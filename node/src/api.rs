@@ -389,3 +389,23 @@ impl JobInfo {
 pub struct JobsResponse {
     pub jobs: Vec<JobInfo>,
 }
+
+/// A cache record as `POST /v1/cache` answers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheRecordInfo {
+    pub id: String,
+    pub size: u64,
+    pub hash: String,
+    pub expires_in_ms: u64,
+}
+
+impl From<&letl_actors::cache::CacheEntry> for CacheRecordInfo {
+    fn from(entry: &letl_actors::cache::CacheEntry) -> Self {
+        Self {
+            id: entry.key.clone(),
+            size: entry.size,
+            hash: entry.hash.to_string(),
+            expires_in_ms: u64::try_from(entry.expires_in.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}

@@ -152,6 +152,24 @@ pub enum Command {
         #[command(subcommand)]
         action: JobAction,
     },
+    /// The in-memory cache: put a file for a while, get it back by id.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// Keep a file (`-`: stdin) in the cache; prints its id.
+    Put {
+        file: String,
+        /// How long it lives (default: the node's `[cache] expire_in`, 1m).
+        #[arg(long, value_name = "DURATION")]
+        expire_in: Option<String>,
+    },
+    /// Write a record to FILE (default: stdout).
+    Get { id: String, file: Option<String> },
 }
 
 #[derive(Debug, Subcommand)]
@@ -293,6 +311,15 @@ fn run_client(connection: &Connection, command: Command) -> Outcome {
             Command::Node { action: None, .. } => unreachable!("handled by run_node"),
             Command::Pipeline { action } => pipeline(&client, action).await?,
             Command::Job { action } => job(&client, action).await?,
+            Command::Cache {
+                action: CacheAction::Put { file, expire_in },
+            } => {
+                let record = client.cache_put(&file, expire_in.as_deref()).await?;
+                println!("{}", record.id);
+            }
+            Command::Cache {
+                action: CacheAction::Get { id, file },
+            } => client.cache_get(&id, file.as_deref()).await?,
             Command::Put { file, uri } => print_written(&client.put(&file, &uri).await?),
             Command::Get {
                 uri,

@@ -15,9 +15,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::api::{
-    ErrorBody, HASH_HEADER, JobInfo, ListResponse, MoveJobInfo, MoveJobRequest, MoveJobsResponse,
-    MovesResponse, ObjectInfo, PipelineInfo, PipelinesResponse, RunRequest, TiersResponse,
-    TransferRequest, TransferResponse,
+    CacheRecordInfo, ErrorBody, HASH_HEADER, JobInfo, ListResponse, MoveJobInfo, MoveJobRequest,
+    MoveJobsResponse, MovesResponse, ObjectInfo, PipelineInfo, PipelinesResponse, RunRequest,
+    TiersResponse, TransferRequest, TransferResponse,
 };
 
 /// Exit codes, documented in README.md.
@@ -592,6 +592,42 @@ impl Client {
             &self.url(&format!("jobs/{}/retry", Self::segment(id))),
         ))
         .await
+    }
+
+    pub async fn cache_put(&self, file: &str, expire_in: Option<&str>) -> Outcome<CacheRecordInfo> {
+        let data = if file == "-" {
+            let mut data = Vec::new();
+            io::Read::read_to_end(&mut io::stdin(), &mut data)
+                .map_err(|e| Failure::new(exit::BAD_INPUT, format!("cannot read stdin: {e}")))?;
+            data
+        } else {
+            std::fs::read(file)
+                .map_err(|e| Failure::new(exit::BAD_INPUT, format!("cannot read {file}: {e}")))?
+        };
+        let mut request = self.request(Method::POST, &self.url("cache")).body(data);
+        if let Some(expire_in) = expire_in {
+            request = request.query(&[("expire_in", expire_in)]);
+        }
+        self.json(request).await
+    }
+
+    /// Writes a cache record to `file`, or stdout.
+    pub async fn cache_get(&self, id: &str, file: Option<&str>) -> Outcome {
+        let response = self
+            .send(self.request(
+                Method::GET,
+                &self.url(&format!("cache/{}", Self::segment(id))),
+            ))
+            .await?;
+        let data = response.bytes().await.map_err(|e| {
+            Failure::new(exit::FAILURE, format!("reading cache record `{id}`: {e}"))
+        })?;
+        match file {
+            None | Some("-") => io::Write::write_all(&mut io::stdout(), &data)
+                .map_err(|e| Failure::new(exit::FAILURE, format!("writing stdout: {e}"))),
+            Some(path) => std::fs::write(path, &data)
+                .map_err(|e| Failure::new(exit::FAILURE, format!("cannot write {path}: {e}"))),
+        }
     }
 
     pub async fn shutdown_node(&self) -> Outcome {

@@ -1,6 +1,7 @@
 //! Node configuration: an optional TOML file, command-line flags over it, defaults under both,
 //! turned into a validated [`NodeConfig`]. Errors name the field that was wrong.
 
+use letl_actors::cache::CacheLimits;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ pub struct NodeConfig {
     /// The endpoint of `s3://bucket/key` sources; with a bucket, scheme-less keys are read from
     /// that bucket when there is no `source_dir`.
     pub source_s3: Option<S3Settings>,
+    /// The cache actor's time-to-live and bounds.
+    pub cache: CacheLimits,
 }
 
 #[derive(Clone, Debug)]
@@ -136,6 +139,8 @@ struct FileConfig {
     node: FileNode,
     #[serde(default)]
     source: FileSource,
+    #[serde(default)]
+    cache: FileCache,
     tiers: Option<BTreeMap<String, FileTier>>,
 }
 
@@ -147,6 +152,15 @@ struct FileNode {
     max_object_size: Option<ByteSize>,
     shutdown_grace: Option<String>,
     hard_terminate: Option<String>,
+}
+
+/// The cache actor's bounds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCache {
+    expire_in: Option<String>,
+    max_records: Option<usize>,
+    max_bytes: Option<ByteSize>,
 }
 
 /// Where the LETL routes read a `source_uri` without a scheme.
@@ -274,6 +288,29 @@ impl NodeConfig {
                 .collect::<Result<Vec<_>, ConfigError>>()?,
         };
         check_tier_paths(&data_dir, &tiers)?;
+        let defaults = CacheLimits::default();
+        let cache = CacheLimits {
+            expire_in: match &file.cache.expire_in {
+                Some(text) => humantime::parse_duration(text).map_err(|e| {
+                    field_error(
+                        "cache.expire_in",
+                        format!("`{text}` is not a duration like 1m or 30s ({e})"),
+                    )
+                })?,
+                None => defaults.expire_in,
+            },
+            max_records: file.cache.max_records.unwrap_or(defaults.max_records),
+            max_bytes: file.cache.max_bytes.map_or(defaults.max_bytes, |b| b.0),
+        };
+        if cache.expire_in.is_zero() {
+            return Err(field_error("cache.expire_in", "must be more than zero"));
+        }
+        if cache.max_records == 0 {
+            return Err(field_error("cache.max_records", "must be at least 1"));
+        }
+        if cache.max_bytes == 0 {
+            return Err(field_error("cache.max_bytes", "must be more than 0"));
+        }
         if let Some(dir) = &file.source.dir
             && dir.as_os_str().is_empty()
         {
@@ -328,6 +365,7 @@ impl NodeConfig {
             tiers,
             source_dir,
             source_s3,
+            cache,
         })
     }
 

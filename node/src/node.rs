@@ -52,6 +52,8 @@ pub struct NodeDeps {
     pub pipelines: PipelineStores,
     /// How long pipeline jobs may drain at shutdown.
     pub hard_terminate: Duration,
+    /// The cache actor's bounds.
+    pub cache: letl_actors::cache::CacheLimits,
     /// The LETL routes' reservations of request ids and destinations.
     pub reservations: SledReservations,
     /// The LETL routes' default source directory.
@@ -105,9 +107,14 @@ pub async fn start(
     jobs.resume()
         .map_err(|e| anyhow::anyhow!("resuming move jobs: {}", e.message))?;
     let transforms = Arc::new(crate::transforms::registry());
+    let cache = letl_actors::cache::CacheHandle::start(deps.cache)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let pipelines = Pipelines::new(
         deps.pipelines,
         directory.clone(),
+        cache.clone(),
+        deps.cache.max_bytes,
         Arc::clone(&transforms),
         Arc::clone(&deps.clock),
         stop_rx.clone(),
@@ -130,6 +137,8 @@ pub async fn start(
         transforms,
         pipelines: pipelines.clone(),
         stopper: Arc::clone(&stopper),
+        cache: cache.clone(),
+        cache_limits: deps.cache,
         token: Arc::from(deps.token),
         metrics: Arc::new(Metrics::default()),
     };
@@ -158,6 +167,7 @@ pub async fn start(
     // Pipeline jobs drain their queues, within `hard_terminate` of the stop.
     pipelines.stopped(stopped_at + deps.hard_terminate).await;
     supervisor.shutdown().await.map_err(anyhow::Error::msg)?;
+    cache.stop();
     if let Some(db) = deps.index_db {
         tokio::task::spawn_blocking(move || db.flush())
             .await?
@@ -224,6 +234,7 @@ pub async fn run(
         move_jobs: index_db.move_jobs()?,
         pipelines: PipelineStores::open(&index_db)?,
         hard_terminate: config.hard_terminate,
+        cache: config.cache,
         reservations: index_db.reservations()?,
         source_dir: config.source_dir.clone(),
         source_s3: config.source_s3.clone(),

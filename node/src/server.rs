@@ -17,9 +17,10 @@ use letl_storage::{KeyPrefix, LIST_PAGE_ENTRIES_MAX, ObjectKey, ObjectUri, TierN
 use serde::Deserialize;
 
 use crate::api::{
-    HASH_HEADER, JobInfo, JobsResponse, LIST_PAGE_DEFAULT, ListResponse, MoveInfo, MoveJobInfo,
-    MoveJobRequest, MoveJobsResponse, MovesResponse, ObjectInfo, PipelineInfo, PipelinesResponse,
-    RunRequest, TierInfo, TiersResponse, TransferRequest, TransferResponse, VERSION_HEADER,
+    CacheRecordInfo, HASH_HEADER, JobInfo, JobsResponse, LIST_PAGE_DEFAULT, ListResponse, MoveInfo,
+    MoveJobInfo, MoveJobRequest, MoveJobsResponse, MovesResponse, ObjectInfo, PipelineInfo,
+    PipelinesResponse, RunRequest, TierInfo, TiersResponse, TransferRequest, TransferResponse,
+    VERSION_HEADER,
 };
 use crate::error::ApiError;
 use crate::letl::{Letl, LetlRequest, LetlResponse};
@@ -35,6 +36,8 @@ pub struct AppState {
     pub transforms: Arc<letl_actors::transform::TransformRegistry>,
     pub pipelines: crate::pipelines::Pipelines,
     pub stopper: Arc<crate::node::Stopper>,
+    pub cache: letl_actors::cache::CacheHandle,
+    pub cache_limits: letl_actors::cache::CacheLimits,
     pub token: Arc<str>,
     pub metrics: Arc<Metrics>,
 }
@@ -79,6 +82,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/retry", post(retry_job))
         .route("/v1/node/shutdown", post(shutdown_node))
+        .route("/v1/cache", post(cache_put))
+        .route("/v1/cache/{id}", get(cache_get).delete(cache_remove))
         .route("/metrics", get(render_metrics))
         // The seed's LETL routes, as it named them.
         .route(
@@ -512,6 +517,102 @@ async fn retry_job(
         &state.pipelines.retry(&id).await?,
         now_ms(),
     )))
+}
+
+#[derive(Debug, Deserialize)]
+struct CachePutQuery {
+    /// Time-to-live, e.g. `30s` (default: the cache's `expire_in`).
+    expire_in: Option<String>,
+}
+
+/// `POST /v1/cache`: keeps the body as a new record; answers its id.
+async fn cache_put(
+    State(state): State<AppState>,
+    query: Result<Query<CachePutQuery>, QueryRejection>,
+    body: Body,
+) -> Result<Json<CacheRecordInfo>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let expire_in = query
+        .expire_in
+        .map(|text| {
+            humantime::parse_duration(&text)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "expire_in: `{text}` is not a duration like 30s or 5m"
+                    ))
+                })
+        })
+        .transpose()?;
+    let max = state.cache_limits.max_bytes;
+    let mut stream = letl_storage::idle_timeout(
+        Box::pin(body.into_data_stream().map_err(io::Error::other)),
+        BODY_IDLE_TIMEOUT,
+    );
+    let mut data = bytes::BytesMut::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        if (data.len() + chunk.len()) as u64 > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the record is more than the cache holds ({max} bytes)"),
+            ));
+        }
+        data.extend_from_slice(&chunk);
+    }
+    let id = format!("c{}", &crate::moves::new_request_id(0)[2..]);
+    let entry = state
+        .cache
+        .put(id.clone(), data.freeze(), expire_in)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(CacheRecordInfo::from(&entry)))
+}
+
+fn cache_gone(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("cache record `{id}` expired or unknown"),
+    )
+}
+
+async fn cache_get(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = path_name(path)?;
+    let (entry, data) = state
+        .cache
+        .get(&id)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .ok_or_else(|| cache_gone(&id))?;
+    let mut response = Body::from(data).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&entry.hash.to_string()) {
+        headers.insert(HASH_HEADER, value);
+    }
+    Ok(response)
+}
+
+async fn cache_remove(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let id = path_name(path)?;
+    match state.cache.remove(&id).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(cache_gone(&id)),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
+    }
 }
 
 /// `POST /v1/node/shutdown`: the same clean stop as SIGTERM.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use letl_actors::TierDirectory;
+use letl_actors::cache::CacheHandle;
 use letl_actors::pipeline::{Input, Ledger, Seen, Sink, Source, Stored};
 use letl_storage::{ByteStream, ObjectKey, ObjectUri, PrefixUri, SledRecords, read_blocks};
 use serde::{Deserialize, Serialize};
@@ -222,6 +223,7 @@ pub struct Provenance {
 pub struct ProvenanceLedger {
     pub records: SledRecords<Provenance>,
     pub directory: TierDirectory,
+    pub cache: CacheHandle,
     pub pipeline: String,
     pub version: String,
     pub job: String,
@@ -251,11 +253,16 @@ impl Ledger for ProvenanceLedger {
         if record.version != self.version || record.source_fingerprint != input.fingerprint {
             return Ok(Seen::New);
         }
-        // An output deleted since is made again.
-        let output = ObjectUri::parse(&record.output).map_err(|e| e.to_string())?;
-        let present = match self.directory.get(&output.tier) {
-            Ok(tier) => tier.head(output.key).await.is_ok(),
-            Err(_) => false,
+        // An output deleted (or expired) since is made again.
+        let present = match record.output.strip_prefix("cache:") {
+            Some(key) => matches!(self.cache.get(key).await, Ok(Some(_))),
+            None => {
+                let output = ObjectUri::parse(&record.output).map_err(|e| e.to_string())?;
+                match self.directory.get(&output.tier) {
+                    Ok(tier) => tier.head(output.key).await.is_ok(),
+                    Err(_) => false,
+                }
+            }
         };
         Ok(match (present, record.job == self.job) {
             (false, _) => Seen::New,
@@ -282,5 +289,88 @@ impl Ledger for ProvenanceLedger {
             .put(&by_output(&stored.uri), &record)
             .map_err(|e| e.to_string())?;
         Ok(())
+    }
+}
+
+/// Cache records under a prefix; fingerprints are their content hashes.
+#[derive(Debug)]
+pub struct CacheSource {
+    pub cache: CacheHandle,
+    pub prefix: String,
+}
+
+#[async_trait::async_trait]
+impl Source for CacheSource {
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Input>, String> {
+        let after = after.map(|key| format!("{}{key}", self.prefix));
+        let entries = self
+            .cache
+            .list(&self.prefix, after, limit)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(entries
+            .into_iter()
+            .map(|entry| Input {
+                uri: format!("cache:{}", entry.key),
+                key: entry.key[self.prefix.len()..].to_string(),
+                size: entry.size,
+                fingerprint: entry.hash.to_string(),
+            })
+            .collect())
+    }
+
+    async fn open(&self, input: &Input) -> Result<ByteStream, String> {
+        let key = format!("{}{}", self.prefix, input.key);
+        match self.cache.get(&key).await.map_err(|e| e.to_string())? {
+            Some((_, data)) => Ok(letl_storage::stream_of(data, CACHE_CHUNK_BYTES)),
+            None => Err(format!("cache record `{key}` expired or unknown")),
+        }
+    }
+}
+
+/// Chunks a cache record is streamed in.
+const CACHE_CHUNK_BYTES: usize = 1 << 20;
+
+/// Results kept as cache records (for the next pipeline of a chain).
+#[derive(Debug)]
+pub struct CacheSink {
+    pub cache: CacheHandle,
+    pub prefix: String,
+    pub key_template: String,
+    pub pipeline: String,
+    /// A result larger than this is refused as it streams, never held whole.
+    pub max_bytes: u64,
+}
+
+#[async_trait::async_trait]
+impl Sink for CacheSink {
+    async fn store(&self, input: &Input, mut output: ByteStream) -> Result<Stored, String> {
+        use futures_util::StreamExt;
+        let key = format!(
+            "{}{}",
+            self.prefix,
+            render_key(&self.key_template, &input.key, &self.pipeline)
+        );
+        let mut data = bytes::BytesMut::new();
+        while let Some(chunk) = output.next().await {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            if (data.len() + chunk.len()) as u64 > self.max_bytes {
+                return Err(format!(
+                    "the result is more than the cache holds ({} bytes)",
+                    self.max_bytes
+                ));
+            }
+            data.extend_from_slice(&chunk);
+        }
+        let entry = self
+            .cache
+            .put(key.clone(), data.freeze(), None)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Stored {
+            uri: format!("cache:{key}"),
+            size: entry.size,
+            hash: entry.hash.to_string(),
+        })
     }
 }

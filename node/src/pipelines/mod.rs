@@ -28,8 +28,10 @@ use tracing::{info, warn};
 
 use crate::error::ApiError;
 use crate::moves::new_request_id;
-use io::{DirSource, Provenance, ProvenanceLedger, TierSink, TierSource};
-use spec::{Compiled, ExtractFrom, PipelineSpec};
+use io::{CacheSink, CacheSource, DirSource, Provenance, ProvenanceLedger, TierSink, TierSource};
+use letl_actors::cache::CacheHandle;
+use letl_actors::pipeline::Sink;
+use spec::{Compiled, ExtractFrom, LoadTo, PipelineSpec};
 
 /// How often a running job saves its figures.
 const JOB_SAVE_INTERVAL: Duration = Duration::from_secs(1);
@@ -144,6 +146,9 @@ pub struct Pipelines {
 #[derive(Debug)]
 struct Inner {
     directory: TierDirectory,
+    cache: CacheHandle,
+    /// The cache's byte bound: a result loaded into the cache may not exceed it.
+    cache_bytes_max: u64,
     transforms: Arc<TransformRegistry>,
     registrations: SledRecords<Registered>,
     jobs: SledRecords<JobRecord>,
@@ -191,9 +196,12 @@ impl PipelineStores {
 }
 
 impl Pipelines {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         stores: PipelineStores,
         directory: TierDirectory,
+        cache: CacheHandle,
+        cache_bytes_max: u64,
         transforms: Arc<TransformRegistry>,
         clock: Arc<dyn Clock>,
         stop: watch::Receiver<bool>,
@@ -201,6 +209,8 @@ impl Pipelines {
         Self {
             inner: Arc::new(Inner {
                 directory,
+                cache,
+                cache_bytes_max,
                 transforms,
                 registrations: stores.registrations,
                 jobs: stores.jobs,
@@ -643,6 +653,25 @@ async fn run(
             from: from.clone(),
         }),
         ExtractFrom::Dir(root) => Arc::new(DirSource::new(root.clone())),
+        ExtractFrom::Cache(prefix) => Arc::new(CacheSource {
+            cache: inner.cache.clone(),
+            prefix: prefix.clone(),
+        }),
+    };
+    let sink: Arc<dyn Sink> = match &compiled.to {
+        LoadTo::Tier(to) => Arc::new(TierSink {
+            directory: inner.directory.clone(),
+            to: to.clone(),
+            key_template: compiled.key_template.clone(),
+            pipeline: job.pipeline.clone(),
+        }),
+        LoadTo::Cache(prefix) => Arc::new(CacheSink {
+            cache: inner.cache.clone(),
+            prefix: prefix.clone(),
+            key_template: compiled.key_template.clone(),
+            pipeline: job.pipeline.clone(),
+            max_bytes: inner.cache_bytes_max,
+        }),
     };
     let source: Arc<dyn Source> = match job.inputs.clone() {
         Some(inputs) => Arc::new(FixedSource {
@@ -655,15 +684,11 @@ async fn run(
         job_id: job.id.clone(),
         source,
         chain: compiled.chain.clone(),
-        sink: Arc::new(TierSink {
-            directory: inner.directory.clone(),
-            to: compiled.to.clone(),
-            key_template: compiled.key_template.clone(),
-            pipeline: job.pipeline.clone(),
-        }),
+        sink,
         ledger: Arc::new(ProvenanceLedger {
             records: inner.provenance.clone(),
             directory: inner.directory.clone(),
+            cache: inner.cache.clone(),
             pipeline: job.pipeline.clone(),
             version: compiled.version_tag(version),
             job: job.id.clone(),

@@ -96,6 +96,36 @@ pub struct StageScalingSpec {
 pub enum ExtractFrom {
     Tier(PrefixUri),
     Dir(PathBuf),
+    /// Cache records whose key starts with this (`cache:stage1/`; empty: all of them).
+    Cache(String),
+}
+
+/// Where a pipeline's results go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoadTo {
+    Tier(PrefixUri),
+    /// Cache records, keyed by this prefix and the key template.
+    Cache(String),
+}
+
+/// A cache prefix: empty, or key-like segments ending in `/`.
+fn check_cache_prefix(field: &str, prefix: &str) -> Result<String, String> {
+    if prefix.is_empty() {
+        return Ok(String::new());
+    }
+    let ok = prefix.ends_with('/')
+        && prefix.len() <= 256
+        && prefix
+            .trim_end_matches('/')
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains('\0'));
+    if ok {
+        Ok(prefix.to_string())
+    } else {
+        Err(format!(
+            "{field}: `cache:{prefix}`: a cache prefix is `cache:` or `cache:name/` (segments ending in `/`)"
+        ))
+    }
 }
 
 /// A validated spec, ready to run.
@@ -103,7 +133,7 @@ pub enum ExtractFrom {
 pub struct Compiled {
     pub from: ExtractFrom,
     pub chain: Vec<Arc<dyn Transform>>,
-    pub to: PrefixUri,
+    pub to: LoadTo,
     pub key_template: String,
     pub extract: Scaling,
     pub transform: Scaling,
@@ -259,10 +289,11 @@ impl PipelineSpec {
                 ));
             }
             ExtractFrom::Dir(PathBuf::from(path))
-        } else if self.extract.from.starts_with("s3://") || self.extract.from.starts_with("cache:")
-        {
+        } else if let Some(prefix) = self.extract.from.strip_prefix("cache:") {
+            ExtractFrom::Cache(check_cache_prefix("extract.from", prefix)?)
+        } else if self.extract.from.starts_with("s3://") {
             return Err(format!(
-                "extract.from: `{}`: s3:// and cache: sources are not supported by this version; use a tier prefix (ssd:/covid/) or file:///dir/",
+                "extract.from: `{}`: s3:// sources are not supported by this version; use a tier prefix (ssd:/covid/), file:///dir/ or cache:",
                 self.extract.from
             ));
         } else {
@@ -291,28 +322,37 @@ impl PipelineSpec {
                     .map_err(|e| e.to_string())
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if self.load.to.starts_with("cache:") || self.load.to.contains("://") {
+        let to = if let Some(prefix) = self.load.to.strip_prefix("cache:") {
+            LoadTo::Cache(check_cache_prefix("load.to", prefix)?)
+        } else if self.load.to.contains("://") {
             return Err(format!(
-                "load.to: `{}`: only tier prefixes (hdd:/out/) are supported as load targets by this version",
+                "load.to: `{}`: load targets are tier prefixes (hdd:/out/) or cache:",
                 self.load.to
             ));
-        }
-        let to = PrefixUri::parse(&self.load.to).map_err(|e| format!("load.to: {e}"))?;
-        if !to.is_directory() {
-            return Err(format!(
-                "load.to: `{}` must be a prefix ending in `/` (or a whole tier, `{}:/`)",
-                self.load.to, to.tier
-            ));
-        }
+        } else {
+            let to = PrefixUri::parse(&self.load.to).map_err(|e| format!("load.to: {e}"))?;
+            if !to.is_directory() {
+                return Err(format!(
+                    "load.to: `{}` must be a prefix ending in `/` (or a whole tier, `{}:/`)",
+                    self.load.to, to.tier
+                ));
+            }
+            LoadTo::Tier(to)
+        };
         let key_template = self.load.key.clone().unwrap_or_else(|| "{key}".to_string());
         check_template(&key_template)?;
-        if let ExtractFrom::Tier(from) = &from
-            && from.tier == to.tier
-            && (to.prefix.as_str().starts_with(from.prefix.as_str())
-                || from.prefix.as_str().starts_with(to.prefix.as_str()))
-        {
+        let overlap = |a: &str, b: &str| a.starts_with(b) || b.starts_with(a);
+        let looped = match (&from, &to) {
+            (ExtractFrom::Tier(from), LoadTo::Tier(to)) => {
+                from.tier == to.tier && overlap(from.prefix.as_str(), to.prefix.as_str())
+            }
+            (ExtractFrom::Cache(from), LoadTo::Cache(to)) => overlap(from, to),
+            _ => false,
+        };
+        if looped {
             return Err(format!(
-                "load.to: {to} and extract.from {from} overlap: the pipeline would read its own output (a loop)"
+                "load.to: {} and extract.from {} overlap: the pipeline would read its own output (a loop)",
+                self.load.to, self.extract.from
             ));
         }
         let schedule = self.schedule.as_deref().map(parse_schedule).transpose()?;
@@ -418,6 +458,15 @@ workers_max = 8
             (
                 with("from = \"ssd:/covid/\"", "from = \"s3://b/p/\""),
                 "extract.from: `s3://b/p/`",
+            ),
+            (
+                with("from = \"ssd:/covid/\"", "from = \"cache:a\""),
+                "extract.from: `cache:a`",
+            ),
+            (
+                with("from = \"ssd:/covid/\"", "from = \"cache:a/\"")
+                    .replace("hdd:/covid-md5/", "cache:a/b/"),
+                "overlap",
             ),
         ];
         for (text, expected) in cases {
