@@ -14,6 +14,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 use tracing::debug;
 
+/// Longest time-to-live a record may have.
+pub const CACHE_EXPIRE_IN_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// How a cache is bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheLimits {
@@ -211,7 +214,10 @@ impl Actor for CacheActor {
                 let record = Record {
                     hash: ContentHash::of(&data),
                     data,
-                    expires_at: now + expire_in.unwrap_or(state.limits.expire_in),
+                    expires_at: now
+                        + expire_in
+                            .unwrap_or(state.limits.expire_in)
+                            .min(CACHE_EXPIRE_IN_MAX),
                     used,
                 };
                 let entry = CacheState::entry(&key, &record, now);

@@ -285,6 +285,67 @@ async fn a_panicking_transform_dead_letters_its_object_and_the_rest_go_on() {
     assert!(letters[0].error.contains("panicked"), "{letters:?}");
 }
 
+/// Streams its first chunk, then panics: a worker dying while its output streams.
+#[derive(Debug)]
+struct DiesMidway;
+
+#[async_trait::async_trait]
+impl Transform for DiesMidway {
+    fn kind(&self) -> &str {
+        "dies-midway"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    async fn apply(&self, _input: ByteStream) -> Result<ByteStream, TransformError> {
+        let chunks = futures_util::stream::iter(0..2).map(|i| {
+            assert!(i == 0, "died mid-output");
+            Ok(Bytes::from_static(b"partial"))
+        });
+        Ok(Box::pin(chunks))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_dying_mid_output_stores_nothing_and_counts_once() {
+    let (sink, ledger) = (
+        Arc::new(MemorySink::default()),
+        Arc::new(MemoryLedger::default()),
+    );
+    let progress = Arc::new(JobProgress::default());
+    let (_stop_tx, stop) = watch::channel(false);
+    let dies: Arc<dyn Transform> = Arc::new(DiesMidway);
+    run_job(
+        plan(
+            source(3),
+            vec![dies],
+            Arc::clone(&sink),
+            ledger,
+            Scaling::default(),
+        ),
+        Arc::clone(&progress),
+        stop,
+    )
+    .await
+    .unwrap();
+    let stats = progress.snapshot();
+    assert_eq!(
+        (stats.objects_out, stats.dead_lettered),
+        (0, 3),
+        "{stats:?}"
+    );
+    assert!(
+        sink.stored.lock().unwrap().is_empty(),
+        "a cut output is never stored"
+    );
+    assert!(
+        progress
+            .dead_letters()
+            .iter()
+            .all(|d| d.stage == "transform")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_job_finishes_what_it_took_in() {
     let (sink, ledger) = (

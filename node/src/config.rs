@@ -302,8 +302,11 @@ impl NodeConfig {
             max_records: file.cache.max_records.unwrap_or(defaults.max_records),
             max_bytes: file.cache.max_bytes.map_or(defaults.max_bytes, |b| b.0),
         };
-        if cache.expire_in.is_zero() {
-            return Err(field_error("cache.expire_in", "must be more than zero"));
+        if cache.expire_in.is_zero() || cache.expire_in > letl_actors::cache::CACHE_EXPIRE_IN_MAX {
+            return Err(field_error(
+                "cache.expire_in",
+                "must be more than zero and at most 30 days",
+            ));
         }
         if cache.max_records == 0 {
             return Err(field_error("cache.max_records", "must be at least 1"));

@@ -537,10 +537,10 @@ async fn cache_put(
         .map(|text| {
             humantime::parse_duration(&text)
                 .ok()
-                .filter(|d| !d.is_zero())
+                .filter(|d| !d.is_zero() && *d <= letl_actors::cache::CACHE_EXPIRE_IN_MAX)
                 .ok_or_else(|| {
                     ApiError::bad_request(format!(
-                        "expire_in: `{text}` is not a duration like 30s or 5m"
+                        "expire_in: `{text}` is not a duration like 30s or 5m, of at most 30 days"
                     ))
                 })
         })

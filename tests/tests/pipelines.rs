@@ -416,6 +416,24 @@ fn exec_and_http_transforms_run_real_programs_and_dead_letter_their_failures() {
     assert_eq!(retried["stats"]["objects_in"], 2, "{retried}");
     assert_eq!(retried["retry_of"], id);
 
+    // A command that takes too long is stopped at its timeout, named in the error.
+    let text = dir_pipeline(
+        "hang",
+        &input,
+        "[[transform]]\nkind = \"exec\"\ncommand = [\"sleep\", \"30\"]\ntimeout = \"1s\"",
+        "[scaling]\nworkers_max = 4\nworkers_min = 4",
+    );
+    let path = spec_file(&node, "hang", &text);
+    node.cli(&["pipeline", "register", path.to_str().unwrap()])
+        .ok();
+    let hung = run_and_wait(&node, "hang");
+    assert_eq!(hung["stats"]["dead_lettered"], 4, "{hung}");
+    let error = hung["dead_letters"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("no result within 1s (killed)"), "{error}");
+
     // http: a real server, and a server that is down.
     let (mut server, port) = start_transform_server(node.dir.path());
     let text = dir_pipeline(
@@ -465,7 +483,8 @@ fn a_node_stopped_mid_job_resumes_it_and_makes_each_output_once() {
         "steady",
         &input,
         "[[transform]]\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", \"sleep 0.1; cat\"]",
-        "[scaling]\nworkers_max = 1",
+        // Short queues: the stop comes while most inputs are still unlisted.
+        "[scaling]\nthreshold = 1\nworkers_max = 1",
     );
     let path = spec_file(&node, "steady", &text);
     node.cli(&["pipeline", "register", path.to_str().unwrap()])
@@ -488,6 +507,11 @@ fn a_node_stopped_mid_job_resumes_it_and_makes_each_output_once() {
     // `letl node shutdown`: the job stops taking in, drains, records itself; the node exits 0.
     assert_eq!(node.cli(&["node", "shutdown"]).ok(), "shutdown requested\n");
     assert_eq!(node.wait_for_exit().code(), Some(0), "{}", node.log());
+    assert!(
+        node.log().contains("pipeline job ended") && node.log().contains("state=\"interrupted\""),
+        "the job was stopped before its end: {}",
+        node.log()
+    );
     node.restart();
     let done = node.cli(&["job", "watch", &id]);
     assert_eq!(done.code, 0, "{done:?}");

@@ -41,7 +41,9 @@ const QUEUE_CAPACITY_PER_THRESHOLD: usize = 2;
 /// Output chunks in flight between a transform worker and the load worker storing its result.
 const PIPE_CHUNKS_IN_FLIGHT: usize = 4;
 /// Most workers one stage may be given.
-pub const STAGE_WORKERS_LIMIT: u32 = 256;
+pub const STAGE_WORKERS_LIMIT: u32 = 64;
+/// Largest queue threshold: a queue holds twice this many items, allocated up front.
+pub const THRESHOLD_LIMIT: u32 = 10_000;
 
 /// How one stage's pool grows and shrinks.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -70,6 +72,12 @@ impl Scaling {
     pub fn check(&self, field: &str) -> Result<(), String> {
         if self.threshold == 0 {
             return Err(format!("{field}.threshold: must be at least 1"));
+        }
+        if self.threshold > THRESHOLD_LIMIT {
+            return Err(format!(
+                "{field}.threshold: at most {THRESHOLD_LIMIT} (got {})",
+                self.threshold
+            ));
         }
         if !(self.growth_factor > 1.0 && self.growth_factor.is_finite()) {
             return Err(format!(
@@ -309,11 +317,17 @@ pub async fn run_job(
     mut stop: watch::Receiver<bool>,
 ) -> Result<JobEnd, String> {
     let job = plan.job_id.clone();
-    // Sink first: each stage is started before the one that feeds it.
-    let (to_load, load_queue) = async_channel::bounded(plan.load.queue_capacity());
+    // Sink first: each stage is started before the one that feeds it. Each transform worker
+    // streams to a load worker, so load keeps at least as many workers as transform may have.
+    let load_scaling = Scaling {
+        workers_min: plan.load.workers_min.max(plan.transform.workers_max),
+        workers_max: plan.load.workers_max.max(plan.transform.workers_max),
+        ..plan.load
+    };
+    let (to_load, load_queue) = async_channel::bounded(load_scaling.queue_capacity());
     let load = Stage::start(
         "load",
-        plan.load,
+        load_scaling,
         load_queue,
         Arc::new(Load {
             sink: Arc::clone(&plan.sink),
@@ -475,21 +489,33 @@ impl Work for TransformStep {
             Ok(output) => output,
             Err(e) => return self.dead_letter(input, e.0),
         };
-        let (pipe_tx, pipe_rx) = mpsc::channel::<std::io::Result<Bytes>>(PIPE_CHUNKS_IN_FLIGHT);
-        let piped: ByteStream =
-            Box::pin(futures_util::stream::unfold(pipe_rx, |mut rx| async move {
-                rx.recv().await.map(|item| (item, rx))
-            }));
+        let (pipe_tx, pipe_rx) = mpsc::channel::<Piped>(PIPE_CHUNKS_IN_FLIGHT);
+        // Only an explicit end is an end: a pipe dropped half-way (this worker panicked while
+        // the output streamed) fails the load, which then stores nothing.
+        let piped: ByteStream = Box::pin(futures_util::stream::unfold(
+            (pipe_rx, false),
+            |(mut rx, ended)| async move {
+                if ended {
+                    return None;
+                }
+                match rx.recv().await {
+                    Some(Piped::Chunk(chunk)) => Some((chunk, (rx, false))),
+                    Some(Piped::End) => None,
+                    None => Some((Err(std::io::Error::other(PIPE_BROKEN)), (rx, true))),
+                }
+            },
+        ));
         if let Err(async_channel::SendError((input, _))) = self.next.send((input, piped)).await {
             return self.dead_letter(input, "the load stage stopped".to_string());
         }
         // Errors travel down the pipe: the load worker sees them and does not store.
         while let Some(chunk) = output.next().await {
             let failed = chunk.is_err();
-            if pipe_tx.send(chunk).await.is_err() || failed {
+            if pipe_tx.send(Piped::Chunk(chunk)).await.is_err() || failed {
                 return;
             }
         }
+        let _ = pipe_tx.send(Piped::End).await;
     }
 
     fn dead_letter(&self, input: Input, error: String) {
@@ -499,6 +525,16 @@ impl Work for TransformStep {
             error,
         });
     }
+}
+
+/// The load's error when its transform worker went away mid-output (it panicked; the
+/// transform stage dead-letters the object, so the load stage does not again).
+const PIPE_BROKEN: &str = "the transform stopped before the end of its output";
+
+/// What goes down the pipe from a transform worker to a load worker.
+enum Piped {
+    Chunk(std::io::Result<Bytes>),
+    End,
 }
 
 /// Load workers: store each result and record its provenance.
@@ -528,6 +564,9 @@ impl Work for Load {
                     // Stored, but the next run will not know: it produces it again.
                     tracing::warn!(input = %input.uri, error = %e, "could not record provenance");
                 }
+            }
+            Err(e) if e.contains(PIPE_BROKEN) => {
+                tracing::debug!(input = %input.uri, "output cut by its transform worker; not stored");
             }
             Err(e) => self.dead_letter(input, e),
         }

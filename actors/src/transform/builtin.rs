@@ -242,10 +242,9 @@ impl BlockTransform for Zstd {
 #[derive(Debug)]
 struct Unzstd;
 
-/// The zstd decoder writes through on `flush`; finishing is flushing.
-fn finish_decoder(mut decoder: zstd::stream::write::Decoder<'static, Sink>) -> io::Result<Sink> {
-    decoder.flush()?;
-    Ok(decoder.into_inner())
+/// Finishing also checks the input did not stop in the middle of a frame.
+fn finish_decoder(decoder: zstd::stream::write::Decoder<'static, Sink>) -> io::Result<Sink> {
+    decoder.finish()
 }
 
 impl BlockTransform for Unzstd {

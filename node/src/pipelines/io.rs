@@ -253,13 +253,19 @@ impl Ledger for ProvenanceLedger {
         if record.version != self.version || record.source_fingerprint != input.fingerprint {
             return Ok(Seen::New);
         }
-        // An output deleted (or expired) since is made again.
+        // An output deleted, expired or overwritten since is made again.
         let present = match record.output.strip_prefix("cache:") {
-            Some(key) => matches!(self.cache.get(key).await, Ok(Some(_))),
+            Some(key) => matches!(
+                self.cache.get(key).await,
+                Ok(Some((entry, _))) if entry.hash.to_string() == record.output_hash
+            ),
             None => {
                 let output = ObjectUri::parse(&record.output).map_err(|e| e.to_string())?;
                 match self.directory.get(&output.tier) {
-                    Ok(tier) => tier.head(output.key).await.is_ok(),
+                    Ok(tier) => matches!(
+                        tier.head(output.key).await,
+                        Ok(meta) if meta.hash.to_string() == record.output_hash
+                    ),
                     Err(_) => false,
                 }
             }

@@ -33,6 +33,8 @@ use letl_actors::cache::CacheHandle;
 use letl_actors::pipeline::Sink;
 use spec::{Compiled, ExtractFrom, LoadTo, PipelineSpec};
 
+/// Pipeline jobs running at once on a node.
+pub const PIPELINE_JOBS_RUNNING_MAX: usize = 4;
 /// How often a running job saves its figures.
 const JOB_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the scheduler looks for pipelines that are due.
@@ -315,6 +317,7 @@ impl Pipelines {
                 format!("pipeline `{name}` is not mounted; `letl pipeline mount {name}` first"),
             ));
         }
+        self.check_can_start(name)?;
         let job = JobRecord {
             id: format!("j{}", &new_request_id(self.inner.clock.now_ms())[1..]),
             request_id: request_id.clone(),
@@ -353,6 +356,16 @@ impl Pipelines {
             ));
         }
         let registered = self.get(&old.pipeline)?;
+        if !registered.mounted {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "pipeline `{}` is not mounted; mount it to retry",
+                    old.pipeline
+                ),
+            ));
+        }
+        self.check_can_start(&old.pipeline)?;
         let job = JobRecord {
             id: format!("j{}", &new_request_id(self.inner.clock.now_ms())[1..]),
             request_id: None,
@@ -368,6 +381,29 @@ impl Pipelines {
             ended_ms: None,
         };
         self.start_job(job, &registered, None).await
+    }
+
+    /// One job per pipeline at a time (two would make the same outputs), and at most
+    /// [`PIPELINE_JOBS_RUNNING_MAX`] jobs on the node.
+    fn check_can_start(&self, name: &str) -> Result<(), ApiError> {
+        let running: Vec<String> = lock(&self.inner.running).keys().cloned().collect();
+        for id in &running {
+            if self.inner.jobs.get(id)?.is_some_and(|j| j.pipeline == name) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("pipeline `{name}` has a job running ({id}); wait for it or cancel it"),
+                ));
+            }
+        }
+        if running.len() >= PIPELINE_JOBS_RUNNING_MAX {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{PIPELINE_JOBS_RUNNING_MAX} pipeline jobs are running; try again when one ends"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     async fn start_job(
@@ -392,11 +428,11 @@ impl Pipelines {
         self.inner.jobs.flush().await?;
         self.inner.requests.flush().await?;
         info!(job = %job.id, pipeline = %job.pipeline, version = job.pipeline_version, "pipeline job started");
-        self.spawn(job.clone(), compiled, registered.version);
+        self.spawn(job.clone(), compiled);
         Ok(job)
     }
 
-    fn spawn(&self, job: JobRecord, compiled: Compiled, version: u64) {
+    fn spawn(&self, job: JobRecord, compiled: Compiled) {
         let progress = Arc::new(JobProgress::default());
         progress.restore(&job.stats, job.dead_letters.clone());
         let (cancel, cancelled) = watch::channel(false);
@@ -410,15 +446,7 @@ impl Pipelines {
         let inner = Arc::clone(&self.inner);
         let runner = tokio::spawn(async move {
             let id = job.id.clone();
-            let outcome = run(
-                &inner,
-                job,
-                compiled,
-                version,
-                Arc::clone(&progress),
-                cancelled,
-            )
-            .await;
+            let outcome = run(&inner, job, compiled, Arc::clone(&progress), cancelled).await;
             if let Err(e) = outcome {
                 warn!(job = %id, error = %e.message, "pipeline job could not be recorded; it resumes at the next start");
             }
@@ -437,6 +465,7 @@ impl Pipelines {
             .get(id)?
             .ok_or_else(|| not_found("job", id))?;
         if let Some(running) = lock(&self.inner.running).get(id) {
+            job.state = JobState::Running;
             job.stats = running.progress.snapshot();
             job.dead_letters = running.progress.dead_letters();
         }
@@ -523,17 +552,33 @@ impl Pipelines {
 
     /// Resumes jobs a previous run left running or interrupted, and starts the scheduler.
     pub fn resume(&self) -> Result<(), ApiError> {
-        for (_, job) in self.inner.jobs.scan("")? {
+        for (_, mut job) in self.inner.jobs.scan("")? {
             if job.state.is_finished() {
                 continue;
             }
-            let registered = self.get(&job.pipeline)?;
-            match registered.spec()?.compile(&self.inner.transforms) {
-                Ok(compiled) => {
+            let compiled = self.get(&job.pipeline).and_then(|registered| {
+                let compiled = registered
+                    .spec()?
+                    .compile(&self.inner.transforms)
+                    .map_err(ApiError::bad_request)?;
+                Ok((registered, compiled))
+            });
+            match compiled {
+                Ok((_, compiled)) => {
                     info!(job = %job.id, pipeline = %job.pipeline, "resuming pipeline job");
-                    self.spawn(job, compiled, registered.version);
+                    job.state = JobState::Running;
+                    // The listing starts again and counts what it skips again.
+                    job.stats.skipped = 0;
+                    self.inner.jobs.put(&job.id, &job)?;
+                    self.spawn(job, compiled);
                 }
-                Err(e) => warn!(job = %job.id, error = %e, "cannot resume pipeline job"),
+                Err(e) => {
+                    warn!(job = %job.id, error = %e.message, "cannot resume pipeline job; recording it failed");
+                    job.state = JobState::Failed;
+                    job.error = Some(format!("could not be resumed: {}", e.message));
+                    job.ended_ms = Some(self.inner.clock.now_ms());
+                    self.inner.jobs.put(&job.id, &job)?;
+                }
             }
         }
         let this = self.clone();
@@ -613,6 +658,15 @@ impl Pipelines {
     }
 }
 
+/// A task aborted when this is dropped.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Inputs fixed in advance (a retry job's), opened through the pipeline's own source.
 #[derive(Debug)]
 struct FixedSource {
@@ -643,7 +697,6 @@ async fn run(
     inner: &Inner,
     mut job: JobRecord,
     compiled: Compiled,
-    version: u64,
     progress: Arc<JobProgress>,
     mut cancelled: watch::Receiver<bool>,
 ) -> Result<(), ApiError> {
@@ -690,7 +743,7 @@ async fn run(
             directory: inner.directory.clone(),
             cache: inner.cache.clone(),
             pipeline: job.pipeline.clone(),
-            version: compiled.version_tag(version),
+            version: compiled.version_tag(),
             job: job.id.clone(),
             clock: Arc::clone(&inner.clock),
         }),
@@ -708,11 +761,12 @@ async fn run(
         }
         let _ = stop_tx.send(true);
     });
-    let engine = tokio::spawn(run_job(plan, Arc::clone(&progress), stop_rx));
-    tokio::pin!(engine);
+    // Aborted with this function's future (hard_terminate, or an early return on an error):
+    // the engine never outlives its runner.
+    let mut engine = AbortOnDrop(tokio::spawn(run_job(plan, Arc::clone(&progress), stop_rx)));
     let end = loop {
         tokio::select! {
-            end = &mut engine => break end,
+            end = &mut engine.0 => break end,
             () = tokio::time::sleep(JOB_SAVE_INTERVAL) => {
                 job.stats = progress.snapshot();
                 job.dead_letters = progress.dead_letters();

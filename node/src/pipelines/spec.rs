@@ -14,7 +14,11 @@ use serde_json::{Map, Value};
 /// Longest pipeline name.
 pub const PIPELINE_NAME_BYTES_MAX: usize = 64;
 /// Most transforms one chain may have.
-pub const TRANSFORMS_MAX: usize = 32;
+pub const TRANSFORMS_MAX: usize = 16;
+/// Most transform threads one job may hold: each transform of each transform worker can hold
+/// a blocking thread for the object it is on, and the node's blocking pool (512) also serves
+/// every tier read and write.
+pub const JOB_TRANSFORM_THREADS_MAX: u32 = 64;
 /// Shortest schedule interval.
 pub const SCHEDULE_INTERVAL_MIN: Duration = Duration::from_secs(1);
 
@@ -139,18 +143,21 @@ pub struct Compiled {
     pub transform: Scaling,
     pub load: Scaling,
     pub schedule: Option<Duration>,
+    /// A hash of what decides the outputs: source, chain with arguments, target, key template.
+    pub recipe: String,
 }
 
 impl Compiled {
-    /// What identifies the outputs' recipe: the registration version and every transform's
-    /// kind and version. Outputs made under another tag are made again.
-    pub fn version_tag(&self, registered_version: u64) -> String {
+    /// What identifies the outputs' recipe: the spec fields that decide them and every
+    /// transform's kind and version. Outputs made under another tag are made again.
+    pub fn version_tag(&self) -> String {
         let chain: Vec<String> = self
             .chain
             .iter()
             .map(|t| format!("{}@{}", t.kind(), t.version()))
             .collect();
-        format!("v{registered_version}[{}]", chain.join(","))
+        let recipe = self.recipe.trim_start_matches("blake3:");
+        format!("{}[{}]", &recipe[..recipe.len().min(16)], chain.join(","))
     }
 }
 
@@ -356,15 +363,35 @@ impl PipelineSpec {
             ));
         }
         let schedule = self.schedule.as_deref().map(parse_schedule).transpose()?;
+        let transform = scaling(&self.scaling, "transform", self.scaling.transform.as_ref())?;
+        let threads = transform
+            .workers_max
+            .saturating_mul(u32::try_from(chain.len().max(1)).unwrap_or(u32::MAX));
+        if threads > JOB_TRANSFORM_THREADS_MAX {
+            return Err(format!(
+                "scaling.transform.workers_max: {} workers times {} transforms is more than {JOB_TRANSFORM_THREADS_MAX} transform threads for one job",
+                transform.workers_max,
+                chain.len()
+            ));
+        }
+        // What the outputs are made of: a change elsewhere (scaling, schedule, description)
+        // does not make them again.
+        let recipe = serde_json::json!({
+            "from": self.extract.from,
+            "transform": self.transform,
+            "to": self.load.to,
+            "key": key_template,
+        });
         Ok(Compiled {
             from,
             chain,
             to,
             key_template,
             extract: scaling(&self.scaling, "extract", self.scaling.extract.as_ref())?,
-            transform: scaling(&self.scaling, "transform", self.scaling.transform.as_ref())?,
+            transform,
             load: scaling(&self.scaling, "load", self.scaling.load.as_ref())?,
             schedule,
+            recipe: letl_storage::ContentHash::of(recipe.to_string().as_bytes()).to_string(),
         })
     }
 }
@@ -398,7 +425,12 @@ workers_max = 8
         let compiled = compile(EXAMPLE).unwrap();
         assert_eq!(compiled.chain.len(), 1);
         assert_eq!(compiled.transform.workers_max, 8);
-        assert_eq!(compiled.version_tag(3), "v3[md5@1]");
+        assert!(compiled.version_tag().ends_with("[md5@1]"));
+        // Scaling does not change what outputs are made of; the chain does.
+        let scaled = compile(&EXAMPLE.replace("workers_max = 8", "workers_max = 4")).unwrap();
+        assert_eq!(scaled.version_tag(), compiled.version_tag());
+        let chained = compile(&EXAMPLE.replace("kind = \"md5\"", "kind = \"sha256\"")).unwrap();
+        assert_ne!(chained.version_tag(), compiled.version_tag());
         assert_eq!(render_key("{key}", "a/b.fa", "p"), "a/b.fa");
         assert_eq!(render_key("{stem}.md5", "a/b.fa", "p"), "b.md5");
     }
