@@ -19,5 +19,6 @@ pub mod node;
 pub mod pipelines;
 pub mod server;
 pub mod service;
+pub mod tasks;
 pub mod token;
 pub mod transforms;

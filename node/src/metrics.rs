@@ -145,42 +145,35 @@ pub fn render_pipelines(
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP letl_job_stage_workers Workers of a running job's stage."
-    );
-    let _ = writeln!(out, "# TYPE letl_job_stage_workers gauge");
-    for (job, stats) in running {
-        for (stage, s) in [
-            ("extract", &stats.extract),
-            ("transform", &stats.transform),
-            ("load", &stats.load),
-        ] {
-            let _ = writeln!(
-                out,
-                "letl_job_stage_workers{{job=\"{}\",stage=\"{stage}\"}} {}",
-                escape(job),
-                s.workers
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP letl_job_stage_queue Items queued before a running job's stage."
-    );
-    let _ = writeln!(out, "# TYPE letl_job_stage_queue gauge");
-    for (job, stats) in running {
-        for (stage, s) in [
-            ("extract", &stats.extract),
-            ("transform", &stats.transform),
-            ("load", &stats.load),
-        ] {
-            let _ = writeln!(
-                out,
-                "letl_job_stage_queue{{job=\"{}\",stage=\"{stage}\"}} {}",
-                escape(job),
-                s.queue_len
-            );
+    type StageValue = fn(&letl_actors::pipeline::StageStats) -> u64;
+    let stage_gauges: [(&str, &str, StageValue); 2] = [
+        (
+            "letl_job_stage_workers",
+            "Workers of a running job's stage.",
+            |s| s.workers,
+        ),
+        (
+            "letl_job_stage_queue",
+            "Items queued before a running job's stage.",
+            |s| s.queue_len,
+        ),
+    ];
+    for (name, help, value) in stage_gauges {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (job, stats) in running {
+            for (stage, s) in [
+                ("extract", &stats.extract),
+                ("transform", &stats.transform),
+                ("load", &stats.load),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "{name}{{job=\"{}\",stage=\"{stage}\"}} {}",
+                    escape(job),
+                    value(s)
+                );
+            }
         }
     }
     let _ = writeln!(

@@ -11,7 +11,7 @@
 //! the job, never a second run (and restarts a job that stalled).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -24,11 +24,11 @@ use letl_storage::{
     check_request_id,
 };
 use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::error::ApiError;
 use crate::moves::{Mover, Transferred, new_request_id};
+use crate::tasks::{Runners, lock};
 
 /// Transfers one job runs at once.
 pub const MOVE_JOB_TRANSFERS_IN_FLIGHT: usize = 4;
@@ -64,7 +64,7 @@ struct Inner {
     /// Jobs with a runner in this process, or whose runner stopped on an error: their latest
     /// progress (the store's copy is at most [`PROGRESS_SAVE_INTERVAL`] older).
     live: Mutex<BTreeMap<String, Live>>,
-    runners: Mutex<Vec<JoinHandle<()>>>,
+    runners: Runners,
 }
 
 #[derive(Clone, Debug)]
@@ -80,10 +80,6 @@ struct Live {
 pub struct JobView {
     pub job: MoveJob,
     pub stalled: Option<String>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A request id marked as being created for as long as this lives.
@@ -116,7 +112,7 @@ impl MoveJobs {
                 slots: Arc::new(Semaphore::new(MOVE_JOBS_RUNNING_MAX)),
                 creating: Mutex::new(BTreeSet::new()),
                 live: Mutex::new(BTreeMap::new()),
-                runners: Mutex::new(Vec::new()),
+                runners: Runners::default(),
             }),
         }
     }
@@ -357,17 +353,12 @@ impl MoveJobs {
     /// flight and save their progress; runners still going then are cut, as a crash would
     /// (their transfers finish at the next start).
     pub async fn stopped(&self, deadline: tokio::time::Instant) {
-        let runners = std::mem::take(&mut *lock(&self.inner.runners));
-        for mut runner in runners {
-            if tokio::time::timeout_at(deadline, &mut runner)
-                .await
-                .is_err()
-            {
-                warn!(
-                    "a move job did not stop within the shutdown grace; it resumes at the next start"
-                );
-                runner.abort();
-            }
+        let cut = self.inner.runners.join_until(deadline).await;
+        if cut > 0 {
+            warn!(
+                jobs = cut,
+                "a move job did not stop within the shutdown grace; it resumes at the next start"
+            );
         }
     }
 
@@ -394,9 +385,7 @@ impl MoveJobs {
                 }
             }
         });
-        let mut runners = lock(&self.inner.runners);
-        runners.retain(|r| !r.is_finished());
-        runners.push(runner);
+        self.inner.runners.push(runner);
     }
 }
 

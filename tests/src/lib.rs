@@ -234,6 +234,18 @@ impl TestNode {
         self.data_dir.join("tiers").join(tier)
     }
 
+    /// Objects on all of the node's tiers together, as `letl tiers --json` counts them.
+    pub fn objects_total(&self) -> u64 {
+        let tiers: serde_json::Value =
+            serde_json::from_str(self.cli(&["tiers", "--json"]).ok()).expect("tiers json");
+        tiers
+            .as_array()
+            .expect("a list of tiers")
+            .iter()
+            .map(|t| t["objects"].as_u64().expect("objects"))
+            .sum()
+    }
+
     /// Files left in a tier's staging directory.
     pub fn staged_files(&self, tier: &str) -> usize {
         std::fs::read_dir(self.tier_dir(tier).join(".letl-tmp")).map_or(0, |d| d.count())

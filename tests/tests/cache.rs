@@ -101,14 +101,7 @@ fn pipelines_chain_through_the_cache() {
         assert_eq!(out.stdout, test_bytes(20_000 + i, i as u64), "f{i}");
     }
     // Nothing touched a tier on the way but the last load.
-    let tiers: serde_json::Value =
-        serde_json::from_str(node.cli(&["tiers", "--json"]).ok()).unwrap();
-    let objects: u64 = tiers
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["objects"].as_u64().unwrap())
-        .sum();
+    let objects = node.objects_total();
     assert_eq!(objects, 10);
     // A loop through the cache is refused.
     let looped = node.dir.path().join("loop.toml");

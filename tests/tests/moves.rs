@@ -145,14 +145,7 @@ fn a_move_killed_at_any_step_ends_with_exactly_one_copy() {
             .to_string();
         assert!(again.starts_with("hdd:/archive/obj\t"), "{point}: {again}");
         assert!(again.contains(&blake3_of(&data)), "{point}: {again}");
-        let tiers: serde_json::Value =
-            serde_json::from_str(node.cli(&["tiers", "--json"]).ok()).unwrap();
-        let objects: u64 = tiers
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["objects"].as_u64().unwrap())
-            .sum();
+        let objects = node.objects_total();
         assert_eq!(objects, 1, "{point}: exactly one object on the node");
     }
 }

@@ -11,7 +11,7 @@ pub mod io;
 pub mod spec;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::error::ApiError;
 use crate::moves::new_request_id;
+use crate::tasks::{Runners, lock};
 use io::{CacheSink, CacheSource, DirSource, Provenance, ProvenanceLedger, TierSink, TierSource};
 use letl_actors::cache::CacheHandle;
 use letl_actors::pipeline::Sink;
@@ -162,11 +163,7 @@ struct Inner {
     /// Serializes registrations, mounts and job starts.
     admin: tokio::sync::Mutex<()>,
     running: Mutex<BTreeMap<String, Running>>,
-    runners: Mutex<Vec<JoinHandle<()>>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
+    runners: Runners,
 }
 
 fn not_found(what: &str, name: &str) -> ApiError {
@@ -222,7 +219,7 @@ impl Pipelines {
                 stop,
                 admin: tokio::sync::Mutex::new(()),
                 running: Mutex::new(BTreeMap::new()),
-                runners: Mutex::new(Vec::new()),
+                runners: Runners::default(),
             }),
         }
     }
@@ -452,9 +449,7 @@ impl Pipelines {
             }
             lock(&inner.running).remove(&id);
         });
-        let mut runners = lock(&self.inner.runners);
-        runners.retain(|r| !r.is_finished());
-        runners.push(runner);
+        self.inner.runners.push(runner);
     }
 
     /// A job with its live figures while it runs.
@@ -634,17 +629,12 @@ impl Pipelines {
     /// After the stop signal: waits until `deadline` for jobs to drain and record themselves;
     /// jobs still going then are cut and resume at the next start.
     pub async fn stopped(&self, deadline: tokio::time::Instant) {
-        let runners = std::mem::take(&mut *lock(&self.inner.runners));
-        for mut runner in runners {
-            if tokio::time::timeout_at(deadline, &mut runner)
-                .await
-                .is_err()
-            {
-                warn!(
-                    "a pipeline job did not drain before hard_terminate; it resumes at the next start"
-                );
-                runner.abort();
-            }
+        let cut = self.inner.runners.join_until(deadline).await;
+        if cut > 0 {
+            warn!(
+                jobs = cut,
+                "a pipeline job did not drain before hard_terminate; it resumes at the next start"
+            );
         }
     }
 
