@@ -14,23 +14,27 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use letl_actors::transform::{BlockState, BlockTransform, TransformRegistry, apply_chain};
+use letl_actors::transform::{BlockState, BlockTransform, Output, TransformRegistry, apply_chain};
 use letl_storage::stream_of;
 
 #[derive(Debug)]
 struct CountLines;
 
-struct Counting(u64);
+struct Counting {
+    lines: u64,
+    /// Where the result goes, in bounded blocks.
+    out: Output,
+}
 
 impl BlockState for Counting {
-    fn update(&mut self, block: &[u8], _out: &mut Vec<u8>) -> io::Result<()> {
-        self.0 += block.iter().filter(|&&b| b == b'\n').count() as u64;
+    fn update(&mut self, block: &[u8]) -> io::Result<()> {
+        self.lines += block.iter().filter(|&&b| b == b'\n').count() as u64;
         Ok(())
     }
 
-    fn finish(self: Box<Self>, out: &mut Vec<u8>) -> io::Result<()> {
-        out.extend_from_slice(format!("{}\n", self.0).as_bytes());
-        Ok(())
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        let text = format!("{}\n", self.lines);
+        self.out.extend_from_slice(text.as_bytes())
     }
 }
 
@@ -45,8 +49,8 @@ impl BlockTransform for CountLines {
         1
     }
 
-    fn start(&self) -> Box<dyn BlockState> {
-        Box::new(Counting(0))
+    fn start(&self, out: Output) -> Box<dyn BlockState> {
+        Box::new(Counting { lines: 0, out })
     }
 }
 

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use letl_actors::transform::{
-    BlockState, BlockTransform, Transform, TransformRegistry, apply_chain,
+    BlockState, BlockTransform, OUTPUT_BLOCK_BYTES, Output, Transform, TransformRegistry,
+    apply_chain,
 };
 use letl_storage::stream_of;
 use serde_json::{Map, Value, json};
@@ -101,6 +102,43 @@ async fn compression_round_trips() {
 }
 
 #[tokio::test]
+async fn a_decompression_bomb_comes_out_in_bounded_blocks() {
+    // 64 MiB of zeros packs into a few KiB; unpacking hands it on in bounded blocks, never
+    // all at once.
+    let zeros = Bytes::from(vec![0u8; 64 << 20]);
+    let packed = run(
+        &build(json!({"kind": "zstd", "level": 19})),
+        &zeros,
+        1 << 20,
+    )
+    .await
+    .unwrap();
+    assert!(packed.len() < 64 << 10, "{}", packed.len());
+    let mut out = build(json!({"kind": "unzstd"}))
+        .apply(stream_of(Bytes::from(packed), 1 << 20))
+        .await
+        .unwrap();
+    let (mut total, mut largest) = (0usize, 0usize);
+    while let Some(block) = out.next().await {
+        let block = block.unwrap();
+        total += block.len();
+        largest = largest.max(block.len());
+    }
+    assert_eq!(total, 64 << 20);
+    assert!(largest <= OUTPUT_BLOCK_BYTES, "{largest}");
+    // A truncated frame is an error, not a short result.
+    let packed = run(&build(json!({"kind": "zstd"})), b"some text to pack", 100)
+        .await
+        .unwrap();
+    let unzstd = build(json!({"kind": "unzstd"}));
+    assert!(
+        run(&unzstd, &packed[..packed.len() - 3], 100)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
 async fn line_filters_keep_or_drop_across_chunks() {
     let text = b">seq1 desc\nACGT\n>seq2\nGGCC\nno newline at end";
     let keep = build(json!({"kind": "lines", "contains": ">"}));
@@ -178,16 +216,15 @@ fn bad_specs_name_the_field() {
 #[derive(Debug)]
 struct Bomb;
 
-struct BombState(usize);
+struct BombState(usize, Output);
 
 impl BlockState for BombState {
-    fn update(&mut self, block: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    fn update(&mut self, block: &[u8]) -> io::Result<()> {
         self.0 += block.len();
         assert!(self.0 < 10, "bomb went off");
-        out.extend_from_slice(block);
-        Ok(())
+        self.1.extend_from_slice(block)
     }
-    fn finish(self: Box<Self>, _out: &mut Vec<u8>) -> io::Result<()> {
+    fn finish(self: Box<Self>) -> io::Result<()> {
         Ok(())
     }
 }
@@ -199,8 +236,8 @@ impl BlockTransform for Bomb {
     fn version(&self) -> u32 {
         1
     }
-    fn start(&self) -> Box<dyn BlockState> {
-        Box::new(BombState(0))
+    fn start(&self, out: Output) -> Box<dyn BlockState> {
+        Box::new(BombState(0, out))
     }
 }
 

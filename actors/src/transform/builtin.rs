@@ -7,7 +7,8 @@ use md5::Digest;
 use regex::bytes::Regex;
 
 use super::{
-    Args, BlockState, BlockTransform, SpecError, Transform, TransformError, TransformRegistry, hex,
+    Args, BlockState, BlockTransform, Output, SpecError, Transform, TransformError,
+    TransformRegistry, hex,
 };
 use letl_storage::ByteStream;
 
@@ -100,16 +101,19 @@ impl<D> DigestTransform<D> {
     }
 }
 
-struct DigestState<D>(D);
+struct DigestState<D> {
+    digest: D,
+    out: Output,
+}
 
 impl<D: Digest + Send + 'static> BlockState for DigestState<D> {
-    fn update(&mut self, block: &[u8], _out: &mut Vec<u8>) -> io::Result<()> {
-        self.0.update(block);
+    fn update(&mut self, block: &[u8]) -> io::Result<()> {
+        self.digest.update(block);
         Ok(())
     }
-    fn finish(self: Box<Self>, out: &mut Vec<u8>) -> io::Result<()> {
-        out.extend_from_slice(hex(&self.0.finalize()).as_bytes());
-        Ok(())
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        let digest = std::mem::replace(&mut self.digest, D::new()).finalize();
+        self.out.extend_from_slice(hex(&digest).as_bytes())
     }
 }
 
@@ -120,42 +124,27 @@ impl<D: Digest + Send + 'static> BlockTransform for DigestTransform<D> {
     fn version(&self) -> u32 {
         1
     }
-    fn start(&self) -> Box<dyn BlockState> {
-        Box::new(DigestState(D::new()))
+    fn start(&self, out: Output) -> Box<dyn BlockState> {
+        Box::new(DigestState {
+            digest: D::new(),
+            out,
+        })
     }
 }
 
-/// Output written by an encoder or decoder into a shared buffer, drained after each block.
-#[derive(Default)]
-struct Sink(Vec<u8>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A `Write` codec (encoder or decoder writing into a [`Sink`]) as a block state.
+/// A `Write` codec (an encoder or decoder writing straight into the [`Output`]) as a block
+/// state: its output goes on in bounded blocks as it comes, however much one input block makes.
 struct CodecState<W: Write + Send> {
     codec: W,
-    sink: fn(&mut W) -> &mut Sink,
-    finish: fn(W) -> io::Result<Sink>,
+    finish: fn(W) -> io::Result<Output>,
 }
 
 impl<W: Write + Send> BlockState for CodecState<W> {
-    fn update(&mut self, block: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-        self.codec.write_all(block)?;
-        out.append(&mut (self.sink)(&mut self.codec).0);
-        Ok(())
+    fn update(&mut self, block: &[u8]) -> io::Result<()> {
+        self.codec.write_all(block)
     }
-    fn finish(self: Box<Self>, out: &mut Vec<u8>) -> io::Result<()> {
-        let mut sink = (self.finish)(self.codec)?;
-        out.append(&mut sink.0);
-        Ok(())
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        (self.finish)(self.codec)?.flush()
     }
 }
 
@@ -171,13 +160,9 @@ impl BlockTransform for Gzip {
     fn version(&self) -> u32 {
         1
     }
-    fn start(&self) -> Box<dyn BlockState> {
+    fn start(&self, out: Output) -> Box<dyn BlockState> {
         Box::new(CodecState {
-            codec: flate2::write::GzEncoder::new(
-                Sink::default(),
-                flate2::Compression::new(self.level),
-            ),
-            sink: flate2::write::GzEncoder::get_mut,
+            codec: flate2::write::GzEncoder::new(out, flate2::Compression::new(self.level)),
             finish: flate2::write::GzEncoder::finish,
         })
     }
@@ -193,10 +178,9 @@ impl BlockTransform for Gunzip {
     fn version(&self) -> u32 {
         1
     }
-    fn start(&self) -> Box<dyn BlockState> {
+    fn start(&self, out: Output) -> Box<dyn BlockState> {
         Box::new(CodecState {
-            codec: flate2::write::MultiGzDecoder::new(Sink::default()),
-            sink: flate2::write::MultiGzDecoder::get_mut,
+            codec: flate2::write::MultiGzDecoder::new(out),
             finish: flate2::write::MultiGzDecoder::finish,
         })
     }
@@ -211,10 +195,10 @@ struct Zstd {
 struct Broken(String);
 
 impl BlockState for Broken {
-    fn update(&mut self, _block: &[u8], _out: &mut Vec<u8>) -> io::Result<()> {
+    fn update(&mut self, _block: &[u8]) -> io::Result<()> {
         Err(io::Error::other(self.0.clone()))
     }
-    fn finish(self: Box<Self>, _out: &mut Vec<u8>) -> io::Result<()> {
+    fn finish(self: Box<Self>) -> io::Result<()> {
         Err(io::Error::other(self.0))
     }
 }
@@ -226,12 +210,11 @@ impl BlockTransform for Zstd {
     fn version(&self) -> u32 {
         1
     }
-    fn start(&self) -> Box<dyn BlockState> {
+    fn start(&self, out: Output) -> Box<dyn BlockState> {
         let level = i32::try_from(self.level).unwrap_or(3);
-        match zstd::stream::write::Encoder::new(Sink::default(), level) {
+        match zstd::stream::write::Encoder::new(out, level) {
             Ok(encoder) => Box::new(CodecState {
                 codec: encoder,
-                sink: zstd::stream::write::Encoder::get_mut,
                 finish: zstd::stream::write::Encoder::finish,
             }),
             Err(e) => Box::new(Broken(format!("zstd encoder: {e}"))),
@@ -243,7 +226,7 @@ impl BlockTransform for Zstd {
 struct Unzstd;
 
 /// Finishing also checks the input did not stop in the middle of a frame.
-fn finish_decoder(decoder: zstd::stream::write::Decoder<'static, Sink>) -> io::Result<Sink> {
+fn finish_decoder(decoder: zstd::stream::write::Decoder<'static, Output>) -> io::Result<Output> {
     decoder.finish()
 }
 
@@ -254,11 +237,10 @@ impl BlockTransform for Unzstd {
     fn version(&self) -> u32 {
         1
     }
-    fn start(&self) -> Box<dyn BlockState> {
-        match zstd::stream::write::Decoder::new(Sink::default()) {
+    fn start(&self, out: Output) -> Box<dyn BlockState> {
+        match zstd::stream::write::Decoder::new(out) {
             Ok(decoder) => Box::new(CodecState {
                 codec: decoder,
-                sink: zstd::stream::write::Decoder::get_mut,
                 finish: finish_decoder,
             }),
             Err(e) => Box::new(Broken(format!("zstd decoder: {e}"))),
@@ -362,23 +344,29 @@ struct LineFilterState {
     lines: Lines,
     matcher: LineMatcher,
     keep: bool,
+    out: Output,
 }
 
 impl BlockState for LineFilterState {
-    fn update(&mut self, block: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-        let (matcher, keep) = (&self.matcher, self.keep);
+    fn update(&mut self, block: &[u8]) -> io::Result<()> {
+        let (matcher, keep, out) = (&self.matcher, self.keep, &mut self.out);
         self.lines.feed(block, |line| {
             if matcher.matches(line) == keep {
-                out.extend_from_slice(line);
+                out.extend_from_slice(line)?;
             }
             Ok(())
         })
     }
-    fn finish(self: Box<Self>, out: &mut Vec<u8>) -> io::Result<()> {
-        let (matcher, keep) = (self.matcher, self.keep);
-        self.lines.end(|line| {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        let Self {
+            lines,
+            matcher,
+            keep,
+            mut out,
+        } = *self;
+        lines.end(|line| {
             if matcher.matches(line) == keep {
-                out.extend_from_slice(line);
+                out.extend_from_slice(line)?;
             }
             Ok(())
         })
@@ -392,11 +380,12 @@ impl BlockTransform for LineFilter {
     fn version(&self) -> u32 {
         1
     }
-    fn start(&self) -> Box<dyn BlockState> {
+    fn start(&self, out: Output) -> Box<dyn BlockState> {
         Box::new(LineFilterState {
             lines: Lines::default(),
             matcher: self.matcher.clone(),
             keep: self.keep,
+            out,
         })
     }
 }
@@ -407,10 +396,10 @@ impl BlockTransform for LineFilter {
 #[derive(Debug)]
 struct FastaStats;
 
-#[derive(Default)]
 struct FastaState {
     lines: Lines,
     record: Option<Record>,
+    out: Output,
 }
 
 #[derive(Default)]
@@ -422,25 +411,24 @@ struct Record {
 }
 
 impl Record {
-    fn write(&self, out: &mut Vec<u8>) {
+    fn write(&self, out: &mut Output) -> io::Result<()> {
         let gc = if self.acgt == 0 {
             0.0
         } else {
             self.gc as f64 / self.acgt as f64
         };
         let line = serde_json::json!({"id": self.id, "length": self.length, "gc": (gc * 1e6).round() / 1e6});
-        out.extend_from_slice(line.to_string().as_bytes());
-        out.push(b'\n');
+        out.extend_from_slice(format!("{line}\n").as_bytes())
     }
 }
 
 impl FastaState {
-    fn line(record: &mut Option<Record>, line: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    fn line(record: &mut Option<Record>, line: &[u8], out: &mut Output) -> io::Result<()> {
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if let Some(header) = line.strip_prefix(b">") {
             if let Some(done) = record.take() {
-                done.write(out);
+                done.write(out)?;
             }
             let id = header
                 .split(|b| b.is_ascii_whitespace())
@@ -476,15 +464,19 @@ impl FastaState {
 }
 
 impl BlockState for FastaState {
-    fn update(&mut self, block: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-        let record = &mut self.record;
+    fn update(&mut self, block: &[u8]) -> io::Result<()> {
+        let (record, out) = (&mut self.record, &mut self.out);
         self.lines.feed(block, |line| Self::line(record, line, out))
     }
-    fn finish(self: Box<Self>, out: &mut Vec<u8>) -> io::Result<()> {
-        let Self { lines, mut record } = *self;
-        lines.end(|line| Self::line(&mut record, line, out))?;
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        let Self {
+            lines,
+            mut record,
+            mut out,
+        } = *self;
+        lines.end(|line| Self::line(&mut record, line, &mut out))?;
         if let Some(done) = record {
-            done.write(out);
+            done.write(&mut out)?;
         }
         Ok(())
     }
@@ -497,7 +489,11 @@ impl BlockTransform for FastaStats {
     fn version(&self) -> u32 {
         1
     }
-    fn start(&self) -> Box<dyn BlockState> {
-        Box::new(FastaState::default())
+    fn start(&self, out: Output) -> Box<dyn BlockState> {
+        Box::new(FastaState {
+            lines: Lines::default(),
+            record: None,
+            out,
+        })
     }
 }

@@ -295,19 +295,71 @@ pub async fn apply_chain(
 pub trait BlockTransform: Send + Sync + fmt::Debug + 'static {
     fn kind(&self) -> &str;
     fn version(&self) -> u32;
-    /// State for one object.
-    fn start(&self) -> Box<dyn BlockState>;
+    /// State for one object, writing its result to `out`.
+    fn start(&self, out: Output) -> Box<dyn BlockState>;
 }
 
 /// One object's pass through a [`BlockTransform`].
 pub trait BlockState: Send {
-    /// Takes the next input block; appends any output to `out`.
-    fn update(&mut self, block: &[u8], out: &mut Vec<u8>) -> io::Result<()>;
-    /// The input ended; appends the rest of the output to `out`.
-    fn finish(self: Box<Self>, out: &mut Vec<u8>) -> io::Result<()>;
+    /// Takes the next input block (writing any output to its [`Output`]).
+    fn update(&mut self, block: &[u8]) -> io::Result<()>;
+    /// The input ended: writes the rest of the output. The [`Output`] is flushed when dropped.
+    fn finish(self: Box<Self>) -> io::Result<()>;
+}
+
+/// Bytes an [`Output`] gathers before it sends them on as one block.
+pub const OUTPUT_BLOCK_BYTES: usize = 1 << 20;
+
+/// Where a [`BlockState`] writes its result: sent on in blocks of [`OUTPUT_BLOCK_BYTES`]
+/// through a bounded queue, so a result (a decompressed bomb included) is never held whole.
+/// Writing fails with `BrokenPipe` once the consumer is gone.
+#[derive(Debug)]
+pub struct Output {
+    tx: mpsc::Sender<Produced>,
+    buf: Vec<u8>,
+}
+
+impl Output {
+    /// Sends what is gathered (blocks while the queue is full).
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let block = Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(Produced::Block(block))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the consumer went away"))
+    }
+
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) -> io::Result<()> {
+        io::Write::write_all(self, bytes)
+    }
+}
+
+impl io::Write for Output {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let room = OUTPUT_BLOCK_BYTES - self.buf.len();
+        let n = bytes.len().min(room);
+        self.buf.extend_from_slice(&bytes[..n]);
+        if self.buf.len() >= OUTPUT_BLOCK_BYTES {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        let _ = self.send();
+    }
 }
 
 /// What a blocking transform's thread sends: output, or how it ended.
+#[derive(Debug)]
 enum Produced {
     Block(Bytes),
     Done,
@@ -335,31 +387,25 @@ impl<T: BlockTransform> Transform for T {
                 }
             }
         });
-        let mut state = self.start();
+        let mut state = self.start(Output {
+            tx: out_tx.clone(),
+            buf: Vec::new(),
+        });
         let kind = BlockTransform::kind(self).to_string();
         tokio::task::spawn_blocking(move || {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let mut out = Vec::new();
                 while let Some(block) = in_rx.blocking_recv() {
-                    state.update(&block?, &mut out)?;
-                    if !out.is_empty()
-                        && out_tx
-                            .blocking_send(Produced::Block(Bytes::from(std::mem::take(&mut out))))
-                            .is_err()
-                    {
-                        return Ok(false);
-                    }
+                    state.update(&block?)?;
                 }
-                state.finish(&mut out)?;
-                if !out.is_empty() {
-                    let _ = out_tx.blocking_send(Produced::Block(Bytes::from(out)));
-                }
-                Ok(true)
+                // Finishing drops the state's output, which sends what it still holds.
+                state.finish()
             }));
             let last = match outcome {
-                Ok(Ok(true)) => Produced::Done,
+                Ok(Ok(())) => Produced::Done,
                 // The consumer went away: nobody to tell.
-                Ok(Ok(false)) => return,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe && out_tx.is_closed() => {
+                    return;
+                }
                 Ok(Err(e)) => Produced::Failed(e),
                 Err(panic) => Produced::Failed(io::Error::other(format!(
                     "transform `{kind}` panicked: {}",
