@@ -360,14 +360,19 @@ fn pipeline() -> anyhow::Result<()> {
             )),
         )?);
         for (i, (name, _, _)) in specs.iter().enumerate() {
-            // A new version each run, so the run is not skipped as already done.
+            // A new target each run (so a new recipe): nothing is skipped as already done.
             let path = work.path().join(format!("{name}.toml"));
-            let base: String = std::fs::read_to_string(&path)?
+            let spec: String = std::fs::read_to_string(&path)?
                 .lines()
-                .filter(|line| !line.starts_with("description = "))
-                .map(|line| format!("{line}\n"))
+                .map(|line| {
+                    if line.starts_with("to = ") {
+                        format!("to = \"hdd:/{name}/run{run}/\"\n")
+                    } else {
+                        format!("{line}\n")
+                    }
+                })
                 .collect();
-            std::fs::write(&path, format!("description = \"run {run}\"\n{base}"))?;
+            std::fs::write(&path, spec)?;
             timed_quiet(&mut letl_command(
                 &node,
                 &["pipeline", "register", &path.display().to_string()],
@@ -376,6 +381,15 @@ fn pipeline() -> anyhow::Result<()> {
                 name,
                 &mut letl_command(&node, &["pipeline", "run", name, "--wait"]),
             )?);
+            // Every object must have been made (a run that skipped them would time nothing).
+            let listed = letl_command(&node, &["ls", &format!("hdd:/{name}/run{run}/")])
+                .output()
+                .context("list outputs")?;
+            let made = String::from_utf8_lossy(&listed.stdout).lines().count() as u64;
+            ensure!(
+                made == objects,
+                "{name} run {run} made {made} of {objects} outputs"
+            );
         }
     }
     let table = Table { bytes };
