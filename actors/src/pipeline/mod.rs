@@ -220,7 +220,7 @@ pub struct JobProgress {
 }
 
 impl JobProgress {
-    fn dead_letter(&self, letter: DeadLetter) {
+    pub(crate) fn dead_letter(&self, letter: DeadLetter) {
         info!(input = %letter.input.uri, stage = %letter.stage, error = %letter.error, "object dead-lettered");
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
         let mut letters = self.dead_letters.lock().unwrap_or_else(|p| p.into_inner());
@@ -458,12 +458,8 @@ impl Work for Extract {
         }
     }
 
-    fn dead_letter(&self, input: Input, error: String) {
-        self.progress.dead_letter(DeadLetter {
-            input,
-            stage: Self::STAGE.to_string(),
-            error,
-        });
+    fn progress(&self) -> &JobProgress {
+        &self.progress
     }
 }
 
@@ -518,12 +514,8 @@ impl Work for TransformStep {
         let _ = pipe_tx.send(Piped::End).await;
     }
 
-    fn dead_letter(&self, input: Input, error: String) {
-        self.progress.dead_letter(DeadLetter {
-            input,
-            stage: Self::STAGE.to_string(),
-            error,
-        });
+    fn progress(&self) -> &JobProgress {
+        &self.progress
     }
 }
 
@@ -572,12 +564,8 @@ impl Work for Load {
         }
     }
 
-    fn dead_letter(&self, input: Input, error: String) {
-        self.progress.dead_letter(DeadLetter {
-            input,
-            stage: Self::STAGE.to_string(),
-            error,
-        });
+    fn progress(&self) -> &JobProgress {
+        &self.progress
     }
 }
 

@@ -22,7 +22,16 @@ pub(crate) trait Work: Send + Sync + 'static {
     fn input(item: &Self::Item) -> &Input;
     /// Handles one item to its end; failures go to the dead-letter list, never back here.
     async fn process(&self, item: Self::Item);
-    fn dead_letter(&self, input: Input, error: String);
+    /// The job's figures, where dead letters go.
+    fn progress(&self) -> &JobProgress;
+
+    fn dead_letter(&self, input: Input, error: String) {
+        self.progress().dead_letter(super::DeadLetter {
+            input,
+            stage: Self::STAGE.to_string(),
+            error,
+        });
+    }
 }
 
 /// A running stage: wait for its end with [`Stage::finished`].
