@@ -358,6 +358,13 @@ fn run_client(connection: &Connection, command: Command) -> Outcome {
                     println!("version:  {}", info.version);
                     println!("created:  {}", info.created);
                     println!("modified: {}", info.modified);
+                    if let Some(made) = &info.provenance {
+                        println!(
+                            "made by:  pipeline {} ({}), job {}",
+                            made.pipeline, made.version, made.job
+                        );
+                        println!("from:     {} ({})", made.source, made.source_fingerprint);
+                    }
                 }
             }
             Command::Rm { uri } => {

@@ -343,13 +343,9 @@ impl Letl {
                 if buckets.len() >= SOURCE_BUCKETS_MAX && !buckets.contains_key(bucket) {
                     buckets.clear();
                 }
-                let tier = buckets.entry(bucket.to_string()).or_insert_with(|| {
-                    let mut settings = settings.clone();
-                    settings.bucket = bucket.to_string();
-                    let name = TierName::new("source")
-                        .unwrap_or_else(|_| unreachable!("a valid tier name"));
-                    Arc::new(S3Tier::connect(name, "source", settings, None))
-                });
+                let tier = buckets
+                    .entry(bucket.to_string())
+                    .or_insert_with(|| Arc::new(S3Tier::source(settings, bucket)));
                 Arc::clone(tier)
             };
             tier.get(&key).await

@@ -118,6 +118,7 @@ pub async fn start(
         Arc::clone(&transforms),
         Arc::clone(&deps.clock),
         stop_rx.clone(),
+        deps.source_s3.clone(),
     );
     pipelines
         .resume()

@@ -193,6 +193,41 @@ impl S3Tier {
         }
     }
 
+    /// Reads an object, with the stamp of the version read (from its ETag, as listings give
+    /// it): a reader can tell whether it got the version it listed.
+    pub async fn get_stamped(&self, key: &ObjectKey) -> Result<(ObjectReader, u64)> {
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.settings.bucket)
+            .key(key.as_str())
+            .send()
+            .await
+            .map_err(|e| self.error("get", Some(key), e))?;
+        let size = object
+            .content_length()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0);
+        let stamp = stamp_of(object.e_tag());
+        let body: ByteStream = Box::pin(futures_util::stream::unfold(
+            object.body,
+            |mut body| async move {
+                body.next()
+                    .await
+                    .map(|chunk| (chunk.map_err(std::io::Error::other), body))
+            },
+        ));
+        Ok((ObjectReader { size, body }, stamp))
+    }
+
+    /// A client for a bucket of a source endpoint: read, never counted or written by letl.
+    pub fn source(settings: &S3Settings, bucket: &str) -> Self {
+        let mut settings = settings.clone();
+        settings.bucket = bucket.to_string();
+        let name = TierName::new("source").unwrap_or_else(|_| unreachable!("a valid tier name"));
+        Self::connect(name, "source", settings, None)
+    }
+
     fn staged(&self) -> MutexGuard<'_, BTreeMap<String, StagedUpload>> {
         self.staged.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -553,27 +588,7 @@ impl TierBackend for S3Tier {
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<ObjectReader> {
-        let object = self
-            .client
-            .get_object()
-            .bucket(&self.settings.bucket)
-            .key(key.as_str())
-            .send()
-            .await
-            .map_err(|e| self.error("get", Some(key), e))?;
-        let size = object
-            .content_length()
-            .and_then(|n| u64::try_from(n).ok())
-            .unwrap_or(0);
-        let body: ByteStream = Box::pin(futures_util::stream::unfold(
-            object.body,
-            |mut body| async move {
-                body.next()
-                    .await
-                    .map(|chunk| (chunk.map_err(std::io::Error::other), body))
-            },
-        ));
-        Ok(ObjectReader { size, body })
+        Ok(self.get_stamped(key).await?.0)
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<BackendObject>> {

@@ -218,6 +218,15 @@ fn bad_specs_and_bad_runs_are_refused_with_the_reason() {
                 .to_string(),
             "the pipeline would read its own output (a loop)",
         ),
+        (
+            "name = \"p\"\n[extract]\nfrom = \"s3://genomes/covid/\"\n[load]\nto = \"ssd:/out/\"\n"
+                .to_string(),
+            "extract.from: `s3://genomes/covid/`: s3:// sources need [source] endpoint",
+        ),
+        (
+            dir_pipeline("p", &input, md5, "").replace("hdd:/p/", "tape:/p/"),
+            "load.to: `tape:/p/`: unknown tier `tape`",
+        ),
     ];
     for (text, reason) in cases {
         register(&text).fails(2, reason);

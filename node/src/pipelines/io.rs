@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 use letl_actors::TierDirectory;
 use letl_actors::cache::CacheHandle;
 use letl_actors::pipeline::{Input, Ledger, Seen, Sink, Source, Stored};
-use letl_storage::{ByteStream, ObjectKey, ObjectUri, PrefixUri, SledRecords, read_blocks};
+use letl_storage::{
+    ByteStream, KeyPrefix, ObjectKey, ObjectUri, PrefixUri, S3Settings, S3Tier, SledRecords,
+    TierBackend, read_blocks,
+};
 use serde::{Deserialize, Serialize};
 
 use super::spec::render_key;
@@ -61,6 +64,72 @@ impl Source for TierSource {
             .map_err(|e| e.to_string())?;
         let (meta, reader) = tier.get(key).await.map_err(|e| e.to_string())?;
         if meta.hash.to_string() != input.fingerprint {
+            return Err(format!("{} changed since it was listed", input.uri));
+        }
+        Ok(reader.body)
+    }
+}
+
+/// Objects under a prefix of a bucket on the `[source]` endpoint; fingerprints are their size
+/// and ETag.
+#[derive(Debug)]
+pub struct S3Source {
+    bucket_name: String,
+    bucket: S3Tier,
+    prefix: KeyPrefix,
+}
+
+impl S3Source {
+    pub fn new(settings: &S3Settings, bucket: &str, prefix: KeyPrefix) -> Self {
+        Self {
+            bucket_name: bucket.to_string(),
+            bucket: S3Tier::source(settings, bucket),
+            prefix,
+        }
+    }
+
+    fn uri(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket_name)
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for S3Source {
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Input>, String> {
+        let start_after = after
+            .map(|key| ObjectKey::new(format!("{}{key}", self.prefix.as_str())))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let page = self
+            .bucket
+            .list(&self.prefix, start_after.as_ref(), limit)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(page
+            .into_iter()
+            .map(|object| Input {
+                uri: self.uri(object.key.as_str()),
+                key: object
+                    .key
+                    .as_str()
+                    .strip_prefix(self.prefix.as_str())
+                    .unwrap_or(object.key.as_str())
+                    .to_string(),
+                size: object.size,
+                fingerprint: format!("{}:{:016x}", object.size, object.stamp),
+            })
+            .collect())
+    }
+
+    async fn open(&self, input: &Input) -> Result<ByteStream, String> {
+        let key = ObjectKey::new(format!("{}{}", self.prefix.as_str(), input.key))
+            .map_err(|e| e.to_string())?;
+        let (reader, stamp) = self
+            .bucket
+            .get_stamped(&key)
+            .await
+            .map_err(|e| e.to_string())?;
+        if format!("{}:{stamp:016x}", reader.size) != input.fingerprint {
             return Err(format!("{} changed since it was listed", input.uri));
         }
         Ok(reader.body)

@@ -20,7 +20,9 @@ use letl_actors::pipeline::{
     DeadLetter, Input, JobEnd, JobPlan, JobProgress, JobStats, Source, run_job,
 };
 use letl_actors::transform::TransformRegistry;
-use letl_storage::{ByteStream, Clock, IndexDb, SledRecords, check_request_id};
+use letl_storage::{
+    ByteStream, Clock, IndexDb, S3Settings, SledRecords, StorageError, check_request_id,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -29,7 +31,9 @@ use tracing::{info, warn};
 use crate::error::ApiError;
 use crate::moves::new_request_id;
 use crate::tasks::{Runners, lock};
-use io::{CacheSink, CacheSource, DirSource, Provenance, ProvenanceLedger, TierSink, TierSource};
+use io::{
+    CacheSink, CacheSource, DirSource, Provenance, ProvenanceLedger, S3Source, TierSink, TierSource,
+};
 use letl_actors::cache::CacheHandle;
 use letl_actors::pipeline::Sink;
 use spec::{Compiled, ExtractFrom, LoadTo, PipelineSpec};
@@ -160,10 +164,69 @@ struct Inner {
     provenance: SledRecords<Provenance>,
     clock: Arc<dyn Clock>,
     stop: watch::Receiver<bool>,
+    /// The endpoint of `s3://` extract sources (the config's `[source]`).
+    source_s3: Option<S3Settings>,
     /// Serializes registrations, mounts and job starts.
     admin: tokio::sync::Mutex<()>,
     running: Mutex<BTreeMap<String, Running>>,
     runners: Runners,
+}
+
+impl Inner {
+    /// Compiles a spec and checks that this node has what it reads from.
+    fn compile(&self, spec: &PipelineSpec) -> Result<Compiled, String> {
+        let compiled = spec.compile(&self.transforms)?;
+        if matches!(compiled.from, ExtractFrom::S3 { .. }) && self.source_s3.is_none() {
+            return Err(format!(
+                "extract.from: `{}`: s3:// sources need [source] endpoint in this node's config",
+                spec.extract.from
+            ));
+        }
+        Ok(compiled)
+    }
+
+    /// The tiers a spec names exist on this node (one that is down is fine: it may come
+    /// back), and an s3:// source and a load tier that is the same bucket on the same endpoint
+    /// do not overlap (the pipeline would read its own output).
+    async fn check_tiers(&self, spec: &PipelineSpec, compiled: &Compiled) -> Result<(), String> {
+        let named = [
+            match &compiled.from {
+                ExtractFrom::Tier(from) => Some(("extract.from", &spec.extract.from, &from.tier)),
+                _ => None,
+            },
+            match &compiled.to {
+                LoadTo::Tier(to) => Some(("load.to", &spec.load.to, &to.tier)),
+                LoadTo::Cache(_) => None,
+            },
+        ];
+        for (field, text, tier) in named.into_iter().flatten() {
+            if let Err(e @ StorageError::UnknownTier { .. }) = self.directory.get(tier) {
+                return Err(format!("{field}: `{text}`: {e}"));
+            }
+        }
+        let (ExtractFrom::S3 { bucket, prefix }, LoadTo::Tier(to), Some(settings)) =
+            (&compiled.from, &compiled.to, &self.source_s3)
+        else {
+            return Ok(());
+        };
+        let Ok(tier) = self.directory.get(&to.tier) else {
+            return Ok(());
+        };
+        let Ok(stats) = tier.stats().await else {
+            return Ok(());
+        };
+        let same_bucket = stats.description.backend == "s3"
+            && stats.description.location
+                == format!("{}/{bucket}", settings.endpoint.trim_end_matches('/'));
+        let (a, b) = (prefix.as_str(), to.prefix.as_str());
+        if same_bucket && (a.starts_with(b) || b.starts_with(a)) {
+            return Err(format!(
+                "load.to: {} is bucket `{bucket}` of the source endpoint and overlaps extract.from {}: the pipeline would read its own output (a loop)",
+                spec.load.to, spec.extract.from
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn not_found(what: &str, name: &str) -> ApiError {
@@ -204,6 +267,7 @@ impl Pipelines {
         transforms: Arc<TransformRegistry>,
         clock: Arc<dyn Clock>,
         stop: watch::Receiver<bool>,
+        source_s3: Option<S3Settings>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -217,6 +281,7 @@ impl Pipelines {
                 provenance: stores.provenance,
                 clock,
                 stop,
+                source_s3,
                 admin: tokio::sync::Mutex::new(()),
                 running: Mutex::new(BTreeMap::new()),
                 runners: Runners::default(),
@@ -227,7 +292,10 @@ impl Pipelines {
     /// Registers (or updates) a pipeline from its spec text; returns it with its version.
     pub async fn register(&self, text: &str) -> Result<(String, Registered), ApiError> {
         let spec = spec::parse(text).map_err(ApiError::bad_request)?;
-        spec.compile(&self.inner.transforms)
+        let compiled = self.inner.compile(&spec).map_err(ApiError::bad_request)?;
+        self.inner
+            .check_tiers(&spec, &compiled)
+            .await
             .map_err(ApiError::bad_request)?;
         let spec_json = serde_json::to_string(&spec).map_err(internal)?;
         let _admin = self.inner.admin.lock().await;
@@ -409,15 +477,12 @@ impl Pipelines {
         registered: &Registered,
         request_id: Option<&str>,
     ) -> Result<JobRecord, ApiError> {
-        let compiled = registered
-            .spec()?
-            .compile(&self.inner.transforms)
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!("pipeline `{}` cannot run: {e}", job.pipeline),
-                )
-            })?;
+        let compiled = self.inner.compile(&registered.spec()?).map_err(|e| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!("pipeline `{}` cannot run: {e}", job.pipeline),
+            )
+        })?;
         self.inner.jobs.put(&job.id, &job)?;
         if let Some(id) = request_id {
             self.inner.requests.put(id, &job.id)?;
@@ -552,9 +617,9 @@ impl Pipelines {
                 continue;
             }
             let compiled = self.get(&job.pipeline).and_then(|registered| {
-                let compiled = registered
-                    .spec()?
-                    .compile(&self.inner.transforms)
+                let compiled = self
+                    .inner
+                    .compile(&registered.spec()?)
                     .map_err(ApiError::bad_request)?;
                 Ok((registered, compiled))
             });
@@ -696,6 +761,13 @@ async fn run(
             from: from.clone(),
         }),
         ExtractFrom::Dir(root) => Arc::new(DirSource::new(root.clone())),
+        ExtractFrom::S3 { bucket, prefix } => {
+            let settings = inner
+                .source_s3
+                .as_ref()
+                .unwrap_or_else(|| unreachable!("compile checks the source endpoint"));
+            Arc::new(S3Source::new(settings, bucket, prefix.clone()))
+        }
         ExtractFrom::Cache(prefix) => Arc::new(CacheSource {
             cache: inner.cache.clone(),
             prefix: prefix.clone(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use letl_actors::pipeline::Scaling;
 use letl_actors::transform::{Transform, TransformRegistry};
-use letl_storage::PrefixUri;
+use letl_storage::{KeyPrefix, PrefixUri};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -102,6 +102,39 @@ pub enum ExtractFrom {
     Dir(PathBuf),
     /// Cache records whose key starts with this (`cache:stage1/`; empty: all of them).
     Cache(String),
+    /// Objects under a prefix (empty: the whole bucket) of a bucket on the node's `[source]`
+    /// endpoint.
+    S3 {
+        bucket: String,
+        prefix: KeyPrefix,
+    },
+}
+
+/// `s3://bucket/` or `s3://bucket/prefix/`: a bucket named as S3 names them, and a prefix
+/// that is empty or whole key segments ending in `/`.
+fn parse_s3_source(from: &str, rest: &str) -> Result<ExtractFrom, String> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && !bucket.starts_with(['.', '-'])
+        && !bucket.ends_with(['.', '-']);
+    if !bucket_ok {
+        return Err(format!(
+            "extract.from: `{from}`: `{bucket}` is not a bucket name (3 to 63 lowercase letters, digits, dots and hyphens)"
+        ));
+    }
+    if !prefix.is_empty() && !prefix.ends_with('/') {
+        return Err(format!(
+            "extract.from: `{from}` must be a prefix ending in `/` (or a whole bucket, `s3://{bucket}/`)"
+        ));
+    }
+    let prefix = KeyPrefix::new(prefix).map_err(|e| format!("extract.from: `{from}`: {e}"))?;
+    Ok(ExtractFrom::S3 {
+        bucket: bucket.to_string(),
+        prefix,
+    })
 }
 
 /// Where a pipeline's results go.
@@ -298,11 +331,8 @@ impl PipelineSpec {
             ExtractFrom::Dir(PathBuf::from(path))
         } else if let Some(prefix) = self.extract.from.strip_prefix("cache:") {
             ExtractFrom::Cache(check_cache_prefix("extract.from", prefix)?)
-        } else if self.extract.from.starts_with("s3://") {
-            return Err(format!(
-                "extract.from: `{}`: s3:// sources are not supported by this version; use a tier prefix (ssd:/covid/), file:///dir/ or cache:",
-                self.extract.from
-            ));
+        } else if let Some(rest) = self.extract.from.strip_prefix("s3://") {
+            parse_s3_source(&self.extract.from, rest)?
         } else {
             let prefix =
                 PrefixUri::parse(&self.extract.from).map_err(|e| format!("extract.from: {e}"))?;
@@ -431,6 +461,16 @@ workers_max = 8
         assert_eq!(scaled.version_tag(), compiled.version_tag());
         let chained = compile(&EXAMPLE.replace("kind = \"md5\"", "kind = \"sha256\"")).unwrap();
         assert_ne!(chained.version_tag(), compiled.version_tag());
+        let s3 = compile(&EXAMPLE.replace("ssd:/covid/", "s3://genomes/covid/")).unwrap();
+        assert_eq!(
+            s3.from,
+            ExtractFrom::S3 {
+                bucket: "genomes".to_string(),
+                prefix: KeyPrefix::new("covid/").unwrap(),
+            }
+        );
+        let whole = compile(&EXAMPLE.replace("ssd:/covid/", "s3://genomes")).unwrap();
+        assert!(matches!(whole.from, ExtractFrom::S3 { prefix, .. } if prefix.as_str().is_empty()));
         assert_eq!(render_key("{key}", "a/b.fa", "p"), "a/b.fa");
         assert_eq!(render_key("{stem}.md5", "a/b.fa", "p"), "b.md5");
     }
@@ -489,7 +529,11 @@ workers_max = 8
             ),
             (
                 with("from = \"ssd:/covid/\"", "from = \"s3://b/p/\""),
-                "extract.from: `s3://b/p/`",
+                "extract.from: `s3://b/p/`: `b` is not a bucket name",
+            ),
+            (
+                with("from = \"ssd:/covid/\"", "from = \"s3://bucket/p\""),
+                "extract.from: `s3://bucket/p` must be a prefix ending in `/`",
             ),
             (
                 with("from = \"ssd:/covid/\"", "from = \"cache:a\""),
