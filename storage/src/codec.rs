@@ -1,4 +1,5 @@
-//! The storage crate's only encoding: index values as a version byte plus bincode.
+//! letl's only encoding: bincode 2 (serde mode, standard config). Stored values carry a format
+//! version byte; wire messages are bare (the transport frames them and its peers are one build).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -8,24 +9,81 @@ use crate::error::{Result, StorageError};
 /// Bumped when the encoding of stored values changes.
 const FORMAT_VERSION: u8 = 1;
 
-pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+/// A value that could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CodecError(String);
+
+/// A stored value: the format version byte, then the value.
+pub fn encode_stored<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![FORMAT_VERSION];
-    let body = bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .map_err(|e| StorageError::Index(format!("encode: {e}")))?;
-    out.extend_from_slice(&body);
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
+        .map_err(|e| CodecError(format!("encode: {e}")))?;
     Ok(out)
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+pub fn decode_stored<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let Some((&version, body)) = bytes.split_first() else {
-        return Err(StorageError::Index("decode: empty value".to_string()));
+        return Err(CodecError("decode: empty value".to_string()));
     };
     if version != FORMAT_VERSION {
-        return Err(StorageError::Index(format!(
+        return Err(CodecError(format!(
             "decode: stored format version {version}, this build reads {FORMAT_VERSION}"
         )));
     }
-    let (value, _) = bincode::serde::decode_from_slice(body, bincode::config::standard())
-        .map_err(|e| StorageError::Index(format!("decode: {e}")))?;
+    decode_wire(body)
+}
+
+/// A message for a peer.
+pub fn encode_wire<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| CodecError(format!("encode: {e}")))
+}
+
+pub fn decode_wire<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, read) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map_err(|e| CodecError(format!("decode: {e}")))?;
+    if read != bytes.len() {
+        return Err(CodecError(format!(
+            "decode: {} bytes left over",
+            bytes.len() - read
+        )));
+    }
     Ok(value)
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    encode_stored(value).map_err(|e| StorageError::Index(e.0))
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    decode_stored(bytes).map_err(|e| StorageError::Index(e.0))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_and_a_wrong_version_is_named() {
+        let value = (7u64, "seven".to_string(), vec![Some(1u8), None]);
+        let stored = encode_stored(&value).unwrap();
+        assert_eq!(
+            decode_stored::<(u64, String, Vec<Option<u8>>)>(&stored).unwrap(),
+            value
+        );
+        let mut other = stored.clone();
+        other[0] = 9;
+        let e = decode_stored::<(u64, String, Vec<Option<u8>>)>(&other).unwrap_err();
+        assert!(e.to_string().contains("stored format version 9"), "{e}");
+        let wire = encode_wire(&value).unwrap();
+        assert_eq!(
+            decode_wire::<(u64, String, Vec<Option<u8>>)>(&wire).unwrap(),
+            value
+        );
+        let mut long = wire.clone();
+        long.push(0);
+        assert!(decode_wire::<(u64, String, Vec<Option<u8>>)>(&long).is_err());
+    }
 }

@@ -8,7 +8,7 @@
 
 mod backend;
 mod clock;
-mod codec;
+pub mod codec;
 mod error;
 mod fs;
 mod hash;

@@ -1,0 +1,495 @@
+//! The sled-backed raft storage: a log store (entries under big-endian u64 keys, plus vote,
+//! committed and purged ids) and a state machine that applies commands in memory and persists
+//! a snapshot of itself, from which it restarts (openraft replays committed entries after it).
+
+// openraft's storage traits fix the error type, and it is large.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use letl_storage::codec::{decode_stored, encode_stored};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftLogReader, RaftSnapshotBuilder,
+    StorageIOError,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::{
+    ControlState, Entry, LogId, NodeId, RaftStorageError, Response, SnapshotMeta, StoredMembership,
+    TypeConfig,
+};
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const PURGED: &str = "purged";
+const SNAPSHOT: &str = "snapshot";
+
+fn io_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl ToString) -> RaftStorageError {
+    StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
+}
+
+fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// The raft database of one node (its own sled database, apart from the object index).
+#[derive(Clone, Debug)]
+pub struct RaftDb {
+    db: sled::Db,
+}
+
+impl RaftDb {
+    pub fn open(dir: &Path) -> Result<Self, sled::Error> {
+        Ok(Self {
+            db: sled::Config::new().path(dir).open()?,
+        })
+    }
+
+    /// A database that lives in memory only (unit tests).
+    pub fn temporary() -> Result<Self, sled::Error> {
+        Ok(Self {
+            db: sled::Config::new().temporary(true).open()?,
+        })
+    }
+
+    /// The log store and the state machine over this database.
+    pub fn stores(&self) -> Result<(LogStore, StateMachineStore), RaftStorageError> {
+        let tree = |name: &str| {
+            self.db
+                .open_tree(name)
+                .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, e))
+        };
+        let log = LogStore {
+            db: self.db.clone(),
+            log: tree("raft-log")?,
+            meta: tree("raft-meta")?,
+            committed: Arc::new(Mutex::new(None)),
+        };
+        let machine = StateMachineStore::open(self.db.clone(), tree("raft-machine")?)?;
+        Ok((log, machine))
+    }
+
+    /// Whether this database holds any raft state (a vote or a log).
+    pub fn is_empty(&self) -> Result<bool, sled::Error> {
+        Ok(self.db.open_tree("raft-meta")?.is_empty() && self.db.open_tree("raft-log")?.is_empty())
+    }
+}
+
+/// The raft log in sled.
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    /// The last committed id openraft saved: for status.
+    committed: Arc<Mutex<Option<LogId>>>,
+}
+
+impl LogStore {
+    fn get_meta<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &str,
+        subject: ErrorSubject<NodeId>,
+    ) -> Result<Option<T>, RaftStorageError> {
+        self.meta
+            .get(key)
+            .map_err(|e| io_error(subject.clone(), ErrorVerb::Read, e))?
+            .map(|v| decode_stored(&v).map_err(|e| io_error(subject, ErrorVerb::Read, e)))
+            .transpose()
+    }
+
+    async fn put_meta<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        subject: ErrorSubject<NodeId>,
+    ) -> Result<(), RaftStorageError> {
+        let bytes =
+            encode_stored(value).map_err(|e| io_error(subject.clone(), ErrorVerb::Write, e))?;
+        self.meta
+            .insert(key, bytes)
+            .map_err(|e| io_error(subject.clone(), ErrorVerb::Write, e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| io_error(subject, ErrorVerb::Write, e))?;
+        Ok(())
+    }
+
+    /// The last committed log id this node knows of.
+    pub fn committed(&self) -> Option<LogId> {
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, RaftStorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => Bound::Included(log_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(log_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(log_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(log_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut entries = Vec::new();
+        for item in self.log.range::<[u8; 8], _>((start, end)) {
+            let (_, value) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            entries.push(
+                decode_stored(&value)
+                    .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?,
+            );
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
+        let last_purged: Option<LogId> = self.get_meta(PURGED, ErrorSubject::Logs)?;
+        let last = match self
+            .log
+            .last()
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
+        {
+            Some((_, value)) => Some(
+                decode_stored::<Entry>(&value)
+                    .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
+                    .log_id,
+            ),
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &openraft::Vote<NodeId>) -> Result<(), RaftStorageError> {
+        self.put_meta(VOTE, vote, ErrorSubject::Vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<openraft::Vote<NodeId>>, RaftStorageError> {
+        self.get_meta(VOTE, ErrorSubject::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = committed;
+        self.put_meta(COMMITTED, &committed, ErrorSubject::Store)
+            .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
+        let committed: Option<Option<LogId>> = self.get_meta(COMMITTED, ErrorSubject::Store)?;
+        let committed = committed.flatten();
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = committed;
+        Ok(committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let value = encode_stored(&entry)
+                .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            batch.insert(&log_key(entry.log_id.index), value);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        // The callback says the entries are durable: only after the flush.
+        let flushed = self.db.flush_async().await;
+        let failed = flushed.as_ref().err().map(ToString::to_string);
+        callback.log_io_completed(flushed.map(|_| ()).map_err(std::io::Error::other));
+        match failed {
+            Some(e) => Err(io_error(ErrorSubject::Logs, ErrorVerb::Write, e)),
+            None => Ok(()),
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(log_key(log_id.index)..) {
+            let (key, _) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            batch.remove(key);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        // The purged id is saved first: a crash between the two leaves entries that
+        // get_log_state ignores, never a gap.
+        self.put_meta(PURGED, &log_id, ErrorSubject::Logs).await?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=log_key(log_id.index)) {
+            let (key, _) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            batch.remove(key);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        Ok(())
+    }
+}
+
+/// A snapshot as kept in sled.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// What the state machine holds; one lock covers all of it, so a snapshot copies a consistent
+/// state, applied id and membership while `apply` goes on.
+#[derive(Debug, Default)]
+struct Machine {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    state: ControlState,
+    snapshots_built: u64,
+}
+
+/// The control state machine.
+#[derive(Clone, Debug)]
+pub struct StateMachineStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    machine: Arc<Mutex<Machine>>,
+    /// The last applied index, for readers that wait for an index.
+    applied: watch::Sender<u64>,
+}
+
+impl StateMachineStore {
+    fn open(db: sled::Db, tree: sled::Tree) -> Result<Self, RaftStorageError> {
+        let mut machine = Machine::default();
+        if let Some(stored) = tree
+            .get(SNAPSHOT)
+            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?
+        {
+            let stored: StoredSnapshot = decode_stored(&stored)
+                .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+            machine.state = decode_stored(&stored.data)
+                .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+            machine.last_applied = stored.meta.last_log_id;
+            machine.membership = stored.meta.last_membership;
+        }
+        let applied = machine.last_applied.map_or(0, |id| id.index);
+        Ok(Self {
+            db,
+            tree,
+            machine: Arc::new(Mutex::new(machine)),
+            applied: watch::channel(applied).0,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Machine> {
+        self.machine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the applied state.
+    pub fn read<T>(&self, f: impl FnOnce(&ControlState) -> T) -> T {
+        f(&self.lock().state)
+    }
+
+    /// The last applied log id.
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.lock().last_applied
+    }
+
+    /// Follows the last applied index.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    async fn save_snapshot(&self, stored: &StoredSnapshot) -> Result<(), RaftStorageError> {
+        let subject = || ErrorSubject::Snapshot(Some(stored.meta.signature()));
+        let bytes = encode_stored(stored).map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
+        self.tree
+            .insert(SNAPSHOT, bytes)
+            .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        let (meta, data) = {
+            let mut machine = self.lock();
+            machine.snapshots_built += 1;
+            let data = encode_stored(&machine.state)
+                .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+            let snapshot_id = match machine.last_applied {
+                Some(id) => format!(
+                    "{}-{}-{}",
+                    id.leader_id.term, id.index, machine.snapshots_built
+                ),
+                None => format!("0-0-{}", machine.snapshots_built),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: machine.last_applied,
+                last_membership: machine.membership.clone(),
+                snapshot_id,
+            };
+            (meta, data)
+        };
+        let stored = StoredSnapshot { meta, data };
+        self.save_snapshot(&stored).await?;
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+        let machine = self.lock();
+        Ok((machine.last_applied, machine.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut responses = Vec::new();
+        let last = {
+            let mut machine = self.lock();
+            for entry in entries {
+                machine.last_applied = Some(entry.log_id);
+                let response = match entry.payload {
+                    EntryPayload::Blank => Response::Done,
+                    EntryPayload::Normal(command) => machine.state.apply(command),
+                    EntryPayload::Membership(membership) => {
+                        machine.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Response::Done
+                    }
+                };
+                responses.push(response);
+            }
+            machine.last_applied.map_or(0, |id| id.index)
+        };
+        self.applied.send_replace(last);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), RaftStorageError> {
+        let data = snapshot.into_inner();
+        let state: ControlState = decode_stored(&data).map_err(|e| {
+            io_error(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Read,
+                e,
+            )
+        })?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        // Durable first: a crash after this restarts from the installed snapshot.
+        self.save_snapshot(&stored).await?;
+        let last = {
+            let mut machine = self.lock();
+            machine.state = state;
+            machine.last_applied = meta.last_log_id;
+            machine.membership = meta.last_membership.clone();
+            machine.last_applied.map_or(0, |id| id.index)
+        };
+        self.applied.send_replace(last);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
+        let Some(bytes) = self
+            .tree
+            .get(SNAPSHOT)
+            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?
+        else {
+            return Ok(None);
+        };
+        let stored: StoredSnapshot = decode_stored(&bytes)
+            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::*;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), RaftStorageError> {
+            let dir = tempfile::tempdir().unwrap();
+            let (log, machine) = RaftDb::open(dir.path()).unwrap().stores()?;
+            Ok((dir, log, machine))
+        }
+    }
+
+    #[test]
+    fn the_sled_store_passes_openraft_suite() {
+        Suite::test_all(Builder).unwrap();
+    }
+}
