@@ -10,8 +10,11 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+pub mod network;
 pub mod state;
 pub mod store;
+pub mod tls;
+pub mod transport;
 
 pub use state::{Command, ControlState, PipelineEntry, Response, TierEntry};
 
@@ -43,6 +46,31 @@ openraft::declare_raft_types!(
         Node = NodeInfo,
         SnapshotData = Cursor<Vec<u8>>,
 );
+
+/// Most entries in one append: each command is at most about 1 MiB
+/// ([`state::COMMAND_DOCUMENT_BYTES_MAX`]), so a full batch fits in one transport frame.
+pub const APPEND_ENTRIES_MAX: u64 = 32;
+const _: () = assert!(
+    (APPEND_ENTRIES_MAX
+        * ((state::COMMAND_DOCUMENT_BYTES_MAX + 4 * state::COMMAND_TEXT_BYTES_MAX) as u64))
+        < (transport::FRAME_BYTES_MAX as u64)
+);
+
+/// letl's raft timing: heartbeats every 100 ms, elections after 0.5 to 1 s of silence, a
+/// snapshot every 5,000 entries.
+pub fn raft_config(cluster_name: &str) -> Result<openraft::Config, String> {
+    openraft::Config {
+        cluster_name: cluster_name.to_string(),
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        max_payload_entries: APPEND_ENTRIES_MAX,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| e.to_string())
+}
 
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;

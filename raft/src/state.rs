@@ -277,9 +277,20 @@ impl ControlState {
                 now_ms,
             } => match self.join_tokens.get(&token_hash) {
                 Some(expires) if *expires > now_ms => {
-                    let node_id = self.next_node_id.max(members_max + 1);
-                    self.next_node_id = node_id + 1;
-                    Response::Admitted { node_id }
+                    let next = self
+                        .next_node_id
+                        .max(members_max.saturating_add(1))
+                        .checked_add(1);
+                    match next {
+                        Some(next) => {
+                            let node_id = next - 1;
+                            self.next_node_id = next;
+                            Response::Admitted { node_id }
+                        }
+                        None => Response::Refused {
+                            reason: "no node ids are left".to_string(),
+                        },
+                    }
                 }
                 Some(_) => Response::Refused {
                     reason: "the join token has expired".to_string(),

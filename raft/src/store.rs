@@ -38,6 +38,17 @@ fn log_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
+/// Flushes on a blocking thread: sled 0.34's `flush_async` can deadlock when several run at
+/// once.
+async fn flush(db: &sled::Db) -> Result<(), String> {
+    let db = db.clone();
+    match tokio::task::spawn_blocking(move || db.flush()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("the flush task failed: {e}")),
+    }
+}
+
 /// The raft database of one node (its own sled database, apart from the object index).
 #[derive(Clone, Debug)]
 pub struct RaftDb {
@@ -115,11 +126,9 @@ impl LogStore {
         self.meta
             .insert(key, bytes)
             .map_err(|e| io_error(subject.clone(), ErrorVerb::Write, e))?;
-        self.db
-            .flush_async()
+        flush(&self.db)
             .await
-            .map_err(|e| io_error(subject, ErrorVerb::Write, e))?;
-        Ok(())
+            .map_err(|e| io_error(subject, ErrorVerb::Write, e))
     }
 
     /// The last committed log id this node knows of.
@@ -160,7 +169,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
         let last_purged: Option<LogId> = self.get_meta(PURGED, ErrorSubject::Logs)?;
-        let last = match self
+        let last_entry = match self
             .log
             .last()
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
@@ -170,8 +179,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
                     .log_id,
             ),
-            None => last_purged,
+            None => None,
         };
+        // A purge's removals may not have reached the disk before a crash: whatever is left
+        // at or below the purged id does not count.
+        let last = last_entry.max(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,
@@ -222,9 +234,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .apply_batch(batch)
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         // The callback says the entries are durable: only after the flush.
-        let flushed = self.db.flush_async().await;
+        let flushed = flush(&self.db).await;
         let failed = flushed.as_ref().err().map(ToString::to_string);
-        callback.log_io_completed(flushed.map(|_| ()).map_err(std::io::Error::other));
+        callback.log_io_completed(flushed.map_err(std::io::Error::other));
         match failed {
             Some(e) => Err(io_error(ErrorSubject::Logs, ErrorVerb::Write, e)),
             None => Ok(()),
@@ -240,11 +252,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log
             .apply_batch(batch)
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        self.db
-            .flush_async()
+        flush(&self.db)
             .await
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        Ok(())
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
@@ -286,6 +296,8 @@ pub struct StateMachineStore {
     db: sled::Db,
     tree: sled::Tree,
     machine: Arc<Mutex<Machine>>,
+    /// Held while a snapshot is compared with the saved one and saved.
+    saving: Arc<Mutex<()>>,
     /// The last applied index, for readers that wait for an index.
     applied: watch::Sender<u64>,
 }
@@ -309,6 +321,7 @@ impl StateMachineStore {
             db,
             tree,
             machine: Arc::new(Mutex::new(machine)),
+            saving: Arc::new(Mutex::new(())),
             applied: watch::channel(applied).0,
         })
     }
@@ -332,27 +345,41 @@ impl StateMachineStore {
         self.applied.subscribe()
     }
 
+    /// Saves a snapshot unless a later one is saved already: a build of an older point that
+    /// finishes after a newer snapshot was installed must not replace it (the log before the
+    /// newer one may be purged).
     async fn save_snapshot(&self, stored: &StoredSnapshot) -> Result<(), RaftStorageError> {
         let subject = || ErrorSubject::Snapshot(Some(stored.meta.signature()));
         let bytes = encode_stored(stored).map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
-        self.tree
-            .insert(SNAPSHOT, bytes)
-            .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
-        self.db
-            .flush_async()
+        {
+            let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(current) = self
+                .tree
+                .get(SNAPSHOT)
+                .map_err(|e| io_error(subject(), ErrorVerb::Read, e))?
+            {
+                let current: StoredSnapshot =
+                    decode_stored(&current).map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
+                if current.meta.last_log_id > stored.meta.last_log_id {
+                    return Ok(());
+                }
+            }
+            self.tree
+                .insert(SNAPSHOT, bytes)
+                .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
+        }
+        flush(&self.db)
             .await
-            .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
-        Ok(())
+            .map_err(|e| io_error(subject(), ErrorVerb::Write, e))
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
-        let (meta, data) = {
+        let (meta, state) = {
             let mut machine = self.lock();
             machine.snapshots_built += 1;
-            let data = encode_stored(&machine.state)
-                .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+            let state = machine.state.clone();
             let snapshot_id = match machine.last_applied {
                 Some(id) => format!(
                     "{}-{}-{}",
@@ -365,8 +392,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 last_membership: machine.membership.clone(),
                 snapshot_id,
             };
-            (meta, data)
+            (meta, state)
         };
+        let data = encode_stored(&state)
+            .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
         let stored = StoredSnapshot { meta, data };
         self.save_snapshot(&stored).await?;
         Ok(Snapshot {

@@ -253,6 +253,9 @@ fn sigkill_during_a_move_to_s3_leaves_exactly_one_copy() {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    // `copying` shows as soon as it is written; it is durable once its flush returns, a few
+    // milliseconds later. The copy itself takes far longer.
+    std::thread::sleep(std::time::Duration::from_millis(200));
     node.kill();
     let _ = mv.wait();
 

@@ -1,0 +1,214 @@
+//! The cluster's certificates: a cluster CA made at `cluster init`, node certificates it signs
+//! (named `node-<id>.letl`, whatever the request asked for), and the QUIC configurations that
+//! require them on both sides (mutual TLS).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::NodeId;
+
+/// The ALPN protocol of node-to-node QUIC.
+pub const ALPN: &[u8] = b"letl/1";
+/// A connection with no traffic for this long is closed (peers send keep-alives well within).
+pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keep-alives on idle connections.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Streams a peer may have open on one connection at once.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("certificate: {0}")]
+    Certificate(String),
+    #[error("tls configuration: {0}")]
+    Config(String),
+}
+
+fn cert_error(e: impl std::fmt::Display) -> TlsError {
+    TlsError::Certificate(e.to_string())
+}
+
+fn config_error(e: impl std::fmt::Display) -> TlsError {
+    TlsError::Config(e.to_string())
+}
+
+/// The DNS name in node `id`'s certificate, which peers check when they connect to it.
+pub fn server_name(id: NodeId) -> String {
+    format!("node-{id}.letl")
+}
+
+/// A short fingerprint of a CA certificate (blake3 of its DER, 32 hex digits): a join token
+/// carries it so the joining node can check it reached the right cluster.
+pub fn ca_fingerprint(ca_pem: &str) -> Result<String, TlsError> {
+    let der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(cert_error)?;
+    Ok(blake3::hash(der.as_ref()).to_hex()[..32].to_string())
+}
+
+/// The cluster CA: it signs node certificates.
+#[derive(Debug)]
+pub struct ClusterCa {
+    cert_pem: String,
+    key: KeyPair,
+}
+
+impl ClusterCa {
+    pub fn generate(cluster_id: &str) -> Result<Self, TlsError> {
+        let key = KeyPair::generate().map_err(cert_error)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_error)?;
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, format!("letl cluster {cluster_id}"));
+        params.distinguished_name = name;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).map_err(cert_error)?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            key,
+        })
+    }
+
+    pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
+        let key = KeyPair::from_pem(key_pem).map_err(cert_error)?;
+        // Checks the pair parses as a CA certificate now, not at the first join.
+        Issuer::from_ca_cert_pem(cert_pem, &key).map_err(cert_error)?;
+        Ok(Self {
+            cert_pem: cert_pem.to_string(),
+            key,
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// Signs a node's certificate request as node `id`: the certificate names that node only,
+    /// whatever names the request asked for.
+    pub fn sign_node(&self, csr_pem: &str, id: NodeId) -> Result<String, TlsError> {
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key).map_err(cert_error)?;
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(cert_error)?;
+        let name = server_name(id);
+        csr.params.subject_alt_names = vec![SanType::DnsName(
+            name.clone().try_into().map_err(cert_error)?,
+        )];
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        csr.params.distinguished_name = dn;
+        csr.params.is_ca = IsCa::NoCa;
+        csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        csr.params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        Ok(csr.signed_by(&issuer).map_err(cert_error)?.pem())
+    }
+
+    /// A key and a signed certificate for node `id`, made here (the founding node's own).
+    pub fn issue_node(&self, id: NodeId) -> Result<NodeTls, TlsError> {
+        let (key_pem, csr_pem) = node_key_and_request()?;
+        Ok(NodeTls {
+            ca_pem: self.cert_pem.clone(),
+            cert_pem: self.sign_node(&csr_pem, id)?,
+            key_pem,
+        })
+    }
+}
+
+/// A new node key and a certificate request for it (PEM): the key never leaves the node.
+pub fn node_key_and_request() -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate().map_err(cert_error)?;
+    let params = CertificateParams::new(vec!["letl-node".to_string()]).map_err(cert_error)?;
+    let csr = params.serialize_request(&key).map_err(cert_error)?;
+    Ok((key.serialize_pem(), csr.pem().map_err(cert_error)?))
+}
+
+/// What a node presents and trusts: the cluster CA, its certificate and its key (PEM).
+#[derive(Clone)]
+pub struct NodeTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls").finish_non_exhaustive()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into())
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        .max_idle_timeout(CONNECTION_IDLE_TIMEOUT.try_into().ok());
+    Arc::new(transport)
+}
+
+impl NodeTls {
+    fn roots(&self) -> Result<rustls::RootCertStore, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).map_err(cert_error)?;
+        roots.add(ca).map_err(cert_error)?;
+        Ok(roots)
+    }
+
+    fn chain(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+        let cert = CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).map_err(cert_error)?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(cert_error)?;
+        Ok((vec![cert], key))
+    }
+
+    /// Accepts only peers with a certificate from the cluster CA.
+    pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(self.roots()?),
+            provider(),
+        )
+        .build()
+        .map_err(config_error)?;
+        let (chain, key) = self.chain()?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config_error)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(config_error)?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = QuicServerConfig::try_from(tls).map_err(config_error)?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(transport());
+        Ok(config)
+    }
+
+    /// Presents this node's certificate and trusts only the cluster CA.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
+        let (chain, key) = self.chain()?;
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config_error)?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(chain, key)
+            .map_err(config_error)?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = QuicClientConfig::try_from(tls).map_err(config_error)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(transport());
+        Ok(config)
+    }
+}

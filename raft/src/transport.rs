@@ -1,0 +1,400 @@
+//! Node-to-node messages and how they travel: one QUIC connection per pair of nodes, one
+//! bidirectional stream per request, each way one length-prefixed frame encoded by the codec.
+//! The [`Transport`] trait is the seam: the simulator gives the same quinn stack a simulated
+//! socket, unit tests may route calls in process.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use letl_storage::codec::{decode_wire, encode_wire};
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::tls::{NodeTls, TlsError, server_name};
+use crate::{Command, NodeId, NodeInfo, Response, TypeConfig};
+
+/// Largest frame either way (raft batches and snapshot chunks are far smaller).
+pub const FRAME_BYTES_MAX: usize = 64 << 20;
+/// Frames are read in pieces of at most this much.
+const FRAME_READ_CHUNK: usize = 1 << 20;
+/// Connecting to a peer that does not answer fails after this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A request from one node to another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Rpc {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A control write a follower forwards to the leader.
+    Write(Command),
+    /// Asks the leader for a log index that reads must reach to be current.
+    ReadIndex,
+    /// A joined node asks to become a member: a learner, then a voter.
+    AddMember {
+        id: NodeId,
+        info: NodeInfo,
+    },
+    /// A member asks to be removed.
+    RemoveMember {
+        id: NodeId,
+    },
+}
+
+/// Why a forwarded request failed on the node that got it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// That node is not the leader; here is the one it knows of.
+    NotLeader { leader: Option<(NodeId, NodeInfo)> },
+    /// The leader cannot reach a majority.
+    NoQuorum(String),
+    /// Refused for a reason a user should read.
+    Refused(String),
+}
+
+/// The answer to an [`Rpc`], variant for variant.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcReply {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    Write(Result<Response, Refusal>),
+    ReadIndex(Result<u64, Refusal>),
+    Member(Result<(), Refusal>),
+    /// The request could not be handled at all (it did not decode, say).
+    Failed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("node {to} at {addr} is unreachable: {reason}")]
+    Unreachable {
+        to: NodeId,
+        addr: String,
+        reason: String,
+    },
+    #[error("node {to} did not answer within {timeout:?}")]
+    Timeout { to: NodeId, timeout: Duration },
+    #[error("exchange with node {to} failed: {reason}")]
+    Exchange { to: NodeId, reason: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("quic endpoint: {0}")]
+    Endpoint(String),
+}
+
+/// Sends requests to other nodes.
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync + Debug + 'static {
+    /// Sends `rpc` to node `to` at `addr` and waits at most `timeout` for its reply.
+    async fn call(
+        &self,
+        to: NodeId,
+        addr: &str,
+        rpc: &Rpc,
+        timeout: Duration,
+    ) -> Result<RpcReply, TransportError>;
+}
+
+/// Answers requests from other nodes.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn handle(&self, rpc: Rpc) -> RpcReply;
+}
+
+async fn write_frame(stream: &mut quinn::SendStream, body: &[u8]) -> Result<(), String> {
+    let len = u32::try_from(body.len()).map_err(|_| "frame too large".to_string())?;
+    if body.len() > FRAME_BYTES_MAX {
+        return Err(format!(
+            "a {} byte frame is more than {FRAME_BYTES_MAX}",
+            body.len()
+        ));
+    }
+    stream
+        .write_all(&len.to_be_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.write_all(body).await.map_err(|e| e.to_string())
+}
+
+async fn read_frame(stream: &mut quinn::RecvStream) -> Result<Vec<u8>, String> {
+    let mut len = [0u8; 4];
+    stream
+        .read_exact(&mut len)
+        .await
+        .map_err(|e| e.to_string())?;
+    let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
+    if len > FRAME_BYTES_MAX {
+        return Err(format!("a {len} byte frame is more than {FRAME_BYTES_MAX}"));
+    }
+    // Grows as bytes arrive: a peer's declared length alone allocates nothing.
+    let mut body = Vec::with_capacity(len.min(FRAME_READ_CHUNK));
+    while body.len() < len {
+        let want = (len - body.len()).min(FRAME_READ_CHUNK);
+        let start = body.len();
+        body.resize(start + want, 0);
+        stream
+            .read_exact(&mut body[start..])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(body)
+}
+
+/// The QUIC transport: one endpoint per node, serving and calling.
+#[derive(Debug)]
+pub struct QuicTransport {
+    endpoint: quinn::Endpoint,
+    /// One connection per peer, made on first use and replaced when it closes.
+    connections: Mutex<BTreeMap<NodeId, quinn::Connection>>,
+}
+
+impl QuicTransport {
+    /// Binds a UDP socket at `addr` with this node's certificates.
+    pub fn bind(addr: SocketAddr, tls: &NodeTls) -> Result<Self, TransportError> {
+        let mut endpoint = quinn::Endpoint::server(tls.server_config()?, addr)
+            .map_err(|e| TransportError::Endpoint(format!("bind {addr}: {e}")))?;
+        endpoint.set_default_client_config(tls.client_config()?);
+        Ok(Self::from_endpoint(endpoint))
+    }
+
+    /// Uses an endpoint made elsewhere (the simulator's, over its own socket), which must
+    /// carry this node's server and client configurations.
+    pub fn from_endpoint(endpoint: quinn::Endpoint) -> Self {
+        Self {
+            endpoint,
+            connections: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        self.endpoint
+            .local_addr()
+            .map_err(|e| TransportError::Endpoint(e.to_string()))
+    }
+
+    /// Answers incoming requests with `handler` until the endpoint closes.
+    pub fn serve(&self, handler: Arc<dyn Handler>) -> JoinHandle<()> {
+        let endpoint = self.endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let handler = Arc::clone(&handler);
+                tokio::spawn(async move {
+                    let remote = incoming.remote_address();
+                    let connection = match incoming.await {
+                        Ok(connection) => connection,
+                        Err(e) => {
+                            warn!(peer = %remote, error = %e, "refused a node connection");
+                            return;
+                        }
+                    };
+                    serve_connection(connection, handler).await;
+                });
+            }
+        })
+    }
+
+    /// Closes the endpoint: calls fail, serving stops.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"node stopping");
+    }
+
+    /// Drops the cached connection to `to`: the next call connects again.
+    fn forget(&self, to: NodeId) {
+        self.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&to);
+    }
+
+    async fn connection(
+        &self,
+        to: NodeId,
+        addr: &str,
+    ) -> Result<quinn::Connection, TransportError> {
+        let unreachable = |reason: String| TransportError::Unreachable {
+            to,
+            addr: addr.to_string(),
+            reason,
+        };
+        let socket: SocketAddr = addr
+            .parse()
+            .map_err(|e| unreachable(format!("not an address: {e}")))?;
+        if let Some(connection) = self
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&to)
+            && connection.close_reason().is_none()
+            && connection.remote_address() == socket
+        {
+            return Ok(connection.clone());
+        }
+        let connecting = self
+            .endpoint
+            .connect(socket, &server_name(to))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        debug!(peer = to, addr, "connected to node");
+        self.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(to, connection.clone());
+        Ok(connection)
+    }
+
+    async fn exchange(
+        &self,
+        connection: &quinn::Connection,
+        to: NodeId,
+        addr: &str,
+        request: &[u8],
+    ) -> Result<Vec<u8>, TransportError> {
+        let failed = |reason: String| TransportError::Exchange { to, reason };
+        let (mut send, mut recv) = match connection.open_bi().await {
+            Ok(streams) => streams,
+            Err(e) => {
+                return Err(TransportError::Unreachable {
+                    to,
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        write_frame(&mut send, request).await.map_err(failed)?;
+        send.finish().map_err(|e| failed(e.to_string()))?;
+        read_frame(&mut recv).await.map_err(failed)
+    }
+}
+
+async fn serve_connection(connection: quinn::Connection, handler: Arc<dyn Handler>) {
+    loop {
+        let (mut send, mut recv) = match connection.accept_bi().await {
+            Ok(streams) => streams,
+            Err(_) => return,
+        };
+        let handler = Arc::clone(&handler);
+        tokio::spawn(async move {
+            let reply = match read_frame(&mut recv).await {
+                Ok(body) => match decode_wire::<Rpc>(&body) {
+                    Ok(rpc) => handler.handle(rpc).await,
+                    Err(e) => RpcReply::Failed(format!("undecodable request: {e}")),
+                },
+                Err(e) => RpcReply::Failed(format!("unreadable request: {e}")),
+            };
+            let sent = match encode_wire(&reply) {
+                Ok(body) => write_frame(&mut send, &body).await,
+                Err(e) => Err(e.to_string()),
+            };
+            match sent {
+                Ok(()) => {
+                    let _ = send.finish();
+                }
+                Err(e) => debug!(error = %e, "a reply could not be sent"),
+            }
+        });
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for QuicTransport {
+    async fn call(
+        &self,
+        to: NodeId,
+        addr: &str,
+        rpc: &Rpc,
+        timeout: Duration,
+    ) -> Result<RpcReply, TransportError> {
+        let request = encode_wire(rpc).map_err(|e| TransportError::Exchange {
+            to,
+            reason: e.to_string(),
+        })?;
+        // Connecting is bounded by CONNECT_TIMEOUT, not by this call's deadline: a heartbeat's
+        // short deadline must not cut every new handshake short.
+        let connection = self.connection(to, addr).await?;
+        let reply =
+            match tokio::time::timeout(timeout, self.exchange(&connection, to, addr, &request))
+                .await
+            {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => {
+                    self.forget(to);
+                    return Err(e);
+                }
+                Err(_) => {
+                    // The peer may have restarted behind a connection that still looks open.
+                    self.forget(to);
+                    return Err(TransportError::Timeout { to, timeout });
+                }
+            };
+        decode_wire(&reply).map_err(|e| TransportError::Exchange {
+            to,
+            reason: format!("undecodable reply: {e}"),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
+
+    use super::*;
+    use crate::Entry;
+
+    #[test]
+    fn raft_and_control_messages_round_trip_through_the_codec() {
+        let command = Command::Reserve {
+            space: "request".to_string(),
+            key: "r1".to_string(),
+            holder: "job-1".to_string(),
+        };
+        let append = Rpc::AppendEntries(AppendEntriesRequest {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(LogId::new(CommittedLeaderId::new(3, 1), 41)),
+            entries: vec![Entry {
+                log_id: LogId::new(CommittedLeaderId::new(3, 1), 42),
+                payload: EntryPayload::Normal(command.clone()),
+            }],
+            leader_commit: Some(LogId::new(CommittedLeaderId::new(3, 1), 41)),
+        });
+        let back: Rpc = decode_wire(&encode_wire(&append).unwrap()).unwrap();
+        let Rpc::AppendEntries(request) = back else {
+            panic!("not an append: {back:?}");
+        };
+        assert_eq!(request.entries.len(), 1);
+        assert_eq!(request.entries[0].log_id.index, 42);
+        assert!(matches!(&request.entries[0].payload, EntryPayload::Normal(c) if *c == command));
+
+        let refused = RpcReply::Write(Err(Refusal::NotLeader {
+            leader: Some((
+                2,
+                NodeInfo {
+                    quic: "127.0.0.1:7071".to_string(),
+                    http: "127.0.0.1:7070".to_string(),
+                },
+            )),
+        }));
+        let back: RpcReply = decode_wire(&encode_wire(&refused).unwrap()).unwrap();
+        assert!(matches!(
+            back,
+            RpcReply::Write(Err(Refusal::NotLeader {
+                leader: Some((2, _))
+            }))
+        ));
+    }
+}
