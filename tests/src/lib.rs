@@ -386,3 +386,19 @@ pub fn blake3_of_file(path: &Path) -> String {
     }
     format!("blake3:{}", hasher.finalize().to_hex())
 }
+
+/// The md5 of `data` as the system's `md5sum` prints it (lowercase hex).
+pub fn md5sum_of(data: &[u8]) -> String {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("data");
+    std::fs::write(&path, data).expect("writing the data");
+    let out = Command::new("md5sum")
+        .arg(&path)
+        .output()
+        .expect("md5sum runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}

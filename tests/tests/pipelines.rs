@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use letl_tests::{TestNode, test_bytes};
+use letl_tests::{TestNode, md5sum_of, test_bytes};
 
 /// Writes `count` files (some in sub-directories) under `dir`; returns their relative paths.
 fn write_files(dir: &Path, count: usize, bytes: usize) -> Vec<String> {
@@ -110,7 +110,7 @@ fn an_md5_pipeline_matches_md5sum_and_reruns_only_what_changed() {
     assert_eq!(changed["stats"]["skipped"], 999, "{changed}");
     assert_eq!(
         object(&node, &format!("hdd:/covid-md5/{}", names[7])),
-        Some(md5_hex(b"changed"))
+        Some(md5sum_of(b"changed"))
     );
     // A new version of the pipeline makes everything again.
     let spec_v2 = std::fs::read_to_string(&spec).unwrap().replace(
@@ -149,16 +149,6 @@ fn an_md5_pipeline_matches_md5sum_and_reruns_only_what_changed() {
     assert_eq!(stats["jobs"], 4);
     assert_eq!(stats["objects_out"], 2001);
     assert_eq!(stats["skipped"], 1999);
-}
-
-/// md5 of a small buffer, as the system's md5sum prints it.
-fn md5_hex(data: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x");
-    std::fs::write(&path, data).unwrap();
-    let out = Command::new("md5sum").arg(&path).output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    text.split_whitespace().next().unwrap().to_string()
 }
 
 fn dir_pipeline(name: &str, input: &Path, transforms: &str, extra: &str) -> String {

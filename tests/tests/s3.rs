@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use letl_tests::seaweed::{S3_SECRET_KEY, S3Server};
-use letl_tests::{TestNode, blake3_of, test_bytes};
+use letl_tests::{TestNode, blake3_of, md5sum_of, test_bytes};
 
 fn node_with(server: &S3Server, secret: &str) -> TestNode {
     let config = format!(
@@ -333,19 +333,6 @@ fn a_move_that_meets_a_down_endpoint_stays_pending_and_finishes_later() {
     }
 }
 
-/// md5 of a buffer, as the system's md5sum prints it.
-fn md5sum(data: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x");
-    std::fs::write(&path, data).unwrap();
-    let out = std::process::Command::new("md5sum")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    text.split_whitespace().next().unwrap().to_string()
-}
-
 /// A pipeline reads a prefix of a bucket on the `[source]` endpoint: its md5 results match
 /// md5sum, a re-run touches nothing, a replaced object is reprocessed alone, and a load
 /// target inside the source prefix of the same bucket is refused as a loop.
@@ -386,7 +373,7 @@ fn a_pipeline_extracts_from_an_s3_source_prefix() {
     for (key, data) in &inputs {
         let relative = key.strip_prefix("covid/").unwrap();
         let got = fetch(&node, &format!("ssd:/md5/{relative}"));
-        assert_eq!(String::from_utf8(got).unwrap(), md5sum(data), "{key}");
+        assert_eq!(String::from_utf8(got).unwrap(), md5sum_of(data), "{key}");
     }
     node.cli(&["stat", "ssd:/md5/x.fa"]).fails(3, "no object");
     let stat = node.cli(&["stat", "ssd:/md5/s01.fa"]).ok().to_string();
@@ -406,7 +393,7 @@ fn a_pipeline_extracts_from_an_s3_source_prefix() {
     assert_eq!(third["stats"]["objects_out"], 1, "{third}");
     assert_eq!(
         String::from_utf8(fetch(&node, "ssd:/md5/s01.fa")).unwrap(),
-        md5sum(b"changed")
+        md5sum_of(b"changed")
     );
 
     // Loading into the source prefix of the same bucket would read its own output.
