@@ -52,6 +52,13 @@ async fn start(id: NodeId, tls: &NodeTls) -> TestNode {
     }
 }
 
+/// The error a call from `from` to node `to` at `addr` ends with (it must fail).
+async fn refused_by(from: &QuicTransport, to: NodeId, addr: &str) -> TransportError {
+    from.call(to, addr, &Rpc::ReadIndex, Duration::from_secs(5))
+        .await
+        .unwrap_err()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_replicate_over_quic_and_another_ca_is_refused() {
     let ca = ClusterCa::generate("test").unwrap();
@@ -110,15 +117,7 @@ async fn commands_replicate_over_quic_and_another_ca_is_refused() {
         &other.issue_node(9).unwrap(),
     )
     .unwrap();
-    let refused = stranger
-        .call(
-            leader,
-            &members[&leader].quic,
-            &Rpc::ReadIndex,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap_err();
+    let refused = refused_by(&stranger, leader, &members[&leader].quic).await;
     assert!(
         matches!(refused, TransportError::Unreachable { .. }),
         "{refused}"
@@ -128,15 +127,7 @@ async fn commands_replicate_over_quic_and_another_ca_is_refused() {
     let mut forged = other.issue_node(leader).unwrap();
     forged.ca_pem = ca.cert_pem().to_string();
     let impostor = QuicTransport::bind("127.0.0.1:0".parse().unwrap(), &forged).unwrap();
-    let refused = impostor
-        .call(
-            leader,
-            &members[&leader].quic,
-            &Rpc::ReadIndex,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap_err();
+    let refused = refused_by(&impostor, leader, &members[&leader].quic).await;
     assert!(
         matches!(
             refused,
