@@ -47,9 +47,12 @@ pub const S3_PART_BYTES_MAX: u64 = 5 << 30;
 const S3_PARTS_IN_FLIGHT_MAX: usize = 4;
 /// Most parts in one multipart upload.
 const S3_PARTS_MAX: usize = 10_000;
-/// Attempts per request (the SDK retries transient errors with exponential backoff).
-const S3_ATTEMPTS_MAX: u32 = 4;
+/// Attempts per request (the SDK retries transient errors, such as a 500 from a store that is
+/// still growing a new bucket's volumes, with jittered exponential backoff).
+const S3_ATTEMPTS_MAX: u32 = 5;
 const S3_INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest wait between two attempts (at most 3 s of waiting per request in all).
+const S3_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// An endpoint that does not accept a connection within this long counts as unreachable.
 const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keys per listing request (S3's own maximum).
@@ -165,7 +168,8 @@ impl S3Tier {
             .retry_config(
                 RetryConfig::standard()
                     .with_max_attempts(S3_ATTEMPTS_MAX)
-                    .with_initial_backoff(S3_INITIAL_BACKOFF),
+                    .with_initial_backoff(S3_INITIAL_BACKOFF)
+                    .with_max_backoff(S3_BACKOFF_MAX),
             )
             .timeout_config(
                 TimeoutConfig::builder()

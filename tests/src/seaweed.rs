@@ -145,8 +145,21 @@ impl S3Server {
     }
 }
 
+/// Log lines of the server shown when a test using it fails.
+const FAILURE_LOG_LINES_MAX: usize = 60;
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(FAILURE_LOG_LINES_MAX)..];
+            eprintln!(
+                "--- last lines of {} log ---\n{}",
+                self.endpoint,
+                tail.join("\n")
+            );
+        }
     }
 }
