@@ -10,6 +10,8 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+pub mod cluster;
+pub mod identity;
 pub mod network;
 pub mod state;
 pub mod store;

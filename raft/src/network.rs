@@ -1,7 +1,9 @@
 //! openraft's network over a [`Transport`]: each raft RPC is one request and one reply, bounded
 //! by the deadline openraft gives it.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::AnyError;
 use openraft::error::{
@@ -16,15 +18,42 @@ use openraft::raft::{
 use crate::transport::{Rpc, RpcReply, Transport, TransportError};
 use crate::{NodeId, NodeInfo, TypeConfig};
 
+/// When this node last heard from each peer (an answer to its request, or a request from the
+/// leader): the last contact `letl cluster status` shows.
+#[derive(Clone, Debug, Default)]
+pub struct Contacts(Arc<Mutex<BTreeMap<NodeId, Instant>>>);
+
+impl Contacts {
+    pub fn record(&self, peer: NodeId) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, Instant::now());
+    }
+
+    /// How long ago this node last heard from `peer`.
+    pub fn since(&self, peer: NodeId) -> Option<Duration> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .map(Instant::elapsed)
+    }
+}
+
 /// Makes a [`PeerClient`] per peer.
 #[derive(Clone, Debug)]
 pub struct Network {
     transport: Arc<dyn Transport>,
+    contacts: Contacts,
 }
 
 impl Network {
-    pub fn new(transport: Arc<dyn Transport>) -> Self {
-        Self { transport }
+    pub fn new(transport: Arc<dyn Transport>, contacts: Contacts) -> Self {
+        Self {
+            transport,
+            contacts,
+        }
     }
 }
 
@@ -34,6 +63,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
         PeerClient {
             transport: Arc::clone(&self.transport),
+            contacts: self.contacts.clone(),
             target,
             addr: node.quic.clone(),
         }
@@ -44,6 +74,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 #[derive(Debug)]
 pub struct PeerClient {
     transport: Arc<dyn Transport>,
+    contacts: Contacts,
     target: NodeId,
     addr: String,
 }
@@ -57,16 +88,20 @@ impl PeerClient {
         rpc: Rpc,
         option: &RPCOption,
     ) -> Result<RpcReply, RPCError<NodeId, NodeInfo, openraft::error::Infallible>> {
-        self.transport
+        let reply = self
+            .transport
             .call(self.target, &self.addr, &rpc, option.soft_ttl())
-            .await
-            .map_err(|e| match e {
-                // A peer that cannot be reached: openraft backs off before the next try. A
-                // slow answer is a network error, retried at once (a back-off would stop
-                // heartbeats long enough to start an election).
-                TransportError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
-                e => RPCError::Network(NetworkError::new(&e)),
-            })
+            .await;
+        if reply.is_ok() {
+            self.contacts.record(self.target);
+        }
+        reply.map_err(|e| match e {
+            // A peer that cannot be reached: openraft backs off before the next try. A
+            // slow answer is a network error, retried at once (a back-off would stop
+            // heartbeats long enough to start an election).
+            TransportError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+            e => RPCError::Network(NetworkError::new(&e)),
+        })
     }
 
     fn remote<E: std::error::Error>(
@@ -143,9 +178,16 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 }
 
 /// Answers a raft RPC; any other request is given back.
-pub async fn handle_raft_rpc(raft: &crate::Raft, rpc: Rpc) -> Result<RpcReply, Rpc> {
+pub async fn handle_raft_rpc(
+    raft: &crate::Raft,
+    contacts: &Contacts,
+    rpc: Rpc,
+) -> Result<RpcReply, Rpc> {
     Ok(match rpc {
-        Rpc::AppendEntries(request) => RpcReply::AppendEntries(raft.append_entries(request).await),
+        Rpc::AppendEntries(request) => {
+            contacts.record(request.vote.leader_id().voted_for().unwrap_or_default());
+            RpcReply::AppendEntries(raft.append_entries(request).await)
+        }
         Rpc::Vote(request) => RpcReply::Vote(raft.vote(request).await),
         Rpc::InstallSnapshot(request) => {
             RpcReply::InstallSnapshot(raft.install_snapshot(request).await)

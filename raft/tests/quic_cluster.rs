@@ -8,18 +8,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use letl_raft::network::{Network, handle_raft_rpc};
+use letl_raft::network::{Contacts, Network, handle_raft_rpc};
 use letl_raft::store::{RaftDb, StateMachineStore};
 use letl_raft::tls::{ClusterCa, NodeTls};
 use letl_raft::transport::{Handler, QuicTransport, Rpc, RpcReply, Transport, TransportError};
 use letl_raft::{Command, NodeId, NodeInfo, Raft, Response};
 
-struct RaftHandler(Raft);
+struct RaftHandler(Raft, Contacts);
 
 #[async_trait::async_trait]
 impl Handler for RaftHandler {
     async fn handle(&self, rpc: Rpc) -> RpcReply {
-        match handle_raft_rpc(&self.0, rpc).await {
+        match handle_raft_rpc(&self.0, &self.1, rpc).await {
             Ok(reply) => reply,
             Err(other) => RpcReply::Failed(format!("not served here: {other:?}")),
         }
@@ -38,13 +38,16 @@ async fn start(id: NodeId, tls: &NodeTls) -> TestNode {
     let raft = Raft::new(
         id,
         Arc::new(letl_raft::raft_config("test").unwrap()),
-        Network::new(Arc::clone(&transport) as Arc<dyn Transport>),
+        Network::new(
+            Arc::clone(&transport) as Arc<dyn Transport>,
+            Contacts::default(),
+        ),
         log,
         machine.clone(),
     )
     .await
     .unwrap();
-    transport.serve(Arc::new(RaftHandler(raft.clone())));
+    transport.serve(Arc::new(RaftHandler(raft.clone(), Contacts::default())));
     TestNode {
         raft,
         machine,

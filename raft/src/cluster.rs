@@ -1,0 +1,772 @@
+//! A node's place in the control plane, and everything the node does with it: writes (sent to
+//! the leader, forwarded when this node is a follower), linearizable reads, join tokens and
+//! admissions, membership changes and status. The node crate uses only this module's types.
+//!
+//! No write is proposed by a leader that has not heard from a majority of voters within
+//! [`QUORUM_ACK_STALE`]: it answers "no quorum" at once, so that a refused write cannot be
+//! applied later when the others come back. (A majority lost after the check, within one
+//! heartbeat, leaves the entry in the leader's log; it is applied if that leader keeps its
+//! place, and dropped if another wins.)
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::identity::{Identity, IdentityError, JoinGrant, JoinToken, encode_hex};
+use crate::network::{Contacts, Network, handle_raft_rpc};
+use crate::store::{LogStore, RaftDb, StateMachineStore};
+use crate::transport::{Handler, QuicTransport, Refusal, Rpc, RpcReply, Transport, TransportError};
+use crate::{Command, ControlState, NodeId, NodeInfo, Raft, Response, SINGLE_NODE_ID};
+
+/// A write not committed within this long fails with "no quorum".
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A read that cannot confirm the leader within this long fails with "no quorum".
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request waits for a leader to be known (an election takes 0.5 to 1 s).
+pub const LEADER_WAIT: Duration = Duration::from_secs(3);
+/// A leader that has not heard from a majority for this long refuses writes.
+pub const QUORUM_ACK_STALE: Duration = Duration::from_millis(1000);
+/// Hops a request follows from "not the leader" answers before giving up.
+const FORWARD_HOPS_MAX: usize = 6;
+/// How long a new member may take to catch up before it is made a voter.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// A joined node asks to be made a member this many times, once a second.
+const JOIN_ATTEMPTS_MAX: usize = 300;
+const JOIN_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest life of a join token.
+pub const TOKEN_TTL_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A majority of voters cannot be reached: nothing was applied.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// The request is wrong (bad command, bad token, not allowed now).
+    #[error("{0}")]
+    Refused(String),
+    /// The node's own parts failed (files, raft, endpoint).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<IdentityError> for ClusterError {
+    fn from(e: IdentityError) -> Self {
+        match e {
+            IdentityError::Token(_) | IdentityError::Refused(_) => Self::Refused(e.to_string()),
+            IdentityError::File { .. } | IdentityError::Tls(_) => Self::Failed(e.to_string()),
+        }
+    }
+}
+
+fn from_refusal(refusal: Refusal) -> ClusterError {
+    match refusal {
+        Refusal::NoQuorum(reason) => ClusterError::NoQuorum(reason),
+        Refusal::Refused(reason) => ClusterError::Refused(reason),
+        Refusal::NotLeader { .. } => ClusterError::NoQuorum("no stable leader".to_string()),
+    }
+}
+
+/// Where a node keeps its cluster state and how it is reached.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// The cluster directory: identity and raft database.
+    pub dir: PathBuf,
+    /// The name a founded cluster gets.
+    pub name: String,
+    /// Where the QUIC endpoint listens.
+    pub quic_listen: SocketAddr,
+    /// How other nodes reach this one.
+    pub advertise: NodeInfo,
+}
+
+/// One member as `letl cluster status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub quic: String,
+    pub http: String,
+    pub voter: bool,
+    /// The last log index known replicated to it (on the leader).
+    pub matched: Option<u64>,
+    /// Milliseconds since this node last heard from it (`None`: never, or itself).
+    pub last_contact_ms: Option<u64>,
+}
+
+/// The control plane as one node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster: String,
+    pub node_id: NodeId,
+    /// leader, follower, candidate, learner or shutdown.
+    pub role: String,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log: Option<u64>,
+    pub commit: Option<u64>,
+    pub applied: Option<u64>,
+    /// Admitted but not yet made a member.
+    pub joining: bool,
+    pub members: Vec<MemberStatus>,
+}
+
+/// This node's handle on the control plane.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    dir: PathBuf,
+    identity: Mutex<Identity>,
+    advertise: NodeInfo,
+    raft: Raft,
+    log: LogStore,
+    machine: StateMachineStore,
+    transport: Arc<QuicTransport>,
+    contacts: Contacts,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("id", &self.id)
+            .field("dir", &self.dir)
+            .field("advertise", &self.advertise)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn failed(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Failed(e.to_string())
+}
+
+/// Whether `dir` already holds a cluster identity (a founded or joined node).
+pub fn identity_in(dir: &std::path::Path) -> Result<Option<Identity>, ClusterError> {
+    Ok(Identity::load(dir)?)
+}
+
+/// Founds a cluster in `dir`: a new CA and node 1's certificate. Refused if `dir` has an
+/// identity already.
+pub fn found(dir: &std::path::Path, name: &str) -> Result<Identity, ClusterError> {
+    if let Some(identity) = Identity::load(dir)? {
+        return Err(ClusterError::Refused(format!(
+            "{} already belongs to cluster `{}` as node {}",
+            dir.display(),
+            identity.cluster,
+            identity.node_id
+        )));
+    }
+    let identity = Identity::found(name, SINGLE_NODE_ID)?;
+    identity.save(dir)?;
+    info!(cluster = name, dir = %dir.display(), "founded a cluster");
+    Ok(identity)
+}
+
+/// The first half of joining: a key and a certificate request for the member to sign.
+pub fn join_request() -> Result<(String, String), ClusterError> {
+    crate::tls::node_key_and_request().map_err(failed)
+}
+
+/// The second half: checks the grant against the token and saves the identity in `dir`.
+pub fn save_joined(
+    dir: &std::path::Path,
+    token: &str,
+    grant: JoinGrant,
+    key_pem: String,
+) -> Result<Identity, ClusterError> {
+    if let Some(identity) = Identity::load(dir)? {
+        return Err(ClusterError::Refused(format!(
+            "{} already belongs to cluster `{}` as node {}",
+            dir.display(),
+            identity.cluster,
+            identity.node_id
+        )));
+    }
+    let token = JoinToken::parse(token)?;
+    let identity = crate::identity::joined_identity(&token, grant, key_pem)?;
+    identity.save(dir)?;
+    Ok(identity)
+}
+
+impl Cluster {
+    /// Opens this node's control plane: founds a one-node cluster on a fresh directory,
+    /// restarts from the log otherwise, and asks to be made a member after a join.
+    pub async fn open(settings: ClusterSettings) -> Result<Self, ClusterError> {
+        let identity = match Identity::load(&settings.dir)? {
+            Some(identity) => identity,
+            None => found(&settings.dir, &settings.name)?,
+        };
+        let id = identity.node_id;
+        let raft_dir = settings.dir.join("raft");
+        let db = tokio::task::spawn_blocking(move || RaftDb::open(&raft_dir))
+            .await
+            .map_err(failed)?
+            .map_err(|e| failed(format!("opening the raft database: {e}")))?;
+        let fresh = db.is_empty().map_err(failed)?;
+        let (log, machine) = db.stores().map_err(failed)?;
+        let transport = Arc::new(
+            QuicTransport::bind(settings.quic_listen, &identity.tls())
+                .map_err(|e| failed(format!("quic on {}: {e}", settings.quic_listen)))?,
+        );
+        let contacts = Contacts::default();
+        let config = crate::raft_config(&identity.cluster).map_err(failed)?;
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            Network::new(
+                Arc::clone(&transport) as Arc<dyn Transport>,
+                contacts.clone(),
+            ),
+            log.clone(),
+            machine.clone(),
+        )
+        .await
+        .map_err(failed)?;
+        let server = transport.serve(Arc::new(ClusterHandler {
+            raft: raft.clone(),
+            contacts: contacts.clone(),
+        }));
+        let joining = !identity.join_via.is_empty();
+        let cluster = Self {
+            inner: Arc::new(Inner {
+                id,
+                dir: settings.dir,
+                identity: Mutex::new(identity),
+                advertise: settings.advertise.clone(),
+                raft,
+                log,
+                machine,
+                transport,
+                contacts,
+                tasks: Mutex::new(vec![server]),
+            }),
+        };
+        let quic = cluster.inner.transport.local_addr().map_err(failed)?;
+        if fresh && !joining {
+            let members = BTreeMap::from([(id, settings.advertise.clone())]);
+            cluster
+                .inner
+                .raft
+                .initialize(members)
+                .await
+                .map_err(|e| failed(format!("founding the cluster: {e}")))?;
+            info!(node = id, %quic, "founded a one-node cluster");
+        } else if joining {
+            let task = tokio::spawn(cluster.clone().become_member());
+            cluster.tasks().push(task);
+        }
+        info!(node = id, %quic, joining, "control plane open");
+        Ok(cluster)
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn identity(&self) -> Identity {
+        self.inner
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn quic_addr(&self) -> Result<SocketAddr, ClusterError> {
+        self.inner.transport.local_addr().map_err(failed)
+    }
+
+    /// Applies `command` through the leader; returns what the state machine answered.
+    pub async fn write(&self, command: Command) -> Result<Response, ClusterError> {
+        command.check().map_err(ClusterError::Refused)?;
+        let reply = self.to_leader(Rpc::Write(command)).await?;
+        match reply {
+            RpcReply::Write(result) => result.map_err(from_refusal),
+            other => Err(failed(format!("unexpected reply to a write: {other:?}"))),
+        }
+    }
+
+    /// Reads the state once it holds every write committed before the call.
+    pub async fn read<T>(&self, f: impl FnOnce(&ControlState) -> T) -> Result<T, ClusterError> {
+        let index = match self.to_leader(Rpc::ReadIndex).await? {
+            RpcReply::ReadIndex(result) => result.map_err(from_refusal)?,
+            other => return Err(failed(format!("unexpected reply to a read: {other:?}"))),
+        };
+        let mut applied = self.inner.machine.applied();
+        tokio::time::timeout(READ_TIMEOUT, applied.wait_for(|a| *a >= index))
+            .await
+            .map_err(|_| {
+                ClusterError::NoQuorum(format!(
+                    "this node did not catch up to index {index} within {READ_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(failed)?;
+        Ok(self.inner.machine.read(f))
+    }
+
+    /// Reads this node's state as applied so far (may lag the leader).
+    pub fn read_local<T>(&self, f: impl FnOnce(&ControlState) -> T) -> T {
+        self.inner.machine.read(f)
+    }
+
+    /// Sends `rpc` to the leader (this node, or over QUIC), following "not the leader" hints.
+    async fn to_leader(&self, rpc: Rpc) -> Result<RpcReply, ClusterError> {
+        let mut leader = self.wait_for_leader().await?;
+        for _ in 0..FORWARD_HOPS_MAX {
+            let reply = if leader.0 == self.inner.id {
+                serve_locally(&self.inner.raft, rpc_ref(&rpc)).await
+            } else {
+                match self
+                    .inner
+                    .transport
+                    .call(leader.0, &leader.1.quic, &rpc, WRITE_TIMEOUT + LEADER_WAIT)
+                    .await
+                {
+                    Ok(reply) => reply,
+                    // Not sent: the leader is gone; wait for the next one.
+                    Err(TransportError::Unreachable { .. }) => {
+                        RpcReply::Write(Err(Refusal::NotLeader { leader: None }))
+                    }
+                    Err(e) => {
+                        return Err(ClusterError::NoQuorum(format!(
+                            "the leader, node {}, did not answer: {e}",
+                            leader.0
+                        )));
+                    }
+                }
+            };
+            let refusal = match &reply {
+                RpcReply::Write(Err(r))
+                | RpcReply::ReadIndex(Err(r))
+                | RpcReply::Member(Err(r)) => r.clone(),
+                _ => return Ok(reply),
+            };
+            leader = match refusal {
+                Refusal::NotLeader { leader: Some(next) } if next.0 != leader.0 => next,
+                Refusal::NotLeader { .. } => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    self.wait_for_leader().await?
+                }
+                _ => return Ok(reply),
+            };
+        }
+        Err(ClusterError::NoQuorum(format!(
+            "no stable leader after {FORWARD_HOPS_MAX} tries"
+        )))
+    }
+
+    /// The leader this node knows of, waiting up to [`LEADER_WAIT`] for one.
+    async fn wait_for_leader(&self) -> Result<(NodeId, NodeInfo), ClusterError> {
+        let mut metrics = self.inner.raft.metrics();
+        let known = tokio::time::timeout(
+            LEADER_WAIT,
+            metrics.wait_for(|m| {
+                m.current_leader
+                    .is_some_and(|l| m.membership_config.membership().get_node(&l).is_some())
+            }),
+        )
+        .await;
+        let m = self.inner.raft.metrics().borrow().clone();
+        let voters = m.membership_config.membership().voter_ids().count();
+        if known.is_err() || m.current_leader.is_none() {
+            return Err(ClusterError::NoQuorum(format!(
+                "no leader: fewer than a majority of the {voters} voters can be reached"
+            )));
+        }
+        let leader = m.current_leader.unwrap_or_default();
+        let info = m
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()
+            .unwrap_or_default();
+        Ok((leader, info))
+    }
+
+    /// A new join token, valid for `ttl`.
+    pub async fn issue_token(&self, ttl: Duration) -> Result<String, ClusterError> {
+        if ttl.is_zero() || ttl > TOKEN_TTL_MAX {
+            return Err(ClusterError::Refused(format!(
+                "a token's lifetime must be between 1 s and {} h",
+                TOKEN_TTL_MAX.as_secs() / 3600
+            )));
+        }
+        let token = JoinToken::generate(&self.identity().fingerprint()?)?;
+        let now = now_ms();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        match self
+            .write(Command::IssueJoinToken {
+                token_hash: token.secret_hash(),
+                expires_ms: now.saturating_add(ttl_ms),
+                now_ms: now,
+            })
+            .await?
+        {
+            Response::Done => Ok(token.to_string()),
+            Response::Refused { reason } => Err(ClusterError::Refused(reason)),
+            other => Err(failed(format!("unexpected answer: {other:?}"))),
+        }
+    }
+
+    /// Admits a node that holds a valid token: gives it an id and signs its certificate.
+    pub async fn admit(&self, token: &str, csr_pem: &str) -> Result<JoinGrant, ClusterError> {
+        let token = JoinToken::parse(token)?;
+        let identity = self.identity();
+        if token.ca_fingerprint != identity.fingerprint()? {
+            return Err(ClusterError::Refused(format!(
+                "the join token is for another cluster (CA {}, this one is {})",
+                token.ca_fingerprint,
+                identity.fingerprint()?
+            )));
+        }
+        // Ids of nodes that left are never reused: the allocator stays above every member.
+        let members = self.read(|_| ()).await.map(|()| self.members())?;
+        let members_max = members.keys().max().copied().unwrap_or(SINGLE_NODE_ID);
+        let node_id = match self
+            .write(Command::AdmitNode {
+                token_hash: token.secret_hash(),
+                members_max,
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            Response::Admitted { node_id } => node_id,
+            Response::Refused { reason } => return Err(ClusterError::Refused(reason)),
+            other => return Err(failed(format!("unexpected answer: {other:?}"))),
+        };
+        let cert_pem = identity
+            .ca()?
+            .sign_node(csr_pem, node_id)
+            .map_err(|e| ClusterError::Refused(format!("the certificate request: {e}")))?;
+        info!(node = node_id, "admitted a node");
+        Ok(JoinGrant {
+            cluster: identity.cluster.clone(),
+            node_id,
+            ca_pem: identity.ca_pem.clone(),
+            sealed_ca_key: encode_hex(&token.seal(identity.ca_key_pem.as_bytes())?),
+            cert_pem,
+            members,
+        })
+    }
+
+    /// The members with their addresses, as this node knows them.
+    pub fn members(&self) -> BTreeMap<NodeId, NodeInfo> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, info)| (*id, info.clone()))
+            .collect()
+    }
+
+    /// After a join: asks the members to add this node (a learner that catches up, then a
+    /// voter), then forgets where it joined.
+    async fn become_member(self) {
+        let identity = self.identity();
+        let mut peers: Vec<(NodeId, NodeInfo)> = identity.join_via.into_iter().collect();
+        let request = Rpc::AddMember {
+            id: self.inner.id,
+            info: self.inner.advertise.clone(),
+        };
+        for attempt in 0..JOIN_ATTEMPTS_MAX {
+            let (to, info) = peers[attempt % peers.len()].clone();
+            match self
+                .inner
+                .transport
+                .call(to, &info.quic, &request, CATCH_UP_TIMEOUT + WRITE_TIMEOUT)
+                .await
+            {
+                Ok(RpcReply::Member(Ok(()))) => {
+                    let saved = {
+                        let mut identity = self
+                            .inner
+                            .identity
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner());
+                        identity.join_via.clear();
+                        identity.clone()
+                    };
+                    if let Err(e) = saved.save(&self.inner.dir) {
+                        warn!(error = %e, "could not record membership; the node asks again at its next start");
+                    }
+                    info!(node = self.inner.id, "now a voting member");
+                    return;
+                }
+                Ok(RpcReply::Member(Err(Refusal::NotLeader {
+                    leader: Some(leader),
+                }))) => {
+                    if !peers.contains(&leader) {
+                        peers.insert(0, leader);
+                    }
+                    continue;
+                }
+                Ok(RpcReply::Member(Err(Refusal::Refused(reason)))) => {
+                    warn!(reason, "the cluster refused to add this node");
+                    return;
+                }
+                Ok(other) => warn!(reply = ?other, "asking to become a member"),
+                Err(e) => warn!(peer = to, error = %e, "asking to become a member"),
+            }
+            tokio::time::sleep(JOIN_RETRY_INTERVAL).await;
+        }
+        warn!(
+            attempts = JOIN_ATTEMPTS_MAX,
+            "gave up asking to become a member; restart the node to ask again"
+        );
+    }
+
+    /// Removes this node from the cluster (it stops being a voter; its data stays).
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        match self
+            .to_leader(Rpc::RemoveMember { id: self.inner.id })
+            .await?
+        {
+            RpcReply::Member(result) => result.map_err(from_refusal),
+            other => Err(failed(format!("unexpected reply: {other:?}"))),
+        }
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, info)| MemberStatus {
+                id: *id,
+                quic: info.quic.clone(),
+                http: info.http.clone(),
+                voter: voters.contains(id),
+                matched: m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|l| l.index),
+                last_contact_ms: (*id != self.inner.id)
+                    .then(|| self.inner.contacts.since(*id))
+                    .flatten()
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            })
+            .collect();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let identity = self.identity();
+        ClusterStatus {
+            cluster: identity.cluster,
+            node_id: self.inner.id,
+            role: role.to_string(),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log: m.last_log_index,
+            commit: self.inner.log.committed().map(|l| l.index),
+            applied: m.last_applied.map(|l| l.index),
+            joining: !identity.join_via.is_empty(),
+            members,
+        }
+    }
+
+    /// Stops raft and the QUIC endpoint.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            warn!(error = %e, "raft did not stop cleanly");
+        }
+        self.inner.transport.close();
+        for task in self.tasks().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Requests that only the leader serves, by reference to clone per hop.
+fn rpc_ref(rpc: &Rpc) -> LocalRpc {
+    match rpc {
+        Rpc::Write(command) => LocalRpc::Write(command.clone()),
+        Rpc::ReadIndex => LocalRpc::ReadIndex,
+        Rpc::AddMember { id, info } => LocalRpc::AddMember(*id, info.clone()),
+        Rpc::RemoveMember { id } => LocalRpc::RemoveMember(*id),
+        _ => LocalRpc::Other,
+    }
+}
+
+enum LocalRpc {
+    Write(Command),
+    ReadIndex,
+    AddMember(NodeId, NodeInfo),
+    RemoveMember(NodeId),
+    Other,
+}
+
+/// Serves a leader-only request on this node (refusing it if this node is not the leader).
+async fn serve_locally(raft: &Raft, rpc: LocalRpc) -> RpcReply {
+    match rpc {
+        LocalRpc::Write(command) => RpcReply::Write(leader_write(raft, command).await),
+        LocalRpc::ReadIndex => RpcReply::ReadIndex(leader_read_index(raft).await),
+        LocalRpc::AddMember(id, info) => RpcReply::Member(leader_add_member(raft, id, info).await),
+        LocalRpc::RemoveMember(id) => RpcReply::Member(leader_remove_member(raft, id).await),
+        LocalRpc::Other => RpcReply::Failed("not a leader request".to_string()),
+    }
+}
+
+/// This node is the leader and has heard from a majority lately, or the refusal to give.
+fn check_leader(raft: &Raft) -> Result<(), Refusal> {
+    let m = raft.metrics().borrow().clone();
+    if m.current_leader != Some(m.id) {
+        let leader = m.current_leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|info| (l, info.clone()))
+        });
+        return Err(Refusal::NotLeader { leader });
+    }
+    let voters = m.membership_config.membership().voter_ids().count();
+    let stale = u64::try_from(QUORUM_ACK_STALE.as_millis()).unwrap_or(u64::MAX);
+    match m.millis_since_quorum_ack {
+        Some(ms) if voters > 1 && ms > stale => Err(Refusal::NoQuorum(format!(
+            "the leader (node {}) has not heard from a majority of the {voters} voters for {ms} ms",
+            m.id
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn write_refusal<E: std::fmt::Display>(
+    e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>,
+    what: E,
+) -> Refusal {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Refusal::NotLeader {
+            leader: f.leader_id.zip(f.leader_node),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Refusal::Refused(format!("{what}: {e}"))
+        }
+        RaftError::Fatal(e) => Refusal::Refused(format!("{what}: raft stopped: {e}")),
+    }
+}
+
+async fn leader_write(raft: &Raft, command: Command) -> Result<Response, Refusal> {
+    check_leader(raft)?;
+    match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(command)).await {
+        Ok(Ok(written)) => Ok(written.data),
+        Ok(Err(e)) => Err(write_refusal(e, "write")),
+        Err(_) => Err(Refusal::NoQuorum(format!(
+            "not committed within {WRITE_TIMEOUT:?}: a majority of the voters did not acknowledge it"
+        ))),
+    }
+}
+
+async fn leader_read_index(raft: &Raft) -> Result<u64, Refusal> {
+    check_leader(raft)?;
+    match tokio::time::timeout(READ_TIMEOUT, raft.ensure_linearizable()).await {
+        Ok(Ok(read)) => Ok(read.map_or(0, |l| l.index)),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+            Err(Refusal::NotLeader {
+                leader: f.leader_id.zip(f.leader_node),
+            })
+        }
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+            Err(Refusal::NoQuorum(e.to_string()))
+        }
+        Ok(Err(RaftError::Fatal(e))) => Err(Refusal::Refused(format!("raft stopped: {e}"))),
+        Err(_) => Err(Refusal::NoQuorum(format!(
+            "a majority of the voters did not confirm the leader within {READ_TIMEOUT:?}"
+        ))),
+    }
+}
+
+async fn leader_add_member(raft: &Raft, id: NodeId, info: NodeInfo) -> Result<(), Refusal> {
+    check_leader(raft)?;
+    let m = raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    if membership.voter_ids().any(|v| v == id) {
+        return Ok(());
+    }
+    match tokio::time::timeout(CATCH_UP_TIMEOUT, raft.add_learner(id, info.clone(), true)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(write_refusal(e, "adding a learner")),
+        Err(_) => {
+            return Err(Refusal::Refused(format!(
+                "node {id} did not catch up within {CATCH_UP_TIMEOUT:?}"
+            )));
+        }
+    }
+    info!(node = id, %info, "added a learner; making it a voter");
+    let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+    match tokio::time::timeout(WRITE_TIMEOUT, raft.change_membership(change, false)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(write_refusal(e, "making a voter")),
+        Err(_) => Err(Refusal::NoQuorum(format!(
+            "the membership change was not committed within {WRITE_TIMEOUT:?}"
+        ))),
+    }
+}
+
+async fn leader_remove_member(raft: &Raft, id: NodeId) -> Result<(), Refusal> {
+    check_leader(raft)?;
+    let m = raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let change = if voters.contains(&id) {
+        if voters.len() == 1 {
+            return Err(Refusal::Refused(
+                "the last voter cannot leave its cluster".to_string(),
+            ));
+        }
+        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+    } else if membership.get_node(&id).is_some() {
+        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+    } else {
+        return Ok(());
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, raft.change_membership(change, false)).await {
+        Ok(Ok(_)) => {
+            info!(node = id, "removed a member");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(write_refusal(e, "removing a member")),
+        Err(_) => Err(Refusal::NoQuorum(format!(
+            "the membership change was not committed within {WRITE_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// Serves requests from other nodes: raft's own, and the leader-only ones.
+struct ClusterHandler {
+    raft: Raft,
+    contacts: Contacts,
+}
+
+#[async_trait::async_trait]
+impl Handler for ClusterHandler {
+    async fn handle(&self, rpc: Rpc) -> RpcReply {
+        match handle_raft_rpc(&self.raft, &self.contacts, rpc).await {
+            Ok(reply) => reply,
+            Err(other) => serve_locally(&self.raft, rpc_ref(&other)).await,
+        }
+    }
+}
