@@ -409,3 +409,29 @@ impl From<&letl_actors::cache::CacheEntry> for CacheRecordInfo {
         }
     }
 }
+
+/// How long a join token lives unless the request says.
+pub const DEFAULT_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// `POST /v1/cluster/token`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// How long the token lives (`30m`, `2h`; default 1 h).
+    pub ttl: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub token: String,
+    pub expires_in_s: u64,
+}
+
+/// `POST /v1/cluster/join`: a node asking to be admitted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub token: String,
+    /// Its certificate request (PEM); its key stays with it.
+    pub csr_pem: String,
+}

@@ -54,6 +54,14 @@ pub enum Command {
         /// Address for the HTTP API [default: 127.0.0.1:7070].
         #[arg(long, value_name = "ADDR")]
         http: Option<String>,
+        /// Address for the QUIC endpoint other nodes use [default: the HTTP port + 1].
+        #[arg(long, value_name = "ADDR")]
+        quic: Option<String>,
+    },
+    /// The cluster: init, token, join, status, leave.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
     },
     /// Store a file (FILE `-` reads stdin); a URI ending in `/` keeps the file's name.
     Put {
@@ -173,6 +181,48 @@ pub enum CacheAction {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ClusterAction {
+    /// Found a one-node cluster in --data-dir (the CA and this node's certificate); `letl
+    /// node` does this itself on a fresh data dir.
+    Init {
+        /// TOML config file, for the cluster's name.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Issue a join token for a new node (ask the node at --addr).
+    Token {
+        /// How long the token is valid (`30m`, `2h`).
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        ttl: String,
+    },
+    /// Make --data-dir a new member of the cluster that ADDR (a member's HTTP address) is in;
+    /// then start it with `letl node` and the same --data-dir, --http and --quic.
+    Join {
+        /// A member's HTTP address, like http://10.0.0.5:7070.
+        addr: String,
+        /// A token from `letl cluster token`.
+        #[arg(long)]
+        token: String,
+        /// TOML config file the node will start with (for its addresses).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The HTTP address the node will serve on.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
+        /// The QUIC address the node will use.
+        #[arg(long, value_name = "ADDR")]
+        quic: Option<String>,
+    },
+    /// Members, roles, leader, term, commit and applied index, last contact per node.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take the node at --addr out of the cluster, then stop it.
+    Leave,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum NodeAction {
     /// Stop the node at --addr as SIGTERM would: no new work, queues drained, progress saved.
     Shutdown,
@@ -238,7 +288,30 @@ pub fn main() -> ExitCode {
             action: None,
             config,
             http,
-        } => run_node(config, http, cli.connection.data_dir),
+            quic,
+        } => run_node(config, http, quic, cli.connection.data_dir),
+        Command::Cluster {
+            action: ClusterAction::Init { config },
+        } => cluster_init(config, cli.connection.data_dir),
+        Command::Cluster {
+            action:
+                ClusterAction::Join {
+                    addr,
+                    token,
+                    config,
+                    http,
+                    quic,
+                },
+        } => cluster_join(
+            &addr,
+            &token,
+            config,
+            Overrides {
+                data_dir: cli.connection.data_dir,
+                http,
+                quic,
+            },
+        ),
         command => run_client(&cli.connection, command),
     };
     match outcome {
@@ -262,7 +335,12 @@ fn runtime() -> Outcome<tokio::runtime::Runtime> {
         })
 }
 
-fn run_node(config: Option<PathBuf>, http: Option<String>, data_dir: Option<PathBuf>) -> Outcome {
+fn run_node(
+    config: Option<PathBuf>,
+    http: Option<String>,
+    quic: Option<String>,
+    data_dir: Option<PathBuf>,
+) -> Outcome {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("LETL_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -270,7 +348,11 @@ fn run_node(config: Option<PathBuf>, http: Option<String>, data_dir: Option<Path
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let overrides = Overrides { data_dir, http };
+    let overrides = Overrides {
+        data_dir,
+        http,
+        quic,
+    };
     let config = NodeConfig::load(config.as_deref(), &overrides)
         .map_err(|e| Failure::new(exit::BAD_INPUT, e.to_string()))?;
     runtime()?
@@ -279,6 +361,69 @@ fn run_node(config: Option<PathBuf>, http: Option<String>, data_dir: Option<Path
             crate::node::run(config, signals).await
         })
         .map_err(|e| Failure::new(exit::FAILURE, format!("{e:#}")))
+}
+
+fn cluster_init(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Outcome {
+    let overrides = Overrides {
+        data_dir,
+        ..Overrides::default()
+    };
+    let config = NodeConfig::load(config.as_deref(), &overrides)
+        .map_err(|e| Failure::new(exit::BAD_INPUT, e.to_string()))?;
+    let identity = letl_raft::cluster::found(&config.cluster_dir(), &config.cluster.name)
+        .map_err(cluster_failure)?;
+    println!(
+        "founded cluster `{}` with node {} in {}; start it with `letl node`",
+        identity.cluster,
+        identity.node_id,
+        config.data_dir.display()
+    );
+    Ok(())
+}
+
+fn cluster_failure(e: letl_raft::cluster::ClusterError) -> Failure {
+    use letl_raft::cluster::ClusterError;
+    let code = match e {
+        ClusterError::Refused(_) => exit::BAD_INPUT,
+        ClusterError::NoQuorum(_) | ClusterError::Failed(_) => exit::FAILURE,
+    };
+    Failure::new(code, e.to_string())
+}
+
+/// Prepares a data dir as a new member: asks the member at `addr` to admit it with the token,
+/// checks the answer against the token, and saves the identity the node starts with.
+fn cluster_join(addr: &str, token: &str, config: Option<PathBuf>, overrides: Overrides) -> Outcome {
+    let config = NodeConfig::load(config.as_deref(), &overrides)
+        .map_err(|e| Failure::new(exit::BAD_INPUT, e.to_string()))?;
+    let dir = config.cluster_dir();
+    if let Some(identity) = letl_raft::cluster::identity_in(&dir).map_err(cluster_failure)? {
+        return Err(Failure::new(
+            exit::CONFLICT,
+            format!(
+                "{} already belongs to cluster `{}` as node {}; join with a fresh --data-dir",
+                config.data_dir.display(),
+                identity.cluster,
+                identity.node_id
+            ),
+        ));
+    }
+    letl_raft::identity::JoinToken::parse(token)
+        .map_err(|e| Failure::new(exit::BAD_INPUT, e.to_string()))?;
+    let (key_pem, csr_pem) = letl_raft::cluster::join_request().map_err(cluster_failure)?;
+    let client = Client::new(addr, String::new())?;
+    let grant = runtime()?.block_on(client.cluster_join(&crate::api::JoinRequest {
+        token: token.to_string(),
+        csr_pem,
+    }))?;
+    let identity =
+        letl_raft::cluster::save_joined(&dir, token, grant, key_pem).map_err(cluster_failure)?;
+    println!(
+        "joined cluster `{}` as node {}; start it with `letl node --data-dir {}` (it becomes a voter once it has caught up)",
+        identity.cluster,
+        identity.node_id,
+        config.data_dir.display()
+    );
+    Ok(())
 }
 
 fn token(connection: &Connection) -> Outcome<String> {
@@ -309,6 +454,24 @@ fn run_client(connection: &Connection, command: Command) -> Outcome {
                 println!("shutdown requested");
             }
             Command::Node { action: None, .. } => unreachable!("handled by run_node"),
+            Command::Cluster {
+                action: ClusterAction::Init { .. } | ClusterAction::Join { .. },
+            } => unreachable!("handled before connecting"),
+            Command::Cluster {
+                action: ClusterAction::Token { ttl },
+            } => {
+                let issued = client.cluster_token(Some(ttl)).await?;
+                println!("{}", issued.token);
+            }
+            Command::Cluster {
+                action: ClusterAction::Status { json },
+            } => print_cluster_status(&client.cluster_status().await?, json)?,
+            Command::Cluster {
+                action: ClusterAction::Leave,
+            } => {
+                client.cluster_leave().await?;
+                println!("left the cluster; the node is stopping");
+            }
             Command::Pipeline { action } => pipeline(&client, action).await?,
             Command::Job { action } => job(&client, action).await?,
             Command::Cache {
@@ -737,4 +900,53 @@ pub fn human_bytes(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+fn print_cluster_status(status: &letl_raft::cluster::ClusterStatus, json: bool) -> Outcome {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(status)
+                .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?
+        );
+        return Ok(());
+    }
+    let show = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    println!(
+        "cluster {}: node {} is {}{}; leader {}, term {}, commit {}, applied {}",
+        status.cluster,
+        status.node_id,
+        status.role,
+        if status.joining { " (joining)" } else { "" },
+        show(status.leader),
+        status.term,
+        show(status.commit),
+        show(status.applied),
+    );
+    println!(
+        "{:>4}  {:<7}  {:<8}  {:<21}  {:<21}  {:>7}  last contact",
+        "id", "role", "state", "quic", "http", "matched"
+    );
+    for member in &status.members {
+        let state = if Some(member.id) == status.leader {
+            "leader"
+        } else {
+            "-"
+        };
+        let contact = match (member.id == status.node_id, member.last_contact_ms) {
+            (true, _) => "(this node)".to_string(),
+            (false, Some(ms)) => format!("{ms} ms ago"),
+            (false, None) => "never".to_string(),
+        };
+        println!(
+            "{:>4}  {:<7}  {:<8}  {:<21}  {:<21}  {:>7}  {contact}",
+            member.id,
+            if member.voter { "voter" } else { "learner" },
+            state,
+            member.quic,
+            member.http,
+            show(member.matched),
+        );
+    }
+    Ok(())
 }

@@ -630,6 +630,34 @@ impl Client {
         }
     }
 
+    pub async fn cluster_status(&self) -> Outcome<letl_raft::cluster::ClusterStatus> {
+        self.json(self.request(Method::GET, &self.url("cluster/status")))
+            .await
+    }
+
+    pub async fn cluster_token(&self, ttl: Option<String>) -> Outcome<crate::api::TokenResponse> {
+        self.json(
+            self.request(Method::POST, &self.url("cluster/token"))
+                .json(&crate::api::TokenRequest { ttl }),
+        )
+        .await
+    }
+
+    /// Asks a member to admit this node (no admin token: the join token is the credential).
+    pub async fn cluster_join(
+        &self,
+        request: &crate::api::JoinRequest,
+    ) -> Outcome<letl_raft::identity::JoinGrant> {
+        self.json(self.http.post(self.url("cluster/join")).json(request))
+            .await
+    }
+
+    pub async fn cluster_leave(&self) -> Outcome {
+        self.send(self.request(Method::POST, &self.url("cluster/leave")))
+            .await
+            .map(|_| ())
+    }
+
     pub async fn shutdown_node(&self) -> Outcome {
         self.send(self.request(Method::POST, &self.url("node/shutdown")))
             .await

@@ -14,6 +14,8 @@ use serde::de::{self, Visitor};
 
 pub const DEFAULT_DATA_DIR: &str = "./letl-data";
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:7070";
+/// The name a founded cluster gets unless configured.
+pub const DEFAULT_CLUSTER_NAME: &str = "letl";
 /// S3's own ceiling; a node that must refuse smaller objects says so in its config.
 pub const DEFAULT_OBJECT_BYTES_MAX: u64 = 5 << 40;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -47,6 +49,22 @@ pub struct NodeConfig {
     pub source_s3: Option<S3Settings>,
     /// The cache actor's time-to-live and bounds.
     pub cache: CacheLimits,
+    /// Where the node talks to other nodes, and how they reach it.
+    pub cluster: ClusterConfig,
+}
+
+/// The node's place in a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// The name a cluster founded by this node gets.
+    pub name: String,
+    /// Where the QUIC endpoint (raft and node-to-node requests) listens: by default the HTTP
+    /// address's IP with the next port (127.0.0.1:7071), or a free port if HTTP's is 0.
+    pub quic: SocketAddr,
+    /// How other nodes reach this one's QUIC endpoint and HTTP API (default: where they
+    /// listen; a port 0 is replaced by the one taken).
+    pub advertise_quic: Option<String>,
+    pub advertise_http: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -109,6 +127,7 @@ impl fmt::Display for TierKind {
 pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub http: Option<String>,
+    pub quic: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +160,18 @@ struct FileConfig {
     source: FileSource,
     #[serde(default)]
     cache: FileCache,
+    #[serde(default)]
+    cluster: FileCluster,
     tiers: Option<BTreeMap<String, FileTier>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    name: Option<String>,
+    quic: Option<String>,
+    advertise_quic: Option<String>,
+    advertise_http: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -238,6 +268,7 @@ impl NodeConfig {
                 format!("`{http_text}` is not an address like 127.0.0.1:7070 ({e})"),
             )
         })?;
+        let cluster = cluster_config(file.cluster, overrides, http)?;
         let object_bytes_max = file
             .node
             .max_object_size
@@ -369,12 +400,94 @@ impl NodeConfig {
             source_dir,
             source_s3,
             cache,
+            cluster,
         })
     }
 
     pub fn index_path(&self) -> PathBuf {
         self.data_dir.join("index")
     }
+
+    /// The node's cluster identity and raft database.
+    pub fn cluster_dir(&self) -> PathBuf {
+        self.data_dir.join("cluster")
+    }
+}
+
+fn cluster_config(
+    file: FileCluster,
+    overrides: &Overrides,
+    http: SocketAddr,
+) -> Result<ClusterConfig, ConfigError> {
+    let name = file
+        .name
+        .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string());
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(field_error(
+            "cluster.name",
+            format!("`{name}` must be 1 to 64 letters, digits, `-` or `_`"),
+        ));
+    }
+    let quic = match (&overrides.quic, &file.quic) {
+        (Some(text), _) | (None, Some(text)) => {
+            let field = if overrides.quic.is_some() {
+                "--quic"
+            } else {
+                "cluster.quic"
+            };
+            text.parse::<SocketAddr>().map_err(|e| {
+                field_error(
+                    field,
+                    format!("`{text}` is not an address like 127.0.0.1:7071 ({e})"),
+                )
+            })?
+        }
+        (None, None) => {
+            let port = match http.port() {
+                0 => 0,
+                port => port.checked_add(1).ok_or_else(|| {
+                    field_error(
+                        "cluster.quic",
+                        "the HTTP port is the last one; give the QUIC address",
+                    )
+                })?,
+            };
+            SocketAddr::new(http.ip(), port)
+        }
+    };
+    for (field, listen, advertise) in [
+        ("cluster.advertise_quic", quic, &file.advertise_quic),
+        ("cluster.advertise_http", http, &file.advertise_http),
+    ] {
+        match advertise {
+            Some(text) if text.parse::<SocketAddr>().is_err() => {
+                return Err(field_error(
+                    field,
+                    format!("`{text}` is not an address like 10.0.0.5:7071"),
+                ));
+            }
+            None if listen.ip().is_unspecified() => {
+                return Err(field_error(
+                    field,
+                    format!(
+                        "needed when listening on all interfaces ({listen}): the address other nodes use"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(ClusterConfig {
+        name,
+        quic,
+        advertise_quic: file.advertise_quic,
+        advertise_http: file.advertise_http,
+    })
 }
 
 /// Tiers need directories of their own: a tier inside another would count, list and delete the
@@ -688,10 +801,41 @@ mod tests {
         let overrides = Overrides {
             data_dir: None,
             http: Some("127.0.0.1:9000".to_string()),
+            quic: None,
         };
         let config = NodeConfig::from_toml(text, &overrides).unwrap();
         assert_eq!(config.data_dir, PathBuf::from("/srv/letl"));
         assert_eq!(config.http.port(), 9000);
+        assert_eq!(config.cluster.quic.to_string(), "127.0.0.1:9001");
+    }
+
+    #[test]
+    fn cluster_settings_are_checked_with_the_field_named() {
+        let none = Overrides::default();
+        let config = NodeConfig::from_toml("", &none).unwrap();
+        assert_eq!(config.cluster.quic.to_string(), "127.0.0.1:7071");
+        assert_eq!(config.cluster.name, DEFAULT_CLUSTER_NAME);
+        for (text, field) in [
+            ("[cluster]\nquic = \"nowhere\"\n", "cluster.quic"),
+            ("[cluster]\nname = \"a b\"\n", "cluster.name"),
+            (
+                "[cluster]\nquic = \"0.0.0.0:7071\"\n",
+                "cluster.advertise_quic",
+            ),
+            (
+                "[cluster]\nadvertise_http = \"somewhere\"\n",
+                "cluster.advertise_http",
+            ),
+        ] {
+            let err = NodeConfig::from_toml(text, &none).unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+        let flag = Overrides {
+            quic: Some("bad".to_string()),
+            ..Overrides::default()
+        };
+        let err = NodeConfig::from_toml("", &flag).unwrap_err().to_string();
+        assert!(err.contains("--quic"), "{err}");
     }
 
     #[test]

@@ -35,6 +35,22 @@ impl ApiError {
     }
 }
 
+impl From<letl_raft::cluster::ClusterError> for ApiError {
+    fn from(e: letl_raft::cluster::ClusterError) -> Self {
+        use letl_raft::cluster::ClusterError;
+        let status = match &e {
+            ClusterError::NoQuorum(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ClusterError::Refused(_) => StatusCode::BAD_REQUEST,
+            ClusterError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self {
+            status,
+            message: e.to_string(),
+            transient: !matches!(e, ClusterError::Refused(_)),
+        }
+    }
+}
+
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         let status = match &e {

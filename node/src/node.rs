@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use letl_actors::{RestartPolicy, SupervisorArgs, SupervisorHandle, TierDirectory, TierSpec};
+use letl_raft::NodeInfo;
+use letl_raft::cluster::{Cluster, ClusterSettings};
 use letl_storage::{
     Clock, FsTier, IndexDb, MoveLog, S3Tier, SledMoveJobs, SledReservations, SystemClock,
     TierBackend,
@@ -48,8 +50,10 @@ pub struct NodeDeps {
     pub moves: Arc<dyn MoveLog>,
     /// Jobs that copy or move whole prefixes (see `move_jobs`).
     pub move_jobs: SledMoveJobs,
-    /// Pipeline registrations, jobs and provenance.
+    /// Pipeline jobs and provenance.
     pub pipelines: PipelineStores,
+    /// The replicated control plane: registrations and mounts.
+    pub cluster: Cluster,
     /// How long pipeline jobs may drain at shutdown.
     pub hard_terminate: Duration,
     /// The cache actor's bounds.
@@ -112,6 +116,7 @@ pub async fn start(
         .map_err(anyhow::Error::msg)?;
     let pipelines = Pipelines::new(
         deps.pipelines,
+        deps.cluster.clone(),
         directory.clone(),
         cache.clone(),
         deps.cache.max_bytes,
@@ -138,6 +143,7 @@ pub async fn start(
         transforms,
         pipelines: pipelines.clone(),
         stopper: Arc::clone(&stopper),
+        cluster: deps.cluster.clone(),
         cache: cache.clone(),
         cache_limits: deps.cache,
         token: Arc::from(deps.token),
@@ -169,6 +175,7 @@ pub async fn start(
     pipelines.stopped(stopped_at + deps.hard_terminate).await;
     supervisor.shutdown().await.map_err(anyhow::Error::msg)?;
     cache.stop();
+    deps.cluster.shutdown().await;
     if let Some(db) = deps.index_db {
         tokio::task::spawn_blocking(move || db.flush())
             .await?
@@ -226,7 +233,28 @@ pub async fn run(
     let listener = TcpListener::bind(config.http)
         .await
         .with_context(|| format!("cannot listen on {}", config.http))?;
-    write_http_addr(&config.data_dir, listener.local_addr()?)?;
+    let http_addr = listener.local_addr()?;
+    write_http_addr(&config.data_dir, http_addr)?;
+    let cluster = Cluster::open(ClusterSettings {
+        dir: config.cluster_dir(),
+        name: config.cluster.name.clone(),
+        quic_listen: config.cluster.quic,
+        advertise: NodeInfo {
+            quic: config
+                .cluster
+                .advertise_quic
+                .clone()
+                .unwrap_or_else(|| config.cluster.quic.to_string()),
+            http: config
+                .cluster
+                .advertise_http
+                .clone()
+                .unwrap_or_else(|| http_addr.to_string()),
+        },
+        clock: Arc::clone(&clock),
+    })
+    .await
+    .context("opening the control plane")?;
     let deps = NodeDeps {
         listener,
         tiers,
@@ -234,6 +262,7 @@ pub async fn run(
         moves: Arc::new(index_db.moves()?),
         move_jobs: index_db.move_jobs()?,
         pipelines: PipelineStores::open(&index_db)?,
+        cluster,
         hard_terminate: config.hard_terminate,
         cache: config.cache,
         reservations: index_db.reservations()?,

@@ -36,6 +36,7 @@ pub struct AppState {
     pub transforms: Arc<letl_actors::transform::TransformRegistry>,
     pub pipelines: crate::pipelines::Pipelines,
     pub stopper: Arc<crate::node::Stopper>,
+    pub cluster: letl_raft::cluster::Cluster,
     pub cache: letl_actors::cache::CacheHandle,
     pub cache_limits: letl_actors::cache::CacheLimits,
     pub token: Arc<str>,
@@ -82,6 +83,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/retry", post(retry_job))
         .route("/v1/node/shutdown", post(shutdown_node))
+        .route("/v1/cluster/status", get(cluster_status))
+        .route("/v1/cluster/token", post(cluster_token))
+        .route("/v1/cluster/leave", post(cluster_leave))
         .route("/v1/cache", post(cache_put))
         .route("/v1/cache/{id}", get(cache_get).delete(cache_remove))
         .route("/metrics", get(render_metrics))
@@ -109,6 +113,8 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        // A joining node has no admin token: its join token is checked instead.
+        .route("/v1/cluster/join", post(cluster_join))
         .merge(authed)
         .fallback(|| async {
             ApiError::new(
@@ -421,7 +427,8 @@ async fn list_pipelines(
 ) -> Result<Json<PipelinesResponse>, ApiError> {
     let pipelines = state
         .pipelines
-        .list()?
+        .list()
+        .await?
         .iter()
         .map(|(name, registered)| PipelineInfo::new(name, registered))
         .collect();
@@ -433,7 +440,10 @@ async fn show_pipeline(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PipelineInfo>, ApiError> {
     let name = path_name(path)?;
-    Ok(Json(PipelineInfo::new(&name, &state.pipelines.get(&name)?)))
+    Ok(Json(PipelineInfo::new(
+        &name,
+        &state.pipelines.get(&name).await?,
+    )))
 }
 
 async fn mount_pipeline(
@@ -468,7 +478,7 @@ async fn pipeline_stats(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<crate::pipelines::PipelineStats>, ApiError> {
     let name = path_name(path)?;
-    Ok(Json(state.pipelines.stats(&name)?))
+    Ok(Json(state.pipelines.stats(&name).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -736,10 +746,9 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
     let mut text = state.metrics.render(&tiers);
     let pipelines: Vec<_> = state
         .pipelines
-        .list()
-        .unwrap_or_default()
+        .list_local()
         .into_iter()
-        .filter_map(|(name, _)| state.pipelines.stats(&name).ok().map(|s| (name, s)))
+        .filter_map(|(name, _)| state.pipelines.figures(&name).ok().map(|s| (name, s)))
         .collect();
     text.push_str(&metrics::render_pipelines(
         &pipelines,
@@ -753,4 +762,53 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
         text,
     )
         .into_response()
+}
+
+async fn cluster_status(State(state): State<AppState>) -> Json<letl_raft::cluster::ClusterStatus> {
+    Json(state.cluster.status())
+}
+
+async fn cluster_token(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<crate::api::TokenResponse>, ApiError> {
+    let request: crate::api::TokenRequest = if body.is_empty() {
+        crate::api::TokenRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the body must be JSON {{\"ttl\"}}: {e}")))?
+    };
+    let ttl = match request.ttl.as_deref() {
+        None => crate::api::DEFAULT_TOKEN_TTL,
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|e| ApiError::bad_request(format!("ttl: `{text}`: {e}")))?,
+    };
+    let token = state.cluster.issue_token(ttl).await?;
+    Ok(Json(crate::api::TokenResponse {
+        token,
+        expires_in_s: ttl.as_secs(),
+    }))
+}
+
+async fn cluster_join(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<letl_raft::identity::JoinGrant>, ApiError> {
+    let request: crate::api::JoinRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be JSON {{\"token\", \"csr_pem\"}}: {e}"
+        ))
+    })?;
+    let grant = state
+        .cluster
+        .admit(&request.token, &request.csr_pem)
+        .await?;
+    Ok(Json(grant))
+}
+
+async fn cluster_leave(State(state): State<AppState>) -> Result<StatusCode, ApiError> {
+    state.cluster.leave().await?;
+    tracing::info!(node = state.cluster.node_id(), "left the cluster; stopping");
+    state.stopper.stop();
+    Ok(StatusCode::NO_CONTENT)
 }

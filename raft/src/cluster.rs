@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use letl_storage::Clock;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
@@ -85,6 +87,8 @@ pub struct ClusterSettings {
     pub quic_listen: SocketAddr,
     /// How other nodes reach this one.
     pub advertise: NodeInfo,
+    /// Token expiry and admission times come from it.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// One member as `letl cluster status` shows it.
@@ -133,6 +137,7 @@ struct Inner {
     machine: StateMachineStore,
     transport: Arc<QuicTransport>,
     contacts: Contacts,
+    clock: Arc<dyn Clock>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -144,12 +149,6 @@ impl std::fmt::Debug for Inner {
             .field("advertise", &self.advertise)
             .finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn failed(e: impl std::fmt::Display) -> ClusterError {
@@ -224,6 +223,15 @@ impl Cluster {
             QuicTransport::bind(settings.quic_listen, &identity.tls())
                 .map_err(|e| failed(format!("quic on {}: {e}", settings.quic_listen)))?,
         );
+        let quic = transport.local_addr().map_err(failed)?;
+        let mut advertise = settings.advertise.clone();
+        if advertise
+            .quic
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.port() == 0)
+        {
+            advertise.quic = quic.to_string();
+        }
         let contacts = Contacts::default();
         let config = crate::raft_config(&identity.cluster).map_err(failed)?;
         let raft = Raft::new(
@@ -248,18 +256,18 @@ impl Cluster {
                 id,
                 dir: settings.dir,
                 identity: Mutex::new(identity),
-                advertise: settings.advertise.clone(),
+                advertise: advertise.clone(),
                 raft,
                 log,
                 machine,
                 transport,
                 contacts,
+                clock: settings.clock,
                 tasks: Mutex::new(vec![server]),
             }),
         };
-        let quic = cluster.inner.transport.local_addr().map_err(failed)?;
         if fresh && !joining {
-            let members = BTreeMap::from([(id, settings.advertise.clone())]);
+            let members = BTreeMap::from([(id, advertise)]);
             cluster
                 .inner
                 .raft
@@ -411,7 +419,7 @@ impl Cluster {
             )));
         }
         let token = JoinToken::generate(&self.identity().fingerprint()?)?;
-        let now = now_ms();
+        let now = self.inner.clock.now_ms();
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         match self
             .write(Command::IssueJoinToken {
@@ -445,7 +453,7 @@ impl Cluster {
             .write(Command::AdmitNode {
                 token_hash: token.secret_hash(),
                 members_max,
-                now_ms: now_ms(),
+                now_ms: self.inner.clock.now_ms(),
             })
             .await?
         {

@@ -22,6 +22,7 @@ fn settings(dir: &std::path::Path) -> ClusterSettings {
             quic: quic.to_string(),
             http: String::new(),
         },
+        clock: std::sync::Arc::new(letl_storage::SystemClock),
     }
 }
 

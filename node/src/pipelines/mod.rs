@@ -1,5 +1,5 @@
-//! Pipelines on a node: registrations, mounts, jobs and their statistics, kept in the node's
-//! database (the raft issue moves them into the replicated control plane).
+//! Pipelines on a node: registrations and mounts in the replicated control plane (raft), and
+//! jobs with their statistics in the node's database.
 //!
 //! A registration keeps the spec and a version that grows whenever the spec changes. Running
 //! a mounted pipeline creates a job that the engine (`letl_actors::pipeline`) runs; its
@@ -36,6 +36,8 @@ use io::{
 };
 use letl_actors::cache::CacheHandle;
 use letl_actors::pipeline::Sink;
+use letl_raft::cluster::Cluster;
+use letl_raft::{Command, PipelineEntry, Response};
 use spec::{Compiled, ExtractFrom, LoadTo, PipelineSpec};
 
 /// Pipeline jobs running at once on a node.
@@ -57,6 +59,18 @@ pub struct Registered {
     pub mounted: bool,
     pub registered_ms: u64,
     pub updated_ms: u64,
+}
+
+impl From<PipelineEntry> for Registered {
+    fn from(entry: PipelineEntry) -> Self {
+        Self {
+            spec_json: entry.spec_json,
+            version: entry.version,
+            mounted: entry.mounted,
+            registered_ms: entry.registered_ms,
+            updated_ms: entry.updated_ms,
+        }
+    }
 }
 
 impl Registered {
@@ -157,7 +171,8 @@ struct Inner {
     /// The cache's byte bound: a result loaded into the cache may not exceed it.
     cache_bytes_max: u64,
     transforms: Arc<TransformRegistry>,
-    registrations: SledRecords<Registered>,
+    /// Registrations and mounts.
+    control: Cluster,
     jobs: SledRecords<JobRecord>,
     /// `request_id` → job id.
     requests: SledRecords<String>,
@@ -240,7 +255,6 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 /// Where pipelines keep their records.
 #[derive(Clone, Debug)]
 pub struct PipelineStores {
-    registrations: SledRecords<Registered>,
     jobs: SledRecords<JobRecord>,
     requests: SledRecords<String>,
     provenance: SledRecords<Provenance>,
@@ -249,7 +263,6 @@ pub struct PipelineStores {
 impl PipelineStores {
     pub fn open(db: &IndexDb) -> letl_storage::Result<Self> {
         Ok(Self {
-            registrations: db.records("pipelines")?,
             jobs: db.records("pipeline-jobs")?,
             requests: db.records("pipeline-job-requests")?,
             provenance: db.records("provenance")?,
@@ -261,6 +274,7 @@ impl Pipelines {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         stores: PipelineStores,
+        control: Cluster,
         directory: TierDirectory,
         cache: CacheHandle,
         cache_bytes_max: u64,
@@ -275,7 +289,7 @@ impl Pipelines {
                 cache,
                 cache_bytes_max,
                 transforms,
-                registrations: stores.registrations,
+                control,
                 jobs: stores.jobs,
                 requests: stores.requests,
                 provenance: stores.provenance,
@@ -298,53 +312,73 @@ impl Pipelines {
             .await
             .map_err(ApiError::bad_request)?;
         let spec_json = serde_json::to_string(&spec).map_err(internal)?;
-        let _admin = self.inner.admin.lock().await;
-        let now = self.inner.clock.now_ms();
-        let registered = match self.inner.registrations.get(&spec.name)? {
-            Some(previous) if previous.spec_json == spec_json => previous,
-            Some(previous) => Registered {
+        let registered = self
+            .control_write(Command::RegisterPipeline {
+                name: spec.name.clone(),
                 spec_json,
-                version: previous.version + 1,
-                mounted: previous.mounted || spec.mounted,
-                registered_ms: previous.registered_ms,
-                updated_ms: now,
-            },
-            None => Registered {
-                spec_json,
-                version: 1,
                 mounted: spec.mounted,
-                registered_ms: now,
-                updated_ms: now,
-            },
-        };
-        self.inner.registrations.put(&spec.name, &registered)?;
-        self.inner.registrations.flush().await?;
+                now_ms: self.inner.clock.now_ms(),
+            })
+            .await?;
         info!(pipeline = %spec.name, version = registered.version, mounted = registered.mounted, "pipeline registered");
         Ok((spec.name, registered))
     }
 
-    pub fn list(&self) -> Result<Vec<(String, Registered)>, ApiError> {
-        Ok(self.inner.registrations.scan("")?)
+    /// A registration or mount change through the control plane.
+    async fn control_write(&self, command: Command) -> Result<Registered, ApiError> {
+        match self.inner.control.write(command).await? {
+            Response::Pipeline(entry) => Ok(entry.into()),
+            Response::Refused { reason } if reason.starts_with("no pipeline") => {
+                Err(ApiError::new(StatusCode::NOT_FOUND, reason))
+            }
+            Response::Refused { reason } => Err(ApiError::new(StatusCode::CONFLICT, reason)),
+            other => Err(internal(format!("unexpected control answer: {other:?}"))),
+        }
     }
 
-    pub fn get(&self, name: &str) -> Result<Registered, ApiError> {
+    /// Every registration, as of now (a linearizable read).
+    pub async fn list(&self) -> Result<Vec<(String, Registered)>, ApiError> {
+        Ok(self
+            .inner
+            .control
+            .read(|s| {
+                s.pipelines
+                    .iter()
+                    .map(|(name, entry)| (name.clone(), entry.clone().into()))
+                    .collect()
+            })
+            .await?)
+    }
+
+    /// A registration as of now (a linearizable read).
+    pub async fn get(&self, name: &str) -> Result<Registered, ApiError> {
         self.inner
-            .registrations
-            .get(name)?
+            .control
+            .read(|s| s.pipelines.get(name).cloned())
+            .await?
+            .map(Registered::from)
+            .ok_or_else(|| not_found("pipeline", name))
+    }
+
+    /// A registration as this node has applied it (for resuming jobs at start).
+    fn get_local(&self, name: &str) -> Result<Registered, ApiError> {
+        self.inner
+            .control
+            .read_local(|s| s.pipelines.get(name).cloned())
+            .map(Registered::from)
             .ok_or_else(|| not_found("pipeline", name))
     }
 
     /// Mounts or unmounts. Unmounting stops new runs; running jobs finish.
     pub async fn set_mounted(&self, name: &str, mounted: bool) -> Result<Registered, ApiError> {
-        let _admin = self.inner.admin.lock().await;
-        let mut registered = self.get(name)?;
-        if registered.mounted != mounted {
-            registered.mounted = mounted;
-            registered.updated_ms = self.inner.clock.now_ms();
-            self.inner.registrations.put(name, &registered)?;
-            self.inner.registrations.flush().await?;
-            info!(pipeline = name, mounted, "pipeline mount changed");
-        }
+        let registered = self
+            .control_write(Command::SetMounted {
+                name: name.to_string(),
+                mounted,
+                now_ms: self.inner.clock.now_ms(),
+            })
+            .await?;
+        info!(pipeline = name, mounted, "pipeline mount set");
         Ok(registered)
     }
 
@@ -375,7 +409,7 @@ impl Pipelines {
             }
             return Ok(job);
         }
-        let registered = self.get(name)?;
+        let registered = self.get(name).await?;
         if !registered.mounted {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -420,7 +454,7 @@ impl Pipelines {
                 format!("job `{id}` has no dead-lettered objects to retry"),
             ));
         }
-        let registered = self.get(&old.pipeline)?;
+        let registered = self.get(&old.pipeline).await?;
         if !registered.mounted {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -573,8 +607,23 @@ impl Pipelines {
         Ok(job)
     }
 
-    pub fn stats(&self, name: &str) -> Result<PipelineStats, ApiError> {
-        self.get(name)?;
+    pub async fn stats(&self, name: &str) -> Result<PipelineStats, ApiError> {
+        self.get(name).await?;
+        self.figures(name)
+    }
+
+    /// Registrations as this node has applied them (may lag the leader: for metrics).
+    pub fn list_local(&self) -> Vec<(String, Registered)> {
+        self.inner.control.read_local(|s| {
+            s.pipelines
+                .iter()
+                .map(|(name, entry)| (name.clone(), entry.clone().into()))
+                .collect()
+        })
+    }
+
+    /// A pipeline's figures over the jobs this node ran.
+    pub fn figures(&self, name: &str) -> Result<PipelineStats, ApiError> {
         let mut stats = PipelineStats::default();
         for job in self.jobs(Some(name))?.into_iter().take(STATS_JOBS_MAX) {
             stats.jobs += 1;
@@ -616,7 +665,7 @@ impl Pipelines {
             if job.state.is_finished() {
                 continue;
             }
-            let compiled = self.get(&job.pipeline).and_then(|registered| {
+            let compiled = self.get_local(&job.pipeline).and_then(|registered| {
                 let compiled = self
                     .inner
                     .compile(&registered.spec()?)
@@ -655,7 +704,9 @@ impl Pipelines {
                 () = tokio::time::sleep(SCHEDULE_TICK) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let Ok(pipelines) = self.list() else { continue };
+            let Ok(pipelines) = self.list().await else {
+                continue;
+            };
             for (name, registered) in pipelines {
                 let Ok(Some(interval)) = registered.spec().map(|s| {
                     s.schedule
