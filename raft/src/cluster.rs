@@ -385,6 +385,8 @@ impl Cluster {
     /// The leader this node knows of, waiting up to [`LEADER_WAIT`] for one.
     async fn wait_for_leader(&self) -> Result<(NodeId, NodeInfo), ClusterError> {
         let mut metrics = self.inner.raft.metrics();
+        // The guard `wait_for` returns is dropped at once: holding it while borrowing the
+        // metrics again would deadlock against raft's next update of them.
         let known = tokio::time::timeout(
             LEADER_WAIT,
             metrics.wait_for(|m| {
@@ -392,10 +394,11 @@ impl Cluster {
                     .is_some_and(|l| m.membership_config.membership().get_node(&l).is_some())
             }),
         )
-        .await;
+        .await
+        .is_ok_and(|seen| seen.is_ok());
         let m = self.inner.raft.metrics().borrow().clone();
         let voters = m.membership_config.membership().voter_ids().count();
-        if known.is_err() || m.current_leader.is_none() {
+        if !known || m.current_leader.is_none() {
             return Err(ClusterError::NoQuorum(format!(
                 "no leader: fewer than a majority of the {voters} voters can be reached"
             )));

@@ -172,7 +172,7 @@ impl ObjectIndex for SledIndex {
     }
 
     async fn flush(&self) -> Result<()> {
-        self.tree.flush_async().await?;
+        flush_blocking(&self.tree).await?;
         Ok(())
     }
 }
@@ -239,6 +239,17 @@ impl ObjectIndex for MemoryIndex {
     async fn flush(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// Flushes a sled tree on a blocking thread. sled 0.34's `flush_async` runs on sled's own small
+/// thread pool and can deadlock there when several flushes (of this database and the raft
+/// log's) are in flight at once: every pool thread waits for a write that needs a pool thread.
+pub(crate) async fn flush_blocking(tree: &sled::Tree) -> Result<(), sled::Error> {
+    let tree = tree.clone();
+    tokio::task::spawn_blocking(move || tree.flush())
+        .await
+        .map_err(|e| sled::Error::Io(std::io::Error::other(e)))?
+        .map(|_| ())
 }
 
 #[cfg(test)]

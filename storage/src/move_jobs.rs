@@ -174,8 +174,8 @@ impl SledMoveJobs {
     }
 
     pub async fn flush(&self) -> Result<()> {
-        self.items.flush_async().await?;
-        self.jobs.flush_async().await?;
+        crate::index::flush_blocking(&self.items).await?;
+        crate::index::flush_blocking(&self.jobs).await?;
         Ok(())
     }
 }

@@ -113,7 +113,7 @@ impl MoveLog for SledMoveLog {
     }
 
     async fn flush(&self) -> Result<()> {
-        self.tree.flush_async().await?;
+        crate::index::flush_blocking(&self.tree).await?;
         Ok(())
     }
 }
@@ -249,7 +249,7 @@ impl SledReservations {
     }
 
     pub async fn flush(&self) -> Result<()> {
-        self.by_request.flush_async().await?;
+        crate::index::flush_blocking(&self.by_request).await?;
         Ok(())
     }
 }

@@ -68,7 +68,7 @@ impl<T: Serialize + DeserializeOwned> SledRecords<T> {
     }
 
     pub async fn flush(&self) -> Result<()> {
-        self.tree.flush_async().await?;
+        crate::index::flush_blocking(&self.tree).await?;
         Ok(())
     }
 }

@@ -47,7 +47,25 @@ pub struct TestNode {
     pub addr: String,
     /// Extra environment for the node process, applied at each (re)start.
     pub env: Vec<(String, String)>,
+    /// Where it listens for HTTP (`127.0.0.1:0` unless the node has fixed ports).
+    pub http_listen: String,
+    /// Where it listens for QUIC (by default: a free port, or the HTTP port + 1).
+    pub quic_listen: Option<String>,
     child: Option<Child>,
+}
+
+/// A free loopback port for TCP and one for UDP (the OS picks them; a test binds them soon
+/// after).
+pub fn free_ports() -> (u16, u16) {
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free tcp port")
+        .port();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free udp port")
+        .port();
+    (tcp, udp)
 }
 
 /// What a finished CLI command gave back.
@@ -109,6 +127,22 @@ impl TestNode {
 
     /// As [`TestNode::start`], in a new temporary directory under `parent`.
     pub fn start_in(parent: &Path, config: Option<&str>) -> Self {
+        let mut node = Self::unstarted(parent, config);
+        node.restart();
+        node
+    }
+
+    /// A cluster member: fixed free loopback ports, so that its address survives restarts.
+    /// Not started: a node that joins a cluster runs `letl cluster join` first.
+    pub fn cluster_member() -> Self {
+        let mut node = Self::unstarted(&std::env::temp_dir(), None);
+        let (http, quic) = free_ports();
+        node.http_listen = format!("127.0.0.1:{http}");
+        node.quic_listen = Some(format!("127.0.0.1:{quic}"));
+        node
+    }
+
+    fn unstarted(parent: &Path, config: Option<&str>) -> Self {
         let dir = tempfile::tempdir_in(parent).expect("tempdir");
         let data_dir = dir.path().join("data");
         let config = config.map(|text| {
@@ -116,16 +150,25 @@ impl TestNode {
             std::fs::write(&path, text).expect("write config");
             path
         });
-        let mut node = Self {
+        Self {
             dir,
             data_dir,
             config,
             addr: String::new(),
             env: Vec::new(),
+            http_listen: "127.0.0.1:0".to_string(),
+            quic_listen: None,
             child: None,
-        };
-        node.restart();
-        node
+        }
+    }
+
+    /// The HTTP address as `--addr` takes it (known before the node starts with fixed ports).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http_listen)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// (Re)starts the process on the same data dir and waits until it answers.
@@ -138,7 +181,12 @@ impl TestNode {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--http")
-            .arg("127.0.0.1:0")
+            .arg(&self.http_listen)
+            .args(
+                self.quic_listen
+                    .iter()
+                    .flat_map(|quic| ["--quic", quic.as_str()]),
+            )
             .env("LETL_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())

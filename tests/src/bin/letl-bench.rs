@@ -18,6 +18,9 @@
 //! - `pipeline`: an md5 pipeline over `LETL_BENCH_MIB` in 4 MiB objects on the ssd tier, with one
 //!   and with two transform workers, against `md5sum` over the same files; and a zstd (level 1)
 //!   pipeline against `zstd -1` over them.
+//! - `raft`: 3 nodes on loopback; `LETL_BENCH_COMMANDS` (default 10,000) control-plane commands,
+//!   mount/unmount pairs, from 4 concurrent clients (client i sends to node i mod 3, so two
+//!   of three go through a follower); p50/p99 latency as each client sees it, and commits/s.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -96,7 +99,10 @@ fn main() -> anyhow::Result<()> {
         Some("s3") => s3(),
         Some("move") => tier_move(),
         Some("pipeline") => pipeline(),
-        Some(other) => bail!("unknown scenario `{other}`: use put-get, s3, move or pipeline"),
+        Some("raft") => raft(),
+        Some(other) => {
+            bail!("unknown scenario `{other}`: use put-get, s3, move, pipeline or raft")
+        }
     }
 }
 
@@ -525,5 +531,118 @@ fn put_get() -> anyhow::Result<()> {
     if let Some(peak) = node_peak {
         println!("node peak resident memory: {peak:.0} MiB (object size {mib} MiB)");
     }
+    Ok(())
+}
+
+/// Concurrent clients of the raft scenario.
+const RAFT_CLIENTS: usize = 4;
+
+/// Control-plane commits through a 3-node cluster: mount/unmount pairs from concurrent clients.
+fn raft() -> anyhow::Result<()> {
+    let commands = env_number("LETL_BENCH_COMMANDS", 10_000)?;
+    let mut nodes = vec![TestNode::cluster_member()];
+    nodes[0].restart();
+    let token = letl_command(&nodes[0], &["cluster", "token"]).output()?;
+    ensure!(token.status.success(), "cluster token failed");
+    let token = String::from_utf8(token.stdout)?.trim().to_string();
+    for _ in 0..2 {
+        let mut node = TestNode::cluster_member();
+        let (http, quic) = (
+            node.http_listen.clone(),
+            node.quic_listen.clone().unwrap_or_default(),
+        );
+        let joined = node.cli(&[
+            "cluster",
+            "join",
+            &nodes[0].url(),
+            "--token",
+            &token,
+            "--http",
+            &http,
+            "--quic",
+            &quic,
+        ]);
+        ensure!(joined.code == 0, "join failed: {}", joined.stderr);
+        node.restart();
+        nodes.push(node);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = nodes[0].cli(&["cluster", "status", "--json"]);
+        let voters = serde_json::from_str::<serde_json::Value>(&status.stdout)
+            .ok()
+            .and_then(|s| {
+                s["members"]
+                    .as_array()
+                    .map(|m| m.iter().filter(|m| m["voter"] == true).count())
+            });
+        if voters == Some(3) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the cluster never had 3 voters");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let spec_dir = tempfile::tempdir()?;
+    for client in 0..RAFT_CLIENTS {
+        let spec = spec_dir.path().join(format!("p{client}.toml"));
+        std::fs::write(
+            &spec,
+            format!(
+                "name = \"bench-{client}\"\n[extract]\nfrom = \"ssd:/in{client}/\"\n[[transform]]\nkind = \"md5\"\n[load]\nto = \"hdd:/out{client}/\"\n"
+            ),
+        )?;
+        let registered = nodes[0].cli(&["pipeline", "register", &spec.to_string_lossy()]);
+        ensure!(
+            registered.code == 0,
+            "register failed: {}",
+            registered.stderr
+        );
+    }
+    let per_client = commands / RAFT_CLIENTS as u64;
+    let started = Instant::now();
+    let latencies: Vec<Vec<Duration>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..RAFT_CLIENTS)
+            .map(|client| {
+                let node = &nodes[client % nodes.len()];
+                scope.spawn(move || -> anyhow::Result<Vec<Duration>> {
+                    let mut times = Vec::new();
+                    for i in 0..per_client {
+                        let action = if i % 2 == 0 { "mount" } else { "unmount" };
+                        let path = format!("/v1/pipelines/bench-{client}/{action}");
+                        let start = Instant::now();
+                        let (status, body) = node.http("POST", &path, b"");
+                        times.push(start.elapsed());
+                        ensure!(status == 200, "{path}: {status} {body}");
+                    }
+                    Ok(times)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().map_err(|_| anyhow::anyhow!("a client panicked"))?)
+            .collect::<anyhow::Result<_>>()
+    })?;
+    let elapsed = started.elapsed();
+    let mut all: Vec<Duration> = latencies.into_iter().flatten().collect();
+    all.sort();
+    // The q-quantile, q in percent.
+    let at = |q: usize| all[(all.len() * q / 100).min(all.len() - 1)];
+    let through_follower: u64 =
+        (0..RAFT_CLIENTS).filter(|c| c % 3 != 0).count() as u64 * per_client;
+    println!(
+        "{} commands from {RAFT_CLIENTS} clients ({through_follower} sent to followers) in {:.2} s",
+        all.len(),
+        elapsed.as_secs_f64()
+    );
+    println!("| p50 | p99 | max | commits/s |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| {:.2} ms | {:.2} ms | {:.2} ms | {:.0} |",
+        at(50).as_secs_f64() * 1e3,
+        at(99).as_secs_f64() * 1e3,
+        all[all.len() - 1].as_secs_f64() * 1e3,
+        all.len() as f64 / elapsed.as_secs_f64()
+    );
     Ok(())
 }

@@ -1,0 +1,216 @@
+//! Three real `letl node` processes on loopback form a cluster over QUIC. The story, step by
+//! step: node 1 founds it and issues a token, nodes 2 and 3 join; a pipeline registered and
+//! mounted through node 1 is seen through node 3; the leader is SIGKILLed and another is
+//! elected with everything intact; an unmount goes through a surviving follower; the killed
+//! node restarts and catches up; with two of three stopped, writes through the survivor fail
+//! with "no quorum" and nothing is half-applied. Joining with a wrong token, or one from
+//! another cluster, is refused.
+
+use std::time::{Duration, Instant};
+
+use letl_tests::TestNode;
+
+/// Longest wait for the cluster to reach a state (an election takes 0.5 to 1 s; a join a few).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+const SPEC: &str = "name = \"covid-md5\"\n[extract]\nfrom = \"ssd:/covid/\"\n[[transform]]\nkind = \"md5\"\n[load]\nto = \"hdd:/covid-md5/\"\n";
+
+fn status(node: &TestNode) -> serde_json::Value {
+    serde_json::from_str(node.cli(&["cluster", "status", "--json"]).ok()).expect("status json")
+}
+
+/// Waits until `check` holds for `node`'s status; returns that status.
+#[track_caller]
+fn wait_status(
+    node: &TestNode,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let run = node.cli(&["cluster", "status", "--json"]);
+        if run.code == 0 {
+            let status: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+            if check(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "never {what}: {status}");
+        } else {
+            assert!(Instant::now() < deadline, "never {what}: {}", run.stderr);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn voters(status: &serde_json::Value) -> usize {
+    status["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .count()
+}
+
+fn show(node: &TestNode) -> serde_json::Value {
+    let run = node.cli(&["pipeline", "show", "covid-md5"]);
+    serde_json::from_str(run.ok()).unwrap_or_else(|_| panic!("show json: {}", run.stdout))
+}
+
+fn join(node: &mut TestNode, member: &TestNode, token: &str) {
+    let quic = node.quic_listen.clone().expect("fixed ports");
+    let http = node.http_listen.clone();
+    let out = node
+        .cli(&[
+            "cluster",
+            "join",
+            &member.url(),
+            "--token",
+            token,
+            "--http",
+            &http,
+            "--quic",
+            &quic,
+        ])
+        .ok()
+        .to_string();
+    assert!(out.contains("joined cluster"), "{out}");
+    node.restart();
+}
+
+#[test]
+fn three_nodes_keep_registrations_and_mounts_through_a_leader_kill_and_refuse_without_quorum() {
+    // Node 1 founds the cluster (a fresh data dir, no flags beyond its ports).
+    let mut nodes = vec![TestNode::cluster_member()];
+    nodes[0].restart();
+    let founded = wait_status(&nodes[0], "a leader", |s| s["leader"] == 1);
+    assert_eq!(founded["role"], "leader");
+    assert_eq!(voters(&founded), 1);
+
+    // It issues a token; nodes 2 and 3 join with it and become voters.
+    let token = nodes[0].cli(&["cluster", "token"]).ok().trim().to_string();
+    assert!(token.starts_with("letl1."), "{token}");
+    for _ in 0..2 {
+        let mut node = TestNode::cluster_member();
+        join(&mut node, &nodes[0], &token);
+        nodes.push(node);
+    }
+    let full = wait_status(&nodes[0], "three voters", |s| voters(s) == 3);
+    let ids: Vec<u64> = full["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+    let human = nodes[0].cli(&["cluster", "status"]).ok().to_string();
+    assert!(human.contains("leader 1"), "{human}");
+    assert!(human.contains("ms ago"), "{human}");
+
+    // Register and mount through node 1; node 3 sees it.
+    let spec = nodes[0].dir.path().join("covid-md5.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+    nodes[0]
+        .cli(&["pipeline", "register", spec.to_str().unwrap()])
+        .ok();
+    nodes[0].cli(&["pipeline", "mount", "covid-md5"]).ok();
+    let seen = show(&nodes[2]);
+    assert_eq!(seen["mounted"], true, "{seen}");
+    assert_eq!(seen["version"], 1, "{seen}");
+
+    // SIGKILL the leader: another is elected, and the registration and mount are intact.
+    let leader = status(&nodes[1])["leader"].as_u64().expect("a leader");
+    let killed = usize::try_from(leader - 1).unwrap();
+    nodes[killed].kill();
+    let killed_at = Instant::now();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != killed).collect();
+    let after = wait_status(&nodes[survivors[0]], "a new leader", |s| {
+        s["leader"].as_u64().is_some_and(|l| l != leader)
+    });
+    let new_leader = after["leader"].as_u64().unwrap();
+    eprintln!("new leader {new_leader} after {:?}", killed_at.elapsed());
+    for i in &survivors {
+        let seen = show(&nodes[*i]);
+        assert_eq!(seen["mounted"], true, "node {}: {seen}", i + 1);
+    }
+
+    // Unmount through a surviving follower; the other survivor sees it.
+    let follower = survivors
+        .iter()
+        .copied()
+        .find(|i| *i as u64 + 1 != new_leader)
+        .unwrap();
+    nodes[follower]
+        .cli(&["pipeline", "unmount", "covid-md5"])
+        .ok();
+    for i in &survivors {
+        assert_eq!(show(&nodes[*i])["mounted"], false, "node {}", i + 1);
+    }
+
+    // The killed node restarts and catches up: its own read shows the unmount.
+    nodes[killed].restart();
+    assert_eq!(show(&nodes[killed])["mounted"], false);
+    let commit = status(&nodes[survivors[0]])["commit"].as_u64().unwrap();
+    wait_status(&nodes[killed], "caught up", |s| {
+        s["applied"].as_u64().is_some_and(|a| a >= commit)
+    });
+
+    // Two of three stopped: writes through the survivor fail with "no quorum" …
+    let survivor = killed;
+    for i in &survivors {
+        nodes[*i].kill();
+    }
+    nodes[survivor]
+        .cli(&["pipeline", "mount", "covid-md5"])
+        .fails(1, "no quorum");
+    nodes[survivor]
+        .cli(&["pipeline", "register", spec.to_str().unwrap()])
+        .fails(1, "no quorum");
+    // … and once they are back, nothing of it was applied.
+    for i in &survivors {
+        nodes[*i].restart();
+    }
+    let seen = show(&nodes[survivor]);
+    assert_eq!(seen["mounted"], false, "{seen}");
+    assert_eq!(seen["version"], 1, "{seen}");
+
+    // A node with a wrong token, or a token from another cluster, is refused.
+    let mut stranger = TestNode::cluster_member();
+    let mut wrong = token.clone();
+    wrong.replace_range(wrong.len() - 4.., "0000");
+    let (http, quic) = (
+        stranger.http_listen.clone(),
+        stranger.quic_listen.clone().unwrap(),
+    );
+    stranger
+        .cli(&[
+            "cluster",
+            "join",
+            &nodes[0].url(),
+            "--token",
+            &wrong,
+            "--http",
+            &http,
+            "--quic",
+            &quic,
+        ])
+        .fails(2, "not one this cluster issued");
+    let mut other = TestNode::cluster_member();
+    other.restart();
+    let foreign = other.cli(&["cluster", "token"]).ok().trim().to_string();
+    stranger
+        .cli(&[
+            "cluster",
+            "join",
+            &nodes[0].url(),
+            "--token",
+            &foreign,
+            "--http",
+            &http,
+            "--quic",
+            &quic,
+        ])
+        .fails(2, "another cluster");
+    // Refused joins leave the stranger's data dir free to found its own cluster.
+    stranger.restart();
+    wait_status(&stranger, "its own cluster", |s| s["leader"] == 1);
+}
