@@ -196,22 +196,17 @@ pub enum ClusterAction {
         ttl: String,
     },
     /// Make --data-dir a new member of the cluster that ADDR (a member's HTTP address) is in;
-    /// then start it with `letl node` and the same --data-dir, --http and --quic.
+    /// then start it with `letl node`: it tells the cluster its addresses when it starts.
     Join {
         /// A member's HTTP address, like http://10.0.0.5:7070.
-        addr: String,
+        #[arg(value_name = "ADDR")]
+        member: String,
         /// A token from `letl cluster token`.
         #[arg(long)]
         token: String,
-        /// TOML config file the node will start with (for its addresses).
+        /// TOML config file the node will start with (for its data dir).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// The HTTP address the node will serve on.
-        #[arg(long, value_name = "ADDR")]
-        http: Option<String>,
-        /// The QUIC address the node will use.
-        #[arg(long, value_name = "ADDR")]
-        quic: Option<String>,
     },
     /// Members, roles, leader, term, commit and applied index, last contact per node.
     Status {
@@ -296,20 +291,17 @@ pub fn main() -> ExitCode {
         Command::Cluster {
             action:
                 ClusterAction::Join {
-                    addr,
+                    member,
                     token,
                     config,
-                    http,
-                    quic,
                 },
         } => cluster_join(
-            &addr,
+            &member,
             &token,
             config,
             Overrides {
                 data_dir: cli.connection.data_dir,
-                http,
-                quic,
+                ..Overrides::default()
             },
         ),
         command => run_client(&cli.connection, command),

@@ -266,7 +266,14 @@ impl Cluster {
                 tasks: Mutex::new(vec![server]),
             }),
         };
-        if fresh && !joining {
+        if fresh && !joining && id != SINGLE_NODE_ID {
+            // A joined node that lost its raft database must not found a rival cluster with
+            // the shared CA: it waits for the leader to send it the log again.
+            warn!(
+                node = id,
+                "the raft database is empty; waiting for the leader to replicate it"
+            );
+        } else if fresh && !joining {
             let members = BTreeMap::from([(id, advertise)]);
             cluster
                 .inner
@@ -297,6 +304,12 @@ impl Cluster {
 
     pub fn node_id(&self) -> NodeId {
         self.inner.id
+    }
+
+    /// Whether this node is the leader now (work that one node must do, like schedules).
+    pub fn is_leader(&self) -> bool {
+        let m = self.inner.raft.metrics().borrow().clone();
+        m.current_leader == Some(self.inner.id)
     }
 
     pub fn quic_addr(&self) -> Result<SocketAddr, ClusterError> {
@@ -498,8 +511,10 @@ impl Cluster {
             id: self.inner.id,
             info: self.inner.advertise.clone(),
         };
-        for attempt in 0..JOIN_ATTEMPTS_MAX {
-            let (to, info) = peers[attempt % peers.len()].clone();
+        let mut next = 0;
+        for _ in 0..JOIN_ATTEMPTS_MAX {
+            let (to, info) = peers[next % peers.len()].clone();
+            next += 1;
             match self
                 .inner
                 .transport
@@ -522,17 +537,22 @@ impl Cluster {
                     info!(node = self.inner.id, "now a voting member");
                     return;
                 }
+                // Straight to the leader it names.
                 Ok(RpcReply::Member(Err(Refusal::NotLeader {
                     leader: Some(leader),
-                }))) => {
-                    if !peers.contains(&leader) {
-                        peers.insert(0, leader);
-                    }
+                }))) if leader.0 != to => {
+                    next = match peers.iter().position(|p| *p == leader) {
+                        Some(at) => at,
+                        None => {
+                            peers.insert(0, leader);
+                            0
+                        }
+                    };
                     continue;
                 }
-                Ok(RpcReply::Member(Err(Refusal::Refused(reason)))) => {
-                    warn!(reason, "the cluster refused to add this node");
-                    return;
+                // Another membership change in flight, a slow catch-up: both pass.
+                Ok(RpcReply::Member(Err(refusal))) => {
+                    warn!(peer = to, ?refusal, "not a member yet; asking again");
                 }
                 Ok(other) => warn!(reply = ?other, "asking to become a member"),
                 Err(e) => warn!(peer = to, error = %e, "asking to become a member"),
@@ -685,8 +705,10 @@ async fn leader_write(raft: &Raft, command: Command) -> Result<Response, Refusal
     match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(command)).await {
         Ok(Ok(written)) => Ok(written.data),
         Ok(Err(e)) => Err(write_refusal(e, "write")),
+        // Rare: quorum was lost after the check above. The entry stays in this leader's log
+        // and is applied only if this leader keeps its place once a majority is back.
         Err(_) => Err(Refusal::NoQuorum(format!(
-            "not committed within {WRITE_TIMEOUT:?}: a majority of the voters did not acknowledge it"
+            "not committed within {WRITE_TIMEOUT:?}: a majority of the voters did not acknowledge it (it takes effect only if they do later)"
         ))),
     }
 }

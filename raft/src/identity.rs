@@ -7,9 +7,10 @@
 //! can admit a new node, even after the founder is gone.
 //!
 //! A join token is `letl1.<ca fingerprint>.<secret>`. The cluster stores only the secret's
-//! hash (with an expiry), the joining node checks the CA it is given against the fingerprint,
-//! and the CA key travels sealed under a key derived from the secret, so that only the
-//! token's holder can open it even where the admin API runs over plain HTTP.
+//! hash (with an expiry); the joining node checks the CA it is given against the fingerprint,
+//! and the CA key travels sealed under a key derived from the secret. The token itself goes to
+//! the member in the join request, so on an admin API over plain HTTP, whoever can read that
+//! traffic learns it: join nodes over a trusted network, and keep token lifetimes short.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

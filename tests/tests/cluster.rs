@@ -57,20 +57,8 @@ fn show(node: &TestNode) -> serde_json::Value {
 }
 
 fn join(node: &mut TestNode, member: &TestNode, token: &str) {
-    let quic = node.quic_listen.clone().expect("fixed ports");
-    let http = node.http_listen.clone();
     let out = node
-        .cli(&[
-            "cluster",
-            "join",
-            &member.url(),
-            "--token",
-            token,
-            "--http",
-            &http,
-            "--quic",
-            &quic,
-        ])
+        .cli(&["cluster", "join", &member.url(), "--token", token])
         .ok()
         .to_string();
     assert!(out.contains("joined cluster"), "{out}");
@@ -177,38 +165,14 @@ fn three_nodes_keep_registrations_and_mounts_through_a_leader_kill_and_refuse_wi
     let mut stranger = TestNode::cluster_member();
     let mut wrong = token.clone();
     wrong.replace_range(wrong.len() - 4.., "0000");
-    let (http, quic) = (
-        stranger.http_listen.clone(),
-        stranger.quic_listen.clone().unwrap(),
-    );
     stranger
-        .cli(&[
-            "cluster",
-            "join",
-            &nodes[0].url(),
-            "--token",
-            &wrong,
-            "--http",
-            &http,
-            "--quic",
-            &quic,
-        ])
+        .cli(&["cluster", "join", &nodes[0].url(), "--token", &wrong])
         .fails(2, "not one this cluster issued");
     let mut other = TestNode::cluster_member();
     other.restart();
     let foreign = other.cli(&["cluster", "token"]).ok().trim().to_string();
     stranger
-        .cli(&[
-            "cluster",
-            "join",
-            &nodes[0].url(),
-            "--token",
-            &foreign,
-            "--http",
-            &http,
-            "--quic",
-            &quic,
-        ])
+        .cli(&["cluster", "join", &nodes[0].url(), "--token", &foreign])
         .fails(2, "another cluster");
     // Refused joins leave the stranger's data dir free to found its own cluster.
     stranger.restart();

@@ -704,6 +704,10 @@ impl Pipelines {
                 () = tokio::time::sleep(SCHEDULE_TICK) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
+            // Registrations are the cluster's: only the leader runs their schedules.
+            if !self.inner.control.is_leader() {
+                continue;
+            }
             let Ok(pipelines) = self.list().await else {
                 continue;
             };

@@ -547,21 +547,7 @@ fn raft() -> anyhow::Result<()> {
     let token = String::from_utf8(token.stdout)?.trim().to_string();
     for _ in 0..2 {
         let mut node = TestNode::cluster_member();
-        let (http, quic) = (
-            node.http_listen.clone(),
-            node.quic_listen.clone().unwrap_or_default(),
-        );
-        let joined = node.cli(&[
-            "cluster",
-            "join",
-            &nodes[0].url(),
-            "--token",
-            &token,
-            "--http",
-            &http,
-            "--quic",
-            &quic,
-        ]);
+        let joined = node.cli(&["cluster", "join", &nodes[0].url(), "--token", &token]);
         ensure!(joined.code == 0, "join failed: {}", joined.stderr);
         node.restart();
         nodes.push(node);
