@@ -377,6 +377,7 @@ fn cluster_failure(e: letl_raft::cluster::ClusterError) -> Failure {
     use letl_raft::cluster::ClusterError;
     let code = match e {
         ClusterError::Refused(_) => exit::BAD_INPUT,
+        ClusterError::Forbidden(_) => exit::UNAUTHORIZED,
         ClusterError::NoQuorum(_) | ClusterError::Failed(_) => exit::FAILURE,
     };
     Failure::new(code, e.to_string())

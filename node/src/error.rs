@@ -41,12 +41,13 @@ impl From<letl_raft::cluster::ClusterError> for ApiError {
         let status = match &e {
             ClusterError::NoQuorum(_) => StatusCode::SERVICE_UNAVAILABLE,
             ClusterError::Refused(_) => StatusCode::BAD_REQUEST,
+            ClusterError::Forbidden(_) => StatusCode::FORBIDDEN,
             ClusterError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self {
             status,
             message: e.to_string(),
-            transient: !matches!(e, ClusterError::Refused(_)),
+            transient: matches!(e, ClusterError::NoQuorum(_) | ClusterError::Failed(_)),
         }
     }
 }

@@ -51,9 +51,12 @@ pub enum ClusterError {
     /// A majority of voters cannot be reached: nothing was applied.
     #[error("no quorum: {0}")]
     NoQuorum(String),
-    /// The request is wrong (bad command, bad token, not allowed now).
+    /// The request is wrong (bad command, malformed token, not allowed now).
     #[error("{0}")]
     Refused(String),
+    /// A join token this cluster did not issue, or that has expired.
+    #[error("{0}")]
+    Forbidden(String),
     /// The node's own parts failed (files, raft, endpoint).
     #[error("{0}")]
     Failed(String),
@@ -456,10 +459,9 @@ impl Cluster {
         let token = JoinToken::parse(token)?;
         let identity = self.identity();
         if token.ca_fingerprint != identity.fingerprint()? {
-            return Err(ClusterError::Refused(format!(
-                "the join token is for another cluster (CA {}, this one is {})",
-                token.ca_fingerprint,
-                identity.fingerprint()?
+            return Err(ClusterError::Forbidden(format!(
+                "the join token is for another cluster (its CA fingerprint is {})",
+                token.ca_fingerprint
             )));
         }
         // Ids of nodes that left are never reused: the allocator stays above every member.
@@ -474,7 +476,7 @@ impl Cluster {
             .await?
         {
             Response::Admitted { node_id } => node_id,
-            Response::Refused { reason } => return Err(ClusterError::Refused(reason)),
+            Response::Refused { reason } => return Err(ClusterError::Forbidden(reason)),
             other => return Err(failed(format!("unexpected answer: {other:?}"))),
         };
         let cert_pem = identity
