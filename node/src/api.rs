@@ -431,7 +431,10 @@ pub struct TokenResponse {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
-    pub token: String,
+    /// The fingerprint of the CA the joining node's token is for.
+    pub ca_fingerprint: String,
+    /// Proof that it holds the token (derived from its secret; the secret stays with it).
+    pub proof: String,
     /// Its certificate request (PEM); its key stays with it.
     pub csr_pem: String,
 }

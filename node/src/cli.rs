@@ -400,12 +400,12 @@ fn cluster_join(addr: &str, token: &str, config: Option<PathBuf>, overrides: Ove
             ),
         ));
     }
-    letl_raft::identity::JoinToken::parse(token)
-        .map_err(|e| Failure::new(exit::BAD_INPUT, e.to_string()))?;
+    let (ca_fingerprint, proof) = letl_raft::cluster::join_proof(token).map_err(cluster_failure)?;
     let (key_pem, csr_pem) = letl_raft::cluster::join_request().map_err(cluster_failure)?;
     let client = Client::new(addr, String::new())?;
     let grant = runtime()?.block_on(client.cluster_join(&crate::api::JoinRequest {
-        token: token.to_string(),
+        ca_fingerprint,
+        proof,
         csr_pem,
     }))?;
     let identity =

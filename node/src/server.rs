@@ -796,12 +796,12 @@ async fn cluster_join(
 ) -> Result<Json<letl_raft::identity::JoinGrant>, ApiError> {
     let request: crate::api::JoinRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
-            "the body must be JSON {{\"token\", \"csr_pem\"}}: {e}"
+            "the body must be JSON {{\"ca_fingerprint\", \"proof\", \"csr_pem\"}}: {e}"
         ))
     })?;
     let grant = state
         .cluster
-        .admit(&request.token, &request.csr_pem)
+        .admit(&request.ca_fingerprint, &request.proof, &request.csr_pem)
         .await?;
     Ok(Json(grant))
 }

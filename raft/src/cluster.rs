@@ -180,6 +180,12 @@ pub fn found(dir: &std::path::Path, name: &str) -> Result<Identity, ClusterError
     Ok(identity)
 }
 
+/// What a joining node sends for its token: the CA fingerprint and the proof (never the secret).
+pub fn join_proof(token: &str) -> Result<(String, String), ClusterError> {
+    let token = JoinToken::parse(token)?;
+    Ok((token.ca_fingerprint.clone(), token.proof()))
+}
+
 /// The first half of joining: a key and a certificate request for the member to sign.
 pub fn join_request() -> Result<(String, String), ClusterError> {
     crate::tls::node_key_and_request().map_err(failed)
@@ -442,7 +448,8 @@ impl Cluster {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         match self
             .write(Command::IssueJoinToken {
-                token_hash: token.secret_hash(),
+                token_hash: crate::identity::proof_hash(&token.proof())?,
+                seal_key: token.seal_key(),
                 expires_ms: now.saturating_add(ttl_ms),
                 now_ms: now,
             })
@@ -455,27 +462,32 @@ impl Cluster {
     }
 
     /// Admits a node that holds a valid token: gives it an id and signs its certificate.
-    pub async fn admit(&self, token: &str, csr_pem: &str) -> Result<JoinGrant, ClusterError> {
-        let token = JoinToken::parse(token)?;
+    /// `ca_fingerprint` and `proof` come from the joining node's token ([`join_proof`]).
+    pub async fn admit(
+        &self,
+        ca_fingerprint: &str,
+        proof: &str,
+        csr_pem: &str,
+    ) -> Result<JoinGrant, ClusterError> {
         let identity = self.identity();
-        if token.ca_fingerprint != identity.fingerprint()? {
+        if ca_fingerprint != identity.fingerprint()? {
             return Err(ClusterError::Forbidden(format!(
-                "the join token is for another cluster (its CA fingerprint is {})",
-                token.ca_fingerprint
+                "the join token is for another cluster (its CA fingerprint is {ca_fingerprint})"
             )));
         }
+        let token_hash = crate::identity::proof_hash(proof)?;
         // Ids of nodes that left are never reused: the allocator stays above every member.
         let members = self.read(|_| ()).await.map(|()| self.members())?;
         let members_max = members.keys().max().copied().unwrap_or(SINGLE_NODE_ID);
-        let node_id = match self
+        let (node_id, seal_key) = match self
             .write(Command::AdmitNode {
-                token_hash: token.secret_hash(),
+                token_hash,
                 members_max,
                 now_ms: self.inner.clock.now_ms(),
             })
             .await?
         {
-            Response::Admitted { node_id } => node_id,
+            Response::Admitted { node_id, seal_key } => (node_id, seal_key),
             Response::Refused { reason } => return Err(ClusterError::Forbidden(reason)),
             other => return Err(failed(format!("unexpected answer: {other:?}"))),
         };
@@ -488,7 +500,10 @@ impl Cluster {
             cluster: identity.cluster.clone(),
             node_id,
             ca_pem: identity.ca_pem.clone(),
-            sealed_ca_key: encode_hex(&token.seal(identity.ca_key_pem.as_bytes())?),
+            sealed_ca_key: encode_hex(&crate::identity::seal(
+                &seal_key,
+                identity.ca_key_pem.as_bytes(),
+            )?),
             cert_pem,
             members,
         })

@@ -6,11 +6,12 @@
 //! made a member, the members it was admitted by. Every member keeps the CA key, so any member
 //! can admit a new node, even after the founder is gone.
 //!
-//! A join token is `letl1.<ca fingerprint>.<secret>`. The cluster stores only the secret's
-//! hash (with an expiry); the joining node checks the CA it is given against the fingerprint,
-//! and the CA key travels sealed under a key derived from the secret. The token itself goes to
-//! the member in the join request, so on an admin API over plain HTTP, whoever can read that
-//! traffic learns it: join nodes over a trusted network, and keep token lifetimes short.
+//! A join token is `letl1.<ca fingerprint>.<secret>`; the secret never leaves the node that
+//! issued it and the one that joins. Two keys are derived from it: a proof, which the joining
+//! node sends (the cluster stores only the proof's hash, with an expiry), and a sealing key,
+//! which the issuing member stores in the control state and under which the CA key travels.
+//! Whoever reads a join request and its answer (the admin API may be plain HTTP) has the proof
+//! but not the sealing key, so cannot open the CA key.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ const SEAL_NONCE_BYTES: usize = 16;
 const SEAL_TAG_BYTES: usize = 32;
 const SEAL_KEY_CONTEXT: &str = "letl 2026-11 join token ca key seal";
 const SEAL_TAG_CONTEXT: &str = "letl 2026-11 join token ca key tag";
+const PROOF_CONTEXT: &str = "letl 2026-11 join token proof";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -209,56 +211,82 @@ impl JoinToken {
         })
     }
 
-    /// What the cluster stores: the secret's hash, never the secret.
-    pub fn secret_hash(&self) -> String {
-        blake3::hash(&self.secret).to_hex().to_string()
+    /// What the joining node sends to show it holds the token (hex).
+    pub fn proof(&self) -> String {
+        encode_hex(&blake3::derive_key(PROOF_CONTEXT, &self.secret))
     }
 
-    /// Seals `plain` so that only a holder of this token can open it.
-    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, IdentityError> {
-        let mut nonce = [0u8; SEAL_NONCE_BYTES];
-        getrandom::fill(&mut nonce)
-            .map_err(|e| IdentityError::Refused(format!("no randomness for a nonce: {e}")))?;
-        let mut sealed = nonce.to_vec();
-        sealed.extend(self.keystream_xor(&nonce, plain));
-        let tag = self.tag(&sealed);
-        sealed.extend_from_slice(&tag);
-        Ok(sealed)
+    /// The key the CA key is sealed under (hex), kept by the cluster with the token.
+    pub fn seal_key(&self) -> String {
+        encode_hex(&blake3::derive_key(SEAL_KEY_CONTEXT, &self.secret))
     }
 
-    /// Opens what [`Self::seal`] sealed with the same token.
+    /// Opens what was sealed under this token's sealing key.
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, IdentityError> {
-        let refused = || {
-            IdentityError::Refused(
-                "the sealed CA key does not open with this token (tampered with, or another token)"
-                    .to_string(),
-            )
-        };
-        if sealed.len() < SEAL_NONCE_BYTES + SEAL_TAG_BYTES {
-            return Err(refused());
-        }
-        let (body, tag) = sealed.split_at(sealed.len() - SEAL_TAG_BYTES);
-        if blake3::Hash::from_bytes(self.tag(body))
-            != blake3::Hash::from_slice(tag).map_err(|_| refused())?
-        {
-            return Err(refused());
-        }
-        let (nonce, cipher) = body.split_at(SEAL_NONCE_BYTES);
-        Ok(self.keystream_xor(nonce, cipher))
+        open(&self.seal_key(), sealed)
     }
+}
 
-    fn keystream_xor(&self, nonce: &[u8], data: &[u8]) -> Vec<u8> {
-        let key = blake3::derive_key(SEAL_KEY_CONTEXT, &self.secret);
-        let mut stream = blake3::Hasher::new_keyed(&key).update(nonce).finalize_xof();
-        let mut pad = vec![0u8; data.len()];
-        stream.fill(&mut pad);
-        data.iter().zip(pad).map(|(d, p)| d ^ p).collect()
-    }
+/// What the cluster stores for a proof: its hash. Refuses a proof that is not 64 hex digits.
+pub fn proof_hash(proof: &str) -> Result<String, IdentityError> {
+    let bytes = decode_hex(proof)
+        .filter(|b| b.len() == 32)
+        .ok_or_else(|| IdentityError::Token("the proof is not 64 hex digits".to_string()))?;
+    Ok(blake3::hash(&bytes).to_hex().to_string())
+}
 
-    fn tag(&self, data: &[u8]) -> [u8; SEAL_TAG_BYTES] {
-        let key = blake3::derive_key(SEAL_TAG_CONTEXT, &self.secret);
-        *blake3::keyed_hash(&key, data).as_bytes()
+fn seal_key_bytes(key: &str) -> Result<[u8; 32], IdentityError> {
+    decode_hex(key)
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| IdentityError::Refused("a sealing key is not 64 hex digits".to_string()))
+}
+
+/// Seals `plain` under `key` (hex): a random nonce, the bytes under a keyed stream, a tag.
+pub fn seal(key: &str, plain: &[u8]) -> Result<Vec<u8>, IdentityError> {
+    let key = seal_key_bytes(key)?;
+    let mut nonce = [0u8; SEAL_NONCE_BYTES];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| IdentityError::Refused(format!("no randomness for a nonce: {e}")))?;
+    let mut sealed = nonce.to_vec();
+    sealed.extend(keystream_xor(&key, &nonce, plain));
+    let tag = tag(&key, &sealed);
+    sealed.extend_from_slice(&tag);
+    Ok(sealed)
+}
+
+/// Opens what [`seal`] sealed under the same key.
+pub fn open(key: &str, sealed: &[u8]) -> Result<Vec<u8>, IdentityError> {
+    let key = seal_key_bytes(key)?;
+    let refused = || {
+        IdentityError::Refused(
+            "the sealed CA key does not open with this token (tampered with, or another token)"
+                .to_string(),
+        )
+    };
+    if sealed.len() < SEAL_NONCE_BYTES + SEAL_TAG_BYTES {
+        return Err(refused());
     }
+    let (body, found) = sealed.split_at(sealed.len() - SEAL_TAG_BYTES);
+    // blake3's Hash compares in constant time.
+    if blake3::Hash::from_bytes(tag(&key, body))
+        != blake3::Hash::from_slice(found).map_err(|_| refused())?
+    {
+        return Err(refused());
+    }
+    let (nonce, cipher) = body.split_at(SEAL_NONCE_BYTES);
+    Ok(keystream_xor(&key, nonce, cipher))
+}
+
+fn keystream_xor(key: &[u8; 32], nonce: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut stream = blake3::Hasher::new_keyed(key).update(nonce).finalize_xof();
+    let mut pad = vec![0u8; data.len()];
+    stream.fill(&mut pad);
+    data.iter().zip(pad).map(|(d, p)| d ^ p).collect()
+}
+
+fn tag(key: &[u8; 32], data: &[u8]) -> [u8; SEAL_TAG_BYTES] {
+    let tag_key = blake3::derive_key(SEAL_TAG_CONTEXT, key);
+    *blake3::keyed_hash(&tag_key, data).as_bytes()
 }
 
 impl std::fmt::Display for JoinToken {
@@ -339,10 +367,7 @@ mod tests {
         let token = JoinToken::generate(&"ab".repeat(16)).unwrap();
         let text = token.to_string();
         assert_eq!(JoinToken::parse(&text).unwrap(), token);
-        assert_eq!(
-            JoinToken::parse(&text).unwrap().secret_hash(),
-            token.secret_hash()
-        );
+        assert_eq!(JoinToken::parse(&text).unwrap().proof(), token.proof());
         for bad in [
             "",
             "letl1.ab.cd",
@@ -356,7 +381,7 @@ mod tests {
     #[test]
     fn a_sealed_key_opens_with_its_token_only() {
         let token = JoinToken::generate(&"ab".repeat(16)).unwrap();
-        let sealed = token.seal(b"the ca key").unwrap();
+        let sealed = seal(&token.seal_key(), b"the ca key").unwrap();
         assert_eq!(token.open(&sealed).unwrap(), b"the ca key");
         let other = JoinToken::generate(&"ab".repeat(16)).unwrap();
         assert!(other.open(&sealed).is_err());
@@ -381,7 +406,9 @@ mod tests {
             cluster: "test".to_string(),
             node_id: 2,
             ca_pem: founder.ca_pem.clone(),
-            sealed_ca_key: encode_hex(&token.seal(founder.ca_key_pem.as_bytes()).unwrap()),
+            sealed_ca_key: encode_hex(
+                &seal(&token.seal_key(), founder.ca_key_pem.as_bytes()).unwrap(),
+            ),
             cert_pem: founder.ca().unwrap().sign_node(&csr, 2).unwrap(),
             members: BTreeMap::new(),
         };

@@ -44,8 +44,9 @@ pub struct ControlState {
     pub reservations: BTreeMap<String, BTreeMap<String, String>>,
     /// Tiers by node.
     pub tiers: BTreeMap<NodeId, Vec<TierEntry>>,
-    /// Join tokens (their blake3 hashes) and when each expires.
-    pub join_tokens: BTreeMap<String, u64>,
+    /// Join tokens by the hash of their proof: when each expires, and the key that seals the
+    /// CA key for the node that presents it.
+    pub join_tokens: BTreeMap<String, JoinTokenEntry>,
     /// The id the next admitted node gets.
     pub next_node_id: NodeId,
 }
@@ -88,6 +89,7 @@ pub enum Command {
     },
     IssueJoinToken {
         token_hash: String,
+        seal_key: String,
         expires_ms: u64,
         now_ms: u64,
     },
@@ -102,6 +104,14 @@ pub enum Command {
     Noop,
 }
 
+/// A join token the cluster issued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenEntry {
+    pub expires_ms: u64,
+    /// Hex; derived from the token's secret, which only the token's holder has besides.
+    pub seal_key: String,
+}
+
 /// What applying a command gave.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
@@ -114,6 +124,8 @@ pub enum Response {
     },
     Admitted {
         node_id: NodeId,
+        /// The token's sealing key (hex).
+        seal_key: String,
     },
     /// The command was refused and changed nothing.
     Refused {
@@ -168,9 +180,12 @@ impl Command {
                 }
                 Ok(())
             }
-            Self::IssueJoinToken { token_hash, .. } | Self::AdmitNode { token_hash, .. } => {
-                text("token", token_hash)
-            }
+            Self::IssueJoinToken {
+                token_hash,
+                seal_key,
+                ..
+            } => text("token", token_hash).and_then(|()| text("seal_key", seal_key)),
+            Self::AdmitNode { token_hash, .. } => text("token", token_hash),
             Self::Noop => Ok(()),
         }
     }
@@ -257,10 +272,12 @@ impl ControlState {
             }
             Command::IssueJoinToken {
                 token_hash,
+                seal_key,
                 expires_ms,
                 now_ms,
             } => {
-                self.join_tokens.retain(|_, expires| *expires > now_ms);
+                self.join_tokens
+                    .retain(|_, entry| entry.expires_ms > now_ms);
                 if self.join_tokens.len() >= JOIN_TOKENS_MAX {
                     return Response::Refused {
                         reason: format!(
@@ -268,7 +285,13 @@ impl ControlState {
                         ),
                     };
                 }
-                self.join_tokens.insert(token_hash, expires_ms);
+                self.join_tokens.insert(
+                    token_hash,
+                    JoinTokenEntry {
+                        expires_ms,
+                        seal_key,
+                    },
+                );
                 Response::Done
             }
             Command::AdmitNode {
@@ -276,7 +299,8 @@ impl ControlState {
                 members_max,
                 now_ms,
             } => match self.join_tokens.get(&token_hash) {
-                Some(expires) if *expires > now_ms => {
+                Some(entry) if entry.expires_ms > now_ms => {
+                    let seal_key = entry.seal_key.clone();
                     let next = self
                         .next_node_id
                         .max(members_max.saturating_add(1))
@@ -285,7 +309,7 @@ impl ControlState {
                         Some(next) => {
                             let node_id = next - 1;
                             self.next_node_id = next;
-                            Response::Admitted { node_id }
+                            Response::Admitted { node_id, seal_key }
                         }
                         None => Response::Refused {
                             reason: "no node ids are left".to_string(),
@@ -394,6 +418,7 @@ mod tests {
         let mut state = ControlState::default();
         let issue = Command::IssueJoinToken {
             token_hash: "h".to_string(),
+            seal_key: "k".to_string(),
             expires_ms: 100,
             now_ms: 0,
         };
@@ -403,8 +428,12 @@ mod tests {
             members_max: 1,
             now_ms,
         };
-        assert_eq!(state.apply(admit(50)), Response::Admitted { node_id: 2 });
-        assert_eq!(state.apply(admit(60)), Response::Admitted { node_id: 3 });
+        let admitted = |node_id| Response::Admitted {
+            node_id,
+            seal_key: "k".to_string(),
+        };
+        assert_eq!(state.apply(admit(50)), admitted(2));
+        assert_eq!(state.apply(admit(60)), admitted(3));
         assert!(
             matches!(state.apply(admit(100)), Response::Refused { reason } if reason.contains("expired"))
         );

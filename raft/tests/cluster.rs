@@ -28,7 +28,8 @@ fn settings(dir: &std::path::Path) -> ClusterSettings {
 
 async fn join(member: &Cluster, dir: &std::path::Path, token: &str) -> Cluster {
     let (key, csr) = cluster::join_request().unwrap();
-    let grant = member.admit(token, &csr).await.unwrap();
+    let (fingerprint, proof) = cluster::join_proof(token).unwrap();
+    let grant = member.admit(&fingerprint, &proof, &csr).await.unwrap();
     cluster::save_joined(dir, token, grant, key).unwrap();
     Cluster::open(settings(dir)).await.unwrap()
 }
@@ -68,7 +69,8 @@ async fn nodes_join_forward_writes_read_linearizably_and_refuse_without_quorum()
     let (_, csr) = cluster::join_request().unwrap();
     let mut wrong = token.clone();
     wrong.replace_range(wrong.len() - 4.., "0000");
-    let refused = one.admit(&wrong, &csr).await.unwrap_err();
+    let (fingerprint, proof) = cluster::join_proof(&wrong).unwrap();
+    let refused = one.admit(&fingerprint, &proof, &csr).await.unwrap_err();
     assert!(
         refused.to_string().contains("not one this cluster issued"),
         "{refused}"
@@ -76,7 +78,8 @@ async fn nodes_join_forward_writes_read_linearizably_and_refuse_without_quorum()
     let stranger_dir = tempfile::tempdir().unwrap();
     let stranger = Cluster::open(settings(stranger_dir.path())).await.unwrap();
     let foreign = stranger.issue_token(Duration::from_secs(60)).await.unwrap();
-    let refused = one.admit(&foreign, &csr).await.unwrap_err();
+    let (fingerprint, proof) = cluster::join_proof(&foreign).unwrap();
+    let refused = one.admit(&fingerprint, &proof, &csr).await.unwrap_err();
     assert!(refused.to_string().contains("another cluster"), "{refused}");
     stranger.shutdown().await;
 
