@@ -163,17 +163,23 @@ pub fn identity_in(dir: &std::path::Path) -> Result<Option<Identity>, ClusterErr
     Ok(Identity::load(dir)?)
 }
 
-/// Founds a cluster in `dir`: a new CA and node 1's certificate. Refused if `dir` has an
-/// identity already.
-pub fn found(dir: &std::path::Path, name: &str) -> Result<Identity, ClusterError> {
-    if let Some(identity) = Identity::load(dir)? {
-        return Err(ClusterError::Refused(format!(
+/// A directory that already holds an identity cannot found or join another cluster.
+fn refuse_if_taken(dir: &std::path::Path) -> Result<(), ClusterError> {
+    match Identity::load(dir)? {
+        Some(identity) => Err(ClusterError::Refused(format!(
             "{} already belongs to cluster `{}` as node {}",
             dir.display(),
             identity.cluster,
             identity.node_id
-        )));
+        ))),
+        None => Ok(()),
     }
+}
+
+/// Founds a cluster in `dir`: a new CA and node 1's certificate. Refused if `dir` has an
+/// identity already.
+pub fn found(dir: &std::path::Path, name: &str) -> Result<Identity, ClusterError> {
+    refuse_if_taken(dir)?;
     let identity = Identity::found(name, SINGLE_NODE_ID)?;
     identity.save(dir)?;
     info!(cluster = name, dir = %dir.display(), "founded a cluster");
@@ -198,14 +204,7 @@ pub fn save_joined(
     grant: JoinGrant,
     key_pem: String,
 ) -> Result<Identity, ClusterError> {
-    if let Some(identity) = Identity::load(dir)? {
-        return Err(ClusterError::Refused(format!(
-            "{} already belongs to cluster `{}` as node {}",
-            dir.display(),
-            identity.cluster,
-            identity.node_id
-        )));
-    }
+    refuse_if_taken(dir)?;
     let token = JoinToken::parse(token)?;
     let identity = crate::identity::joined_identity(&token, grant, key_pem)?;
     identity.save(dir)?;
