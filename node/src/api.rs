@@ -336,6 +336,9 @@ pub struct DeadLetterInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobInfo {
     pub id: String,
+    /// The node that runs it.
+    #[serde(default)]
+    pub node: u64,
     pub request_id: Option<String>,
     pub pipeline: String,
     pub pipeline_version: u64,
@@ -355,6 +358,7 @@ impl JobInfo {
     pub fn new(job: &crate::pipelines::JobRecord, now_ms: u64) -> Self {
         Self {
             id: job.id.clone(),
+            node: job.node,
             request_id: job.request_id.clone(),
             pipeline: job.pipeline.clone(),
             pipeline_version: job.pipeline_version,

@@ -773,6 +773,7 @@ fn print_job_status(job: &crate::api::JobInfo) {
         job.pipeline, job.pipeline_version
     );
     println!("state:      {}", job.state);
+    println!("node:       {}", job.node);
     if let Some(error) = &job.error {
         println!("error:      {error}");
     }
@@ -917,8 +918,8 @@ fn print_cluster_status(status: &letl_raft::cluster::ClusterStatus, json: bool) 
         show(status.applied),
     );
     println!(
-        "{:>4}  {:<7}  {:<8}  {:<21}  {:<21}  {:>7}  last contact",
-        "id", "role", "state", "quic", "http", "matched"
+        "{:>4}  {:<7}  {:<8}  {:<21}  {:<21}  {:>7}  {:<12}  tiers",
+        "id", "role", "state", "quic", "http", "matched", "last contact"
     );
     for member in &status.members {
         let state = if Some(member.id) == status.leader {
@@ -932,13 +933,18 @@ fn print_cluster_status(status: &letl_raft::cluster::ClusterStatus, json: bool) 
             (false, None) => "never".to_string(),
         };
         println!(
-            "{:>4}  {:<7}  {:<8}  {:<21}  {:<21}  {:>7}  {contact}",
+            "{:>4}  {:<7}  {:<8}  {:<21}  {:<21}  {:>7}  {contact:<12}  {}",
             member.id,
             if member.voter { "voter" } else { "learner" },
             state,
             member.quic,
             member.http,
             show(member.matched),
+            if member.tiers.is_empty() {
+                "-".to_string()
+            } else {
+                member.tiers.join(",")
+            },
         );
     }
     Ok(())

@@ -33,6 +33,11 @@ impl ApiError {
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, message)
     }
+
+    /// Something this node should not have met (an unexpected answer, an encoding failure).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
 }
 
 impl From<letl_raft::cluster::ClusterError> for ApiError {

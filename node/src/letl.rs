@@ -6,7 +6,8 @@
 //! node's default source directory) and stores it on the route's tier at
 //! `destination_uri/<basename of the source>`. A tiering route moves `source_uri` from one tier
 //! to `destination_uri` on the other, exactly once (see `moves`). Request ids and destinations
-//! are unique for ever: a reused one gets 409 and changes nothing. Reservations are durable.
+//! are unique for ever, across the cluster: a reused one gets 409 and changes nothing. They are
+//! reserved through the control plane (raft), so they are durable and every node sees them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,12 +16,13 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use futures_util::TryStreamExt;
 use letl_actors::TierDirectory;
+use letl_raft::cluster::Cluster;
+use letl_raft::{Claim, Command, Held, Response};
 use letl_storage::{
-    ByteStream, Clock, LetlReservation, ObjectKey, ObjectUri, S3Settings, S3Tier, SledReservations,
-    StorageError, Taken, TierBackend, TierName, check_request_id, read_blocks,
+    ByteStream, Clock, ObjectKey, ObjectUri, S3Settings, S3Tier, StorageError, TierBackend,
+    TierName, check_request_id, read_blocks,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::error::ApiError;
@@ -28,6 +30,33 @@ use crate::moves::Mover;
 
 /// Longest LETL request id (the mover's ids add a 5-byte `letl:` prefix).
 const LETL_REQUEST_ID_BYTES_MAX: usize = 120;
+/// Reservation space of the LETL routes' request ids.
+const REQUEST_SPACE: &str = "letl-request";
+/// Reservation space of the LETL routes' destinations.
+const DESTINATION_SPACE: &str = "letl-destination";
+
+/// What a LETL route reserved, as the control plane records it with the reservation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Reservation {
+    request_id: String,
+    route: String,
+    source: String,
+    destination: String,
+    node: u64,
+    reserved_ms: u64,
+    /// This attempt's own name: a request id that comes again is another attempt, and finds
+    /// the names held.
+    attempt: String,
+}
+
+impl Reservation {
+    fn claims(&self) -> Vec<Claim> {
+        vec![
+            Claim::new(REQUEST_SPACE, self.request_id.clone()),
+            Claim::new(DESTINATION_SPACE, self.destination.clone()),
+        ]
+    }
+}
 
 /// Body of every LETL route.
 #[derive(Clone, Debug, Deserialize)]
@@ -53,7 +82,7 @@ pub struct LetlResponse {
 pub struct Letl {
     directory: TierDirectory,
     mover: Mover,
-    reservations: SledReservations,
+    control: Cluster,
     clock: Arc<dyn Clock>,
     /// Where a `source_uri` without a scheme is read from.
     source_dir: Option<PathBuf>,
@@ -63,19 +92,34 @@ pub struct Letl {
     source_buckets: std::sync::Mutex<BTreeMap<String, Arc<S3Tier>>>,
     /// For http(s) sources; the reason when it could not be built (no readable root store).
     http: Result<reqwest::Client, String>,
-    /// Serializes reservations: a check and its insert never interleave with another's.
-    reserving: Mutex<()>,
 }
 
 fn conflict(message: String) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, message)
 }
 
+/// The 409 for a name someone else reserved, saying who.
+fn taken(claim: &Claim, held: &Held, destination: &ObjectUri) -> ApiError {
+    let first: Option<Reservation> = serde_json::from_str(&held.record).ok();
+    match (claim.space.as_str(), first) {
+        (REQUEST_SPACE, Some(first)) => conflict(format!(
+            "request_id `{}` was already used (by {} writing {})",
+            claim.key, first.route, first.destination
+        )),
+        (REQUEST_SPACE, None) => conflict(format!("request_id `{}` was already used", claim.key)),
+        (_, Some(first)) => conflict(format!(
+            "destination_uri {destination} was already written (by request `{}`)",
+            first.request_id
+        )),
+        (_, None) => conflict(format!("destination_uri {destination} was already written")),
+    }
+}
+
 impl Letl {
     pub fn new(
         directory: TierDirectory,
         mover: Mover,
-        reservations: SledReservations,
+        control: Cluster,
         clock: Arc<dyn Clock>,
         source_dir: Option<PathBuf>,
         source_s3: Option<S3Settings>,
@@ -83,13 +127,12 @@ impl Letl {
         Self {
             directory,
             mover,
-            reservations,
+            control,
             clock,
             source_dir,
             source_s3,
             source_buckets: std::sync::Mutex::new(BTreeMap::new()),
             http: source_http_client(),
-            reserving: Mutex::new(()),
         }
     }
 
@@ -132,7 +175,7 @@ impl Letl {
                 })
             }
             Err(e) => {
-                self.reservations.release(&reservation)?;
+                self.release(&reservation).await;
                 Err(e)
             }
         }
@@ -177,58 +220,82 @@ impl Letl {
                 hash: done.meta.hash.to_string(),
             }),
             Err(e) => {
-                self.reservations.release(&reservation)?;
+                self.release(&reservation).await;
                 Err(e)
             }
         }
     }
 
-    /// Reserves the request id and the destination, or says which was taken. An object already
-    /// at the destination counts as taken too.
+    /// Reserves the request id and the destination across the cluster (both or neither), or
+    /// says which was taken. An object already at the destination counts as taken too.
     async fn reserve(
         &self,
         route: &str,
         request: &LetlRequest,
         destination: &ObjectUri,
-    ) -> Result<LetlReservation, ApiError> {
-        let _one_at_a_time = self.reserving.lock().await;
-        let reservation = LetlReservation {
+    ) -> Result<Reservation, ApiError> {
+        let now_ms = self.clock.now_ms();
+        let reservation = Reservation {
             request_id: request.request_id.clone(),
             route: route.to_string(),
             source: request.source_uri.clone(),
-            destination: destination.clone(),
-            reserved_ms: self.clock.now_ms(),
+            destination: destination.to_string(),
+            node: self.control.node_id(),
+            reserved_ms: now_ms,
+            attempt: format!(
+                "{}:{}",
+                self.control.node_id(),
+                crate::moves::new_request_id(now_ms)
+            ),
         };
-        match self.reservations.reserve(&reservation)? {
-            Ok(()) => {}
-            Err(Taken::RequestId(first)) => {
-                return Err(conflict(format!(
-                    "request_id `{}` was already used (by {} writing {})",
-                    request.request_id, first.route, first.destination
-                )));
+        let record = serde_json::to_string(&reservation)
+            .map_err(|e| ApiError::internal(format!("encode a reservation: {e}")))?;
+        let answer = self
+            .control
+            .write(Command::Reserve {
+                claims: reservation.claims(),
+                holder: reservation.attempt.clone(),
+                record,
+            })
+            .await?;
+        match answer {
+            Response::Reserved => {}
+            Response::Conflict { claim, held } => {
+                return Err(taken(&claim, &held, destination));
             }
-            Err(Taken::Destination(first)) => {
-                return Err(conflict(format!(
-                    "destination_uri {destination} was already written (by request `{}`)",
-                    first.request_id
+            other => {
+                return Err(ApiError::internal(format!(
+                    "unexpected control answer to a reservation: {other:?}"
                 )));
             }
         }
         let exists = match self.directory.get(&destination.tier) {
             Ok(tier) => tier.head(destination.key.clone()).await.is_ok(),
             Err(e) => {
-                self.reservations.release(&reservation)?;
+                self.release(&reservation).await;
                 return Err(e.into());
             }
         };
         if exists {
-            self.reservations.release(&reservation)?;
+            self.release(&reservation).await;
             return Err(conflict(format!(
                 "destination_uri {destination} already holds an object"
             )));
         }
-        self.reservations.flush().await?;
         Ok(reservation)
+    }
+
+    /// Gives back a reservation whose write failed, so the request can be retried. If the
+    /// control plane cannot take it now, the names stay reserved (a retry then gets 409):
+    /// nothing is written twice.
+    async fn release(&self, reservation: &Reservation) {
+        let release = Command::Release {
+            claims: reservation.claims(),
+            holder: reservation.attempt.clone(),
+        };
+        if let Err(e) = self.control.write(release).await {
+            warn!(request_id = %reservation.request_id, error = %e, "could not release a failed request's reservation; its request id and destination stay taken");
+        }
     }
 
     /// A stream of the source's bytes and its length when known.

@@ -18,15 +18,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use letl_actors::{RestartPolicy, SupervisorArgs, SupervisorHandle, TierDirectory, TierSpec};
-use letl_raft::NodeInfo;
 use letl_raft::cluster::{Cluster, ClusterSettings};
+use letl_raft::{Command, NodeInfo, TierEntry};
 use letl_storage::{
-    Clock, FsTier, IndexDb, MoveLog, S3Tier, SledMoveJobs, SledReservations, SystemClock,
-    TierBackend,
+    Clock, FsTier, IndexDb, MoveLog, S3Tier, SledMoveJobs, SystemClock, TierBackend,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{NodeConfig, TierStore};
 use crate::letl::Letl;
@@ -58,8 +57,6 @@ pub struct NodeDeps {
     pub hard_terminate: Duration,
     /// The cache actor's bounds.
     pub cache: letl_actors::cache::CacheLimits,
-    /// The LETL routes' reservations of request ids and destinations.
-    pub reservations: SledReservations,
     /// The LETL routes' default source directory.
     pub source_dir: Option<PathBuf>,
     /// The LETL routes' S3 source endpoint.
@@ -76,6 +73,19 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let directory = TierDirectory::default();
+    let published: Vec<TierEntry> = deps
+        .tiers
+        .iter()
+        .map(|tier| {
+            let d = tier.backend.describe();
+            TierEntry {
+                name: d.name.to_string(),
+                kind: d.kind,
+                backend: d.backend,
+                location: d.location,
+            }
+        })
+        .collect();
     let supervisor = SupervisorHandle::start(SupervisorArgs {
         tiers: deps.tiers,
         directory: directory.clone(),
@@ -93,6 +103,11 @@ pub async fn start(
         shutdown.await;
         signal_stop.stop();
     });
+    tokio::spawn(publish_tiers(
+        deps.cluster.clone(),
+        published,
+        stop_rx.clone(),
+    ));
 
     // Transfers a previous run left unfinished are finished before anything new is served;
     // then the move jobs it left running go on from where they stood.
@@ -125,13 +140,11 @@ pub async fn start(
         stop_rx.clone(),
         deps.source_s3.clone(),
     );
-    pipelines
-        .resume()
-        .map_err(|e| anyhow::anyhow!("resuming pipeline jobs: {}", e.message))?;
+    pipelines.resume();
     let letl = Letl::new(
         directory.clone(),
         mover.clone(),
-        deps.reservations,
+        deps.cluster.clone(),
         Arc::clone(&deps.clock),
         deps.source_dir,
         deps.source_s3,
@@ -183,6 +196,42 @@ pub async fn start(
     }
     info!("node stopped");
     Ok(())
+}
+
+/// Times a node offers its tier definitions to the control plane after its start.
+const PUBLISH_TIERS_ATTEMPTS: u32 = 120;
+/// Pause between those attempts.
+const PUBLISH_TIERS_PAUSE: Duration = Duration::from_secs(1);
+
+/// Publishes this node's tiers in the control plane (`letl cluster status` shows them), unless
+/// it holds them already; retried while the cluster has no quorum.
+async fn publish_tiers(cluster: Cluster, tiers: Vec<TierEntry>, mut stop: watch::Receiver<bool>) {
+    let node = cluster.node_id();
+    for attempt in 1..=PUBLISH_TIERS_ATTEMPTS {
+        let current = cluster.read(|s| s.tiers.get(&node).cloned()).await;
+        if matches!(&current, Ok(Some(held)) if *held == tiers) {
+            return;
+        }
+        let publish = Command::SetTiers {
+            node,
+            tiers: tiers.clone(),
+        };
+        match cluster.write(publish).await {
+            Ok(_) => {
+                info!(tiers = tiers.len(), "tiers published");
+                return;
+            }
+            Err(e) => debug!(attempt, error = %e, "tiers not published yet; retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(PUBLISH_TIERS_PAUSE) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+    warn!(
+        attempts = PUBLISH_TIERS_ATTEMPTS,
+        "could not publish this node's tiers; the next start tries again"
+    );
 }
 
 /// Builds a production node from `config` and runs it until `shutdown`.
@@ -265,7 +314,6 @@ pub async fn run(
         cluster,
         hard_terminate: config.hard_terminate,
         cache: config.cache,
-        reservations: index_db.reservations()?,
         source_dir: config.source_dir.clone(),
         source_s3: config.source_s3.clone(),
         clock,

@@ -354,12 +354,63 @@ async fn list_objects(
     }))
 }
 
+/// Takes a client's request id for this node across the cluster: the same id through another
+/// node is refused (409, naming the node), through this one it finds this node's own record
+/// of it.
+async fn claim_request_id(
+    state: &AppState,
+    space: &str,
+    request_id: Option<&str>,
+    what: String,
+) -> Result<(), ApiError> {
+    let Some(id) = request_id else {
+        return Ok(());
+    };
+    letl_storage::check_request_id(id)?;
+    let node = state.cluster.node_id();
+    let answer = state
+        .cluster
+        .write(letl_raft::Command::Reserve {
+            claims: vec![letl_raft::Claim::new(space, id)],
+            holder: format!("node-{node}"),
+            record: what,
+        })
+        .await?;
+    match answer {
+        letl_raft::Response::Reserved => Ok(()),
+        letl_raft::Response::Conflict { held, .. } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "request id `{id}` was used through {} for {}",
+                held.holder.replace('-', " "),
+                held.record
+            ),
+        )),
+        other => Err(ApiError::internal(format!(
+            "unexpected control answer to a request id claim: {other:?}"
+        ))),
+    }
+}
+
+/// `copy SOURCE -> DESTINATION` or `move ...`: what a request id was used for.
+fn transfer_text(remove_source: bool, source: &str, destination: &str) -> String {
+    let verb = if remove_source { "move" } else { "copy" };
+    format!("{verb} {source} -> {destination}")
+}
+
 async fn transfer(
     state: AppState,
     request: Result<Json<TransferRequest>, JsonRejection>,
     remove_source: bool,
 ) -> Result<Json<TransferResponse>, ApiError> {
     let Json(request) = request.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    claim_request_id(
+        &state,
+        "transfer-request",
+        request.request_id.as_deref(),
+        transfer_text(remove_source, &request.source, &request.destination),
+    )
+    .await?;
     let done = state
         .service
         .transfer(
@@ -494,7 +545,8 @@ async fn list_jobs(
     let now = now_ms();
     let jobs = state
         .pipelines
-        .jobs(query.pipeline.as_deref())?
+        .jobs(query.pipeline.as_deref())
+        .await?
         .iter()
         .take(JOBS_LISTED_MAX)
         .map(|job| JobInfo::new(job, now))
@@ -507,7 +559,10 @@ async fn show_job(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<JobInfo>, ApiError> {
     let id = path_name(path)?;
-    Ok(Json(JobInfo::new(&state.pipelines.job(&id)?, now_ms())))
+    Ok(Json(JobInfo::new(
+        &state.pipelines.job(&id).await?,
+        now_ms(),
+    )))
 }
 
 async fn cancel_job(
@@ -515,7 +570,10 @@ async fn cancel_job(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<JobInfo>, ApiError> {
     let id = path_name(path)?;
-    Ok(Json(JobInfo::new(&state.pipelines.cancel(&id)?, now_ms())))
+    Ok(Json(JobInfo::new(
+        &state.pipelines.cancel(&id).await?,
+        now_ms(),
+    )))
 }
 
 async fn retry_job(
@@ -644,6 +702,13 @@ async fn start_move_job(
     request: Result<Json<MoveJobRequest>, JsonRejection>,
 ) -> Result<Json<MoveJobInfo>, ApiError> {
     let Json(request) = request.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    claim_request_id(
+        &state,
+        "move-job-request",
+        request.request_id.as_deref(),
+        transfer_text(request.remove_source, &request.source, &request.destination),
+    )
+    .await?;
     let job = state
         .jobs
         .start(

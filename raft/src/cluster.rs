@@ -105,6 +105,9 @@ pub struct MemberStatus {
     pub matched: Option<u64>,
     /// Milliseconds since this node last heard from it (`None`: never, or itself).
     pub last_contact_ms: Option<u64>,
+    /// The names of the tiers it published.
+    #[serde(default)]
+    pub tiers: Vec<String>,
 }
 
 /// The control plane as one node sees it.
@@ -596,6 +599,12 @@ impl Cluster {
         let m = self.inner.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let tiers: BTreeMap<NodeId, Vec<String>> = self.read_local(|s| {
+            s.tiers
+                .iter()
+                .map(|(id, tiers)| (*id, tiers.iter().map(|t| t.name.clone()).collect()))
+                .collect()
+        });
         let members = membership
             .nodes()
             .map(|(id, info)| MemberStatus {
@@ -612,6 +621,7 @@ impl Cluster {
                     .then(|| self.inner.contacts.since(*id))
                     .flatten()
                     .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                tiers: tiers.get(id).cloned().unwrap_or_default(),
             })
             .collect();
         let role = match m.state {

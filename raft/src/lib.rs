@@ -18,7 +18,7 @@ pub mod store;
 pub mod tls;
 pub mod transport;
 
-pub use state::{Command, ControlState, PipelineEntry, Response, TierEntry};
+pub use state::{Claim, Command, ControlState, Held, JobEntry, PipelineEntry, Response, TierEntry};
 
 /// A node's numeric id in the cluster. The single-node default is node 1.
 pub type NodeId = u64;

@@ -14,6 +14,8 @@ pub const COMMAND_TEXT_BYTES_MAX: usize = 4096;
 pub const COMMAND_DOCUMENT_BYTES_MAX: usize = 1 << 20;
 /// Most join tokens kept at once (expired ones are dropped when a new one is issued).
 pub const JOIN_TOKENS_MAX: usize = 64;
+/// Most names one reservation claims at once.
+pub const CLAIMS_MAX: usize = 8;
 
 /// A pipeline as registered: its spec (JSON text, as the node parsed it), version and mount.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,14 +36,48 @@ pub struct TierEntry {
     pub location: String,
 }
 
+/// A job: the node that runs it and its record (JSON text, the node's shape).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEntry {
+    pub node: NodeId,
+    pub pipeline: String,
+    pub request_id: Option<String>,
+    pub record_json: String,
+}
+
+/// A reserved name: who holds it, and what they recorded when they took it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub holder: String,
+    pub record: String,
+}
+
+/// A name in a reservation space (`letl-request`, `letl-destination`, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub space: String,
+    pub key: String,
+}
+
+impl Claim {
+    pub fn new(space: &str, key: impl Into<String>) -> Self {
+        Self {
+            space: space.to_string(),
+            key: key.into(),
+        }
+    }
+}
+
 /// Everything the control plane replicates (cluster membership itself is raft's own).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlState {
     pub pipelines: BTreeMap<String, PipelineEntry>,
-    /// Job records (JSON text, the node's shape), by job id.
-    pub jobs: BTreeMap<String, String>,
-    /// Reserved names by space (`request`, `destination`, ...), each with its holder.
-    pub reservations: BTreeMap<String, BTreeMap<String, String>>,
+    /// Pipeline jobs by id.
+    pub jobs: BTreeMap<String, JobEntry>,
+    /// The job each request id started (a request id starts one job, for ever).
+    pub job_requests: BTreeMap<String, String>,
+    /// Reserved names by space, each with its holder.
+    pub reservations: BTreeMap<String, BTreeMap<String, Held>>,
     /// Tiers by node.
     pub tiers: BTreeMap<NodeId, Vec<TierEntry>>,
     /// Join tokens by the hash of their proof: when each expires, and the key that seals the
@@ -67,20 +103,30 @@ pub enum Command {
         mounted: bool,
         now_ms: u64,
     },
+    /// Records a new job, unless `request_id` already started one: then the answer is that
+    /// job, and nothing changes.
+    StartJob {
+        id: String,
+        node: NodeId,
+        pipeline: String,
+        request_id: Option<String>,
+        record_json: String,
+    },
+    /// Replaces a known job's record (its progress, its end).
     PutJob {
         id: String,
         record_json: String,
     },
-    /// Reserves `key` in `space` for `holder`; a key held by another holder is a conflict.
+    /// Reserves every claim for `holder`, or none: a claim held by another holder is a
+    /// conflict. Claims `holder` already holds stay as they are.
     Reserve {
-        space: String,
-        key: String,
+        claims: Vec<Claim>,
         holder: String,
+        record: String,
     },
-    /// Releases `key` if `holder` holds it.
+    /// Releases the claims `holder` holds.
     Release {
-        space: String,
-        key: String,
+        claims: Vec<Claim>,
         holder: String,
     },
     SetTiers {
@@ -117,10 +163,17 @@ pub struct JoinTokenEntry {
 pub enum Response {
     Done,
     Pipeline(PipelineEntry),
+    /// A job as recorded; `created` is false when its request id had started it before.
+    Job {
+        id: String,
+        record_json: String,
+        created: bool,
+    },
     Reserved,
-    /// The key is held by someone else.
+    /// A claim is held by someone else.
     Conflict {
-        holder: String,
+        claim: Claim,
+        held: Held,
     },
     Admitted {
         node_id: NodeId,
@@ -164,13 +217,33 @@ impl Command {
                 document("spec", spec_json)
             }
             Self::SetMounted { name, .. } => text("name", name),
+            Self::StartJob {
+                id,
+                pipeline,
+                request_id,
+                record_json,
+                ..
+            } => {
+                text("job id", id)?;
+                text("pipeline", pipeline)?;
+                text("request id", request_id.as_deref().unwrap_or_default())?;
+                document("job record", record_json)
+            }
             Self::PutJob { id, record_json } => {
                 text("job id", id)?;
                 document("job record", record_json)
             }
-            Self::Reserve { space, key, holder } | Self::Release { space, key, holder } => {
-                text("space", space)?;
-                text("key", key)?;
+            Self::Reserve {
+                claims,
+                holder,
+                record,
+            } => {
+                check_claims(claims)?;
+                text("holder", holder)?;
+                text("record", record)
+            }
+            Self::Release { claims, holder } => {
+                check_claims(claims)?;
                 text("holder", holder)
             }
             Self::SetTiers { tiers, .. } => {
@@ -191,7 +264,32 @@ impl Command {
     }
 }
 
+fn check_claims(claims: &[Claim]) -> Result<(), String> {
+    if claims.is_empty() || claims.len() > CLAIMS_MAX {
+        return Err(format!(
+            "claims: {} claims; a reservation makes 1 to {CLAIMS_MAX}",
+            claims.len()
+        ));
+    }
+    for claim in claims {
+        for (field, value) in [("space", &claim.space), ("key", &claim.key)] {
+            if value.len() > COMMAND_TEXT_BYTES_MAX {
+                return Err(format!(
+                    "{field}: {} bytes is more than {COMMAND_TEXT_BYTES_MAX}",
+                    value.len()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl ControlState {
+    /// Who holds a claim, if anyone.
+    pub fn held(&self, claim: &Claim) -> Option<&Held> {
+        self.reservations.get(&claim.space)?.get(&claim.key)
+    }
+
     pub fn apply(&mut self, command: Command) -> Response {
         match command {
             Command::RegisterPipeline {
@@ -239,29 +337,92 @@ impl ControlState {
                     reason: format!("no pipeline `{name}`"),
                 },
             },
-            Command::PutJob { id, record_json } => {
-                self.jobs.insert(id, record_json);
-                Response::Done
-            }
-            Command::Reserve { space, key, holder } => {
-                let held = self.reservations.entry(space).or_default();
-                match held.get(&key) {
-                    Some(current) if *current != holder => Response::Conflict {
-                        holder: current.clone(),
+            Command::StartJob {
+                id,
+                node,
+                pipeline,
+                request_id,
+                record_json,
+            } => {
+                let earlier = request_id
+                    .as_ref()
+                    .and_then(|r| self.job_requests.get(r))
+                    .and_then(|job| self.jobs.get_key_value(job));
+                if let Some((earlier_id, entry)) = earlier {
+                    return Response::Job {
+                        id: earlier_id.clone(),
+                        record_json: entry.record_json.clone(),
+                        created: false,
+                    };
+                }
+                if self.jobs.contains_key(&id) {
+                    return Response::Refused {
+                        reason: format!("job id `{id}` is taken"),
+                    };
+                }
+                if let Some(request) = &request_id {
+                    self.job_requests.insert(request.clone(), id.clone());
+                }
+                self.jobs.insert(
+                    id.clone(),
+                    JobEntry {
+                        node,
+                        pipeline,
+                        request_id,
+                        record_json: record_json.clone(),
                     },
-                    _ => {
-                        held.insert(key, holder);
-                        Response::Reserved
-                    }
+                );
+                Response::Job {
+                    id,
+                    record_json,
+                    created: true,
                 }
             }
-            Command::Release { space, key, holder } => {
-                if let Some(held) = self.reservations.get_mut(&space) {
-                    if held.get(&key) == Some(&holder) {
-                        held.remove(&key);
+            Command::PutJob { id, record_json } => match self.jobs.get_mut(&id) {
+                Some(entry) => {
+                    entry.record_json = record_json;
+                    Response::Done
+                }
+                None => Response::Refused {
+                    reason: format!("no job `{id}`"),
+                },
+            },
+            Command::Reserve {
+                claims,
+                holder,
+                record,
+            } => {
+                for claim in &claims {
+                    if let Some(held) = self.held(claim)
+                        && held.holder != holder
+                    {
+                        return Response::Conflict {
+                            claim: claim.clone(),
+                            held: held.clone(),
+                        };
                     }
-                    if held.is_empty() {
-                        self.reservations.remove(&space);
+                }
+                for claim in claims {
+                    self.reservations
+                        .entry(claim.space)
+                        .or_default()
+                        .entry(claim.key)
+                        .or_insert_with(|| Held {
+                            holder: holder.clone(),
+                            record: record.clone(),
+                        });
+                }
+                Response::Reserved
+            }
+            Command::Release { claims, holder } => {
+                for claim in claims {
+                    if let Some(space) = self.reservations.get_mut(&claim.space) {
+                        if space.get(&claim.key).is_some_and(|h| h.holder == holder) {
+                            space.remove(&claim.key);
+                        }
+                        if space.is_empty() {
+                            self.reservations.remove(&claim.space);
+                        }
                     }
                 }
                 Response::Done
@@ -383,34 +544,100 @@ mod tests {
     #[test]
     fn a_reservation_has_one_holder_until_it_releases() {
         let mut state = ControlState::default();
-        let reserve = |holder: &str| Command::Reserve {
-            space: "request".to_string(),
-            key: "r1".to_string(),
+        let claims = |keys: &[&str]| -> Vec<Claim> {
+            keys.iter()
+                .map(|k| {
+                    let (space, key) = k.split_once(':').unwrap();
+                    Claim::new(space, key)
+                })
+                .collect()
+        };
+        let reserve = |keys: &[&str], holder: &str| Command::Reserve {
+            claims: claims(keys),
+            holder: holder.to_string(),
+            record: format!("by {holder}"),
+        };
+        let release = |keys: &[&str], holder: &str| Command::Release {
+            claims: claims(keys),
             holder: holder.to_string(),
         };
-        let release = |holder: &str| Command::Release {
-            space: "request".to_string(),
-            key: "r1".to_string(),
-            holder: holder.to_string(),
-        };
-        assert_eq!(state.apply(reserve("a")), Response::Reserved);
-        // The holder again: idempotent.
-        assert_eq!(state.apply(reserve("a")), Response::Reserved);
         assert_eq!(
-            state.apply(reserve("b")),
+            state.apply(reserve(&["request:r1", "dest:d1"], "a")),
+            Response::Reserved
+        );
+        // The holder again: idempotent, and the first record stays.
+        assert_eq!(
+            state.apply(reserve(&["request:r1"], "a")),
+            Response::Reserved
+        );
+        // Another holder: a conflict naming the claim and its holder, and nothing of the
+        // other claims is taken (all or none).
+        assert_eq!(
+            state.apply(reserve(&["request:r2", "dest:d1"], "b")),
             Response::Conflict {
-                holder: "a".to_string()
+                claim: Claim::new("dest", "d1"),
+                held: Held {
+                    holder: "a".to_string(),
+                    record: "by a".to_string()
+                },
             }
         );
+        assert_eq!(state.held(&Claim::new("request", "r2")), None);
         // Someone else's release does nothing.
-        state.apply(release("b"));
+        state.apply(release(&["request:r1", "dest:d1"], "b"));
         assert!(matches!(
-            state.apply(reserve("b")),
+            state.apply(reserve(&["dest:d1"], "b")),
             Response::Conflict { .. }
         ));
-        state.apply(release("a"));
+        state.apply(release(&["request:r1", "dest:d1"], "a"));
         assert!(state.reservations.is_empty());
-        assert_eq!(state.apply(reserve("b")), Response::Reserved);
+        assert_eq!(state.apply(reserve(&["dest:d1"], "b")), Response::Reserved);
+        assert!(
+            reserve(&[], "c")
+                .check()
+                .unwrap_err()
+                .starts_with("claims:")
+        );
+    }
+
+    #[test]
+    fn a_request_id_starts_one_job_for_ever() {
+        let mut state = ControlState::default();
+        let start = |id: &str, request: Option<&str>| Command::StartJob {
+            id: id.to_string(),
+            node: 1,
+            pipeline: "p".to_string(),
+            request_id: request.map(str::to_string),
+            record_json: format!("{{\"id\":\"{id}\"}}"),
+        };
+        let Response::Job { id, created, .. } = state.apply(start("j1", Some("r"))) else {
+            panic!("not a job");
+        };
+        assert_eq!((id.as_str(), created), ("j1", true));
+        let put = Command::PutJob {
+            id: "j1".to_string(),
+            record_json: "{\"id\":\"j1\",\"done\":true}".to_string(),
+        };
+        assert_eq!(state.apply(put), Response::Done);
+        // The same request id again: the first job, with its latest record; no second job.
+        assert_eq!(
+            state.apply(start("j2", Some("r"))),
+            Response::Job {
+                id: "j1".to_string(),
+                record_json: "{\"id\":\"j1\",\"done\":true}".to_string(),
+                created: false,
+            }
+        );
+        assert_eq!(state.jobs.len(), 1);
+        assert!(matches!(
+            state.apply(start("j1", None)),
+            Response::Refused { .. }
+        ));
+        let unknown = Command::PutJob {
+            id: "j9".to_string(),
+            record_json: "{}".to_string(),
+        };
+        assert!(matches!(state.apply(unknown), Response::Refused { .. }));
     }
 
     #[test]

@@ -359,9 +359,9 @@ mod tests {
     #[test]
     fn raft_and_control_messages_round_trip_through_the_codec() {
         let command = Command::Reserve {
-            space: "request".to_string(),
-            key: "r1".to_string(),
+            claims: vec![crate::state::Claim::new("request", "r1")],
             holder: "job-1".to_string(),
+            record: "{}".to_string(),
         };
         let append = Rpc::AppendEntries(AppendEntriesRequest {
             vote: Vote::new_committed(3, 1),

@@ -37,8 +37,8 @@ pub use move_jobs::{
     MoveJobState, SledMoveJobs,
 };
 pub use moves::{
-    MemoryMoveLog, MoveLog, MoveRecord, MoveState, REQUEST_ID_BYTES_MAX,
-    Reservation as LetlReservation, SledMoveLog, SledReservations, Taken, check_request_id,
+    MemoryMoveLog, MoveLog, MoveRecord, MoveState, REQUEST_ID_BYTES_MAX, SledMoveLog,
+    check_request_id,
 };
 pub use reconcile::{ReconcileReport, reconcile};
 pub use records::SledRecords;

@@ -4,7 +4,9 @@
 //! elected with everything intact; an unmount goes through a surviving follower; the killed
 //! node restarts and catches up; with two of three stopped, writes through the survivor fail
 //! with "no quorum" and nothing is half-applied. Joining with a wrong token, or one from
-//! another cluster, is refused.
+//! another cluster, is refused. Request ids are the cluster's: a pipeline run's request id
+//! gives the same job through any node, and a LETL route's request id used through one node
+//! is refused through another.
 
 use std::time::{Duration, Instant};
 
@@ -90,6 +92,14 @@ fn three_nodes_keep_registrations_and_mounts_through_a_leader_kill_and_refuse_wi
         .map(|m| m["id"].as_u64().unwrap())
         .collect();
     assert_eq!(ids, [1, 2, 3]);
+    // Each member publishes its tiers.
+    wait_status(&nodes[0], "every member's tiers", |s| {
+        s["members"].as_array().unwrap().iter().all(|m| {
+            m["tiers"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|name| name == "ssd"))
+        })
+    });
     let human = nodes[0].cli(&["cluster", "status"]).ok().to_string();
     assert!(human.contains("leader 1"), "{human}");
     assert!(human.contains("ms ago"), "{human}");
@@ -104,6 +114,75 @@ fn three_nodes_keep_registrations_and_mounts_through_a_leader_kill_and_refuse_wi
     let seen = show(&nodes[2]);
     assert_eq!(seen["mounted"], true, "{seen}");
     assert_eq!(seen["version"], 1, "{seen}");
+
+    // A run through node 1 under a request id; the same id through node 3 is the same job,
+    // never a second run, and node 2 sees the job (run by node 1) and how it ended.
+    let input = nodes[0].dir.path().join("a.fa");
+    std::fs::write(&input, b">a\nACGT\n").unwrap();
+    nodes[0]
+        .cli(&["put", input.to_str().unwrap(), "ssd:/covid/a.fa"])
+        .ok();
+    let first = nodes[0]
+        .cli(&[
+            "pipeline",
+            "run",
+            "covid-md5",
+            "--request-id",
+            "run-1",
+            "--wait",
+        ])
+        .ok()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let again = nodes[2]
+        .cli(&["pipeline", "run", "covid-md5", "--request-id", "run-1"])
+        .ok()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(again, first);
+    let job: serde_json::Value =
+        serde_json::from_str(nodes[1].cli(&["job", "status", &first, "--json"]).ok()).unwrap();
+    assert_eq!(job["node"], 1, "{job}");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["stats"]["objects_out"], 1, "{job}");
+    let jobs: serde_json::Value =
+        serde_json::from_str(&nodes[2].http("GET", "/v1/jobs?pipeline=covid-md5", b"").1).unwrap();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "{jobs}");
+
+    // A LETL write's request id, used through node 1, is taken through node 2 as well.
+    let write = |node: &TestNode, destination: &str| {
+        let body = format!(
+            r#"{{"destination_uri": "{destination}", "source_uri": "file://{}", "request_id": "letl-1"}}"#,
+            input.display()
+        );
+        node.http("POST", "/cortx/write", body.as_bytes())
+    };
+    let (code, answer) = write(&nodes[0], "in");
+    assert_eq!(code, 200, "{answer}");
+    let (code, answer) = write(&nodes[1], "elsewhere");
+    assert_eq!(code, 409, "{answer}");
+    assert!(
+        answer.contains("request_id `letl-1` was already used"),
+        "{answer}"
+    );
+    // So is a copy's request id: the same id through node 1 again is the same copy, through
+    // node 2 it is refused, naming the node that took it.
+    let copy = |node: &TestNode| {
+        node.cli(&[
+            "cp",
+            "ssd:/covid/a.fa",
+            "hdd:/copies/",
+            "--request-id",
+            "cp-1",
+        ])
+    };
+    copy(&nodes[0]).ok();
+    copy(&nodes[0]).ok();
+    copy(&nodes[1]).fails(5, "was used through node 1 for copy ssd:/covid/a.fa");
 
     // SIGKILL the leader: another is elected, and the registration and mount are intact.
     let leader = status(&nodes[1])["leader"].as_u64().expect("a leader");

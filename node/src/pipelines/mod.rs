@@ -1,11 +1,13 @@
-//! Pipelines on a node: registrations and mounts in the replicated control plane (raft), and
-//! jobs with their statistics in the node's database.
+//! Pipelines on a node: registrations, mounts and jobs (with their request ids and figures)
+//! in the replicated control plane (raft); provenance in the node's database, next to the
+//! objects it describes.
 //!
 //! A registration keeps the spec and a version that grows whenever the spec changes. Running
-//! a mounted pipeline creates a job that the engine (`letl_actors::pipeline`) runs; its
+//! a mounted pipeline creates a job (a raft command: a request id starts one job, for ever)
+//! that the engine (`letl_actors::pipeline`) runs on the node that took the request; its
 //! figures are saved as it goes and when it ends. A job interrupted by the node's stop (or a
-//! crash) is resumed at the next start: inputs it already produced are skipped through their
-//! provenance, so no object is produced twice.
+//! crash) is resumed at the node's next start: inputs it already produced are skipped through
+//! their provenance, so no object is produced twice.
 
 pub mod io;
 pub mod spec;
@@ -24,6 +26,7 @@ use letl_storage::{
     ByteStream, Clock, IndexDb, S3Settings, SledRecords, StorageError, check_request_id,
 };
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -37,7 +40,7 @@ use io::{
 use letl_actors::cache::CacheHandle;
 use letl_actors::pipeline::Sink;
 use letl_raft::cluster::Cluster;
-use letl_raft::{Command, PipelineEntry, Response};
+use letl_raft::{Command, ControlState, JobEntry, PipelineEntry, Response};
 use spec::{Compiled, ExtractFrom, LoadTo, PipelineSpec};
 
 /// Pipeline jobs running at once on a node.
@@ -48,6 +51,11 @@ const JOB_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 const SCHEDULE_TICK: Duration = Duration::from_secs(1);
 /// Jobs of one pipeline that `letl pipeline stats` sums (the most recent).
 const STATS_JOBS_MAX: usize = 10_000;
+/// Times a job's last record is offered to the control plane before the job is left to
+/// resume at the next start.
+const FINAL_SAVE_ATTEMPTS: u32 = 10;
+/// Pause between those attempts, and between attempts to read this node's jobs at start.
+const SAVE_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// A registered pipeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +124,9 @@ impl JobState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub id: String,
+    /// The node that runs it.
+    #[serde(default)]
+    pub node: u64,
     pub request_id: Option<String>,
     pub pipeline: String,
     pub pipeline_version: u64,
@@ -155,8 +166,41 @@ pub struct PipelineStats {
 
 #[derive(Debug)]
 struct Running {
+    pipeline: String,
     progress: Arc<JobProgress>,
     cancel: watch::Sender<bool>,
+}
+
+/// A job record as the control plane holds it.
+fn parse_job(entry: &JobEntry) -> Result<JobRecord, ApiError> {
+    serde_json::from_str(&entry.record_json)
+        .map_err(|e| internal(format!("stored job record unreadable: {e}")))
+}
+
+/// The jobs of a control state, most recent first; of one pipeline if named.
+fn jobs_in(state: &ControlState, pipeline: Option<&str>) -> Result<Vec<JobRecord>, ApiError> {
+    let mut jobs = state
+        .jobs
+        .values()
+        .filter(|entry| pipeline.is_none_or(|p| entry.pipeline == p))
+        .map(parse_job)
+        .collect::<Result<Vec<_>, _>>()?;
+    jobs.sort_by(|a, b| b.started_ms.cmp(&a.started_ms).then(a.id.cmp(&b.id)));
+    Ok(jobs)
+}
+
+/// A job started by `request_id` must be of the pipeline the request names.
+fn same_pipeline(job: JobRecord, name: &str, request_id: &str) -> Result<JobRecord, ApiError> {
+    if job.pipeline != name {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "request id `{request_id}` was used to run pipeline `{}`",
+                job.pipeline
+            ),
+        ));
+    }
+    Ok(job)
 }
 
 #[derive(Clone, Debug)]
@@ -171,12 +215,11 @@ struct Inner {
     /// The cache's byte bound: a result loaded into the cache may not exceed it.
     cache_bytes_max: u64,
     transforms: Arc<TransformRegistry>,
-    /// Registrations and mounts.
+    /// Registrations, mounts and jobs.
     control: Cluster,
-    jobs: SledRecords<JobRecord>,
-    /// `request_id` → job id.
-    requests: SledRecords<String>,
     provenance: SledRecords<Provenance>,
+    /// Set once this node's unfinished jobs have been read back and resumed after its start.
+    resumed: AtomicBool,
     clock: Arc<dyn Clock>,
     stop: watch::Receiver<bool>,
     /// The endpoint of `s3://` extract sources (the config's `[source]`).
@@ -252,19 +295,15 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-/// Where pipelines keep their records.
+/// Where pipelines keep their node-local records (provenance of the objects they made here).
 #[derive(Clone, Debug)]
 pub struct PipelineStores {
-    jobs: SledRecords<JobRecord>,
-    requests: SledRecords<String>,
     provenance: SledRecords<Provenance>,
 }
 
 impl PipelineStores {
     pub fn open(db: &IndexDb) -> letl_storage::Result<Self> {
         Ok(Self {
-            jobs: db.records("pipeline-jobs")?,
-            requests: db.records("pipeline-job-requests")?,
             provenance: db.records("provenance")?,
         })
     }
@@ -290,9 +329,8 @@ impl Pipelines {
                 cache_bytes_max,
                 transforms,
                 control,
-                jobs: stores.jobs,
-                requests: stores.requests,
                 provenance: stores.provenance,
+                resumed: AtomicBool::new(false),
                 clock,
                 stop,
                 source_s3,
@@ -394,20 +432,16 @@ impl Pipelines {
             ));
         }
         let _admin = self.inner.admin.lock().await;
-        if let Some(id) = &request_id
-            && let Some(job_id) = self.inner.requests.get(id)?
-        {
-            let job = self.job(&job_id)?;
-            if job.pipeline != name {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "request id `{id}` was used to run pipeline `{}`",
-                        job.pipeline
-                    ),
-                ));
+        if let Some(id) = &request_id {
+            let earlier = self
+                .inner
+                .control
+                .read(|s| s.job_requests.get(id).and_then(|j| s.jobs.get(j)).cloned())
+                .await?;
+            if let Some(entry) = earlier {
+                let job = same_pipeline(parse_job(&entry)?, name, id)?;
+                return Ok(self.live(job));
             }
-            return Ok(job);
         }
         let registered = self.get(name).await?;
         if !registered.mounted {
@@ -416,9 +450,10 @@ impl Pipelines {
                 format!("pipeline `{name}` is not mounted; `letl pipeline mount {name}` first"),
             ));
         }
-        self.check_can_start(name)?;
+        self.check_can_start(name).await?;
         let job = JobRecord {
             id: format!("j{}", &new_request_id(self.inner.clock.now_ms())[1..]),
+            node: self.inner.control.node_id(),
             request_id: request_id.clone(),
             pipeline: name.to_string(),
             pipeline_version: registered.version,
@@ -431,14 +466,13 @@ impl Pipelines {
             started_ms: self.inner.clock.now_ms(),
             ended_ms: None,
         };
-        self.start_job(job, &registered, request_id.as_deref())
-            .await
+        self.start_job(job, &registered).await
     }
 
     /// A new job over the dead letters of job `id`.
     pub async fn retry(&self, id: &str) -> Result<JobRecord, ApiError> {
         let _admin = self.inner.admin.lock().await;
-        let old = self.job(id)?;
+        let old = self.job(id).await?;
         if !old.state.is_finished() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -464,9 +498,10 @@ impl Pipelines {
                 ),
             ));
         }
-        self.check_can_start(&old.pipeline)?;
+        self.check_can_start(&old.pipeline).await?;
         let job = JobRecord {
             id: format!("j{}", &new_request_id(self.inner.clock.now_ms())[1..]),
+            node: self.inner.control.node_id(),
             request_id: None,
             pipeline: old.pipeline.clone(),
             pipeline_version: registered.version,
@@ -479,22 +514,46 @@ impl Pipelines {
             started_ms: self.inner.clock.now_ms(),
             ended_ms: None,
         };
-        self.start_job(job, &registered, None).await
+        self.start_job(job, &registered).await
     }
 
-    /// One job per pipeline at a time (two would make the same outputs), and at most
+    /// One job per pipeline at a time on a node (two would make the same outputs), counting
+    /// the jobs it has yet to resume after its start, and at most
     /// [`PIPELINE_JOBS_RUNNING_MAX`] jobs on the node.
-    fn check_can_start(&self, name: &str) -> Result<(), ApiError> {
-        let running: Vec<String> = lock(&self.inner.running).keys().cloned().collect();
-        for id in &running {
-            if self.inner.jobs.get(id)?.is_some_and(|j| j.pipeline == name) {
+    async fn check_can_start(&self, name: &str) -> Result<(), ApiError> {
+        let busy = |id: &str| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!("pipeline `{name}` has a job running ({id}); wait for it or cancel it"),
+            )
+        };
+        let running = {
+            let running = lock(&self.inner.running);
+            if let Some((id, _)) = running.iter().find(|(_, r)| r.pipeline == name) {
+                return Err(busy(id));
+            }
+            running.len()
+        };
+        if !self.inner.resumed.load(Ordering::Acquire) {
+            let me = self.inner.control.node_id();
+            let unfinished = self
+                .inner
+                .control
+                .read(|s| jobs_in(s, Some(name)))
+                .await??
+                .into_iter()
+                .find(|j| j.node == me && !j.state.is_finished());
+            if let Some(job) = unfinished {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
-                    format!("pipeline `{name}` has a job running ({id}); wait for it or cancel it"),
+                    format!(
+                        "pipeline `{name}` has job {} to resume after this node's start; try again shortly",
+                        job.id
+                    ),
                 ));
             }
         }
-        if running.len() >= PIPELINE_JOBS_RUNNING_MAX {
+        if running >= PIPELINE_JOBS_RUNNING_MAX {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -505,11 +564,12 @@ impl Pipelines {
         Ok(())
     }
 
+    /// Records the job through the control plane and runs it here; if its request id
+    /// started a job before (through any node), that job is the answer instead.
     async fn start_job(
         &self,
         job: JobRecord,
         registered: &Registered,
-        request_id: Option<&str>,
     ) -> Result<JobRecord, ApiError> {
         let compiled = self.inner.compile(&registered.spec()?).map_err(|e| {
             ApiError::new(
@@ -517,15 +577,32 @@ impl Pipelines {
                 format!("pipeline `{}` cannot run: {e}", job.pipeline),
             )
         })?;
-        self.inner.jobs.put(&job.id, &job)?;
-        if let Some(id) = request_id {
-            self.inner.requests.put(id, &job.id)?;
+        let start = Command::StartJob {
+            id: job.id.clone(),
+            node: job.node,
+            pipeline: job.pipeline.clone(),
+            request_id: job.request_id.clone(),
+            record_json: serde_json::to_string(&job).map_err(internal)?,
+        };
+        match self.inner.control.write(start).await? {
+            Response::Job { created: true, .. } => {
+                info!(job = %job.id, pipeline = %job.pipeline, version = job.pipeline_version, "pipeline job started");
+                self.spawn(job.clone(), compiled);
+                Ok(job)
+            }
+            Response::Job {
+                created: false,
+                record_json,
+                ..
+            } => {
+                let earlier: JobRecord = serde_json::from_str(&record_json).map_err(internal)?;
+                let request_id = job.request_id.unwrap_or_default();
+                let earlier = same_pipeline(earlier, &job.pipeline, &request_id)?;
+                Ok(self.live(earlier))
+            }
+            Response::Refused { reason } => Err(ApiError::new(StatusCode::CONFLICT, reason)),
+            other => Err(internal(format!("unexpected control answer: {other:?}"))),
         }
-        self.inner.jobs.flush().await?;
-        self.inner.requests.flush().await?;
-        info!(job = %job.id, pipeline = %job.pipeline, version = job.pipeline_version, "pipeline job started");
-        self.spawn(job.clone(), compiled);
-        Ok(job)
     }
 
     fn spawn(&self, job: JobRecord, compiled: Compiled) {
@@ -535,6 +612,7 @@ impl Pipelines {
         lock(&self.inner.running).insert(
             job.id.clone(),
             Running {
+                pipeline: job.pipeline.clone(),
                 progress: Arc::clone(&progress),
                 cancel,
             },
@@ -551,51 +629,69 @@ impl Pipelines {
         self.inner.runners.push(runner);
     }
 
-    /// A job with its live figures while it runs.
-    pub fn job(&self, id: &str) -> Result<JobRecord, ApiError> {
-        let mut job = self
+    /// A job as of now (a linearizable read), with its live figures if it runs here.
+    pub async fn job(&self, id: &str) -> Result<JobRecord, ApiError> {
+        let entry = self
             .inner
-            .jobs
-            .get(id)?
+            .control
+            .read(|s| s.jobs.get(id).cloned())
+            .await?
             .ok_or_else(|| not_found("job", id))?;
-        if let Some(running) = lock(&self.inner.running).get(id) {
+        Ok(self.live(parse_job(&entry)?))
+    }
+
+    /// `job` with the live figures of this node's run of it, if it runs here.
+    fn live(&self, mut job: JobRecord) -> JobRecord {
+        if let Some(running) = lock(&self.inner.running).get(&job.id) {
             job.state = JobState::Running;
             job.stats = running.progress.snapshot();
             job.dead_letters = running.progress.dead_letters();
         }
-        Ok(job)
+        job
     }
 
-    /// Jobs, most recent first; of one pipeline if named.
-    pub fn jobs(&self, pipeline: Option<&str>) -> Result<Vec<JobRecord>, ApiError> {
-        let mut jobs: Vec<JobRecord> = self
-            .inner
-            .jobs
-            .scan("")?
+    /// Jobs as of now (a linearizable read), most recent first; of one pipeline if named.
+    pub async fn jobs(&self, pipeline: Option<&str>) -> Result<Vec<JobRecord>, ApiError> {
+        self.inner.control.read(|_| ()).await?;
+        self.jobs_local(pipeline)
+    }
+
+    /// Jobs as this node has applied them, most recent first; of one pipeline if named.
+    fn jobs_local(&self, pipeline: Option<&str>) -> Result<Vec<JobRecord>, ApiError> {
+        let jobs = self.inner.control.read_local(|s| jobs_in(s, pipeline))?;
+        let running = lock(&self.inner.running);
+        Ok(jobs
             .into_iter()
-            .map(|(_, job)| job)
-            .filter(|job| pipeline.is_none_or(|p| job.pipeline == p))
-            .collect();
-        {
-            let running = lock(&self.inner.running);
-            for job in &mut jobs {
+            .map(|mut job| {
                 if let Some(live) = running.get(&job.id) {
                     job.stats = live.progress.snapshot();
                 }
-            }
-        }
-        jobs.sort_by(|a, b| b.started_ms.cmp(&a.started_ms).then(a.id.cmp(&b.id)));
-        Ok(jobs)
+                job
+            })
+            .collect())
     }
 
     /// Stops a running job: it takes in nothing more, finishes what it took in, and ends
-    /// `cancelled`.
-    pub fn cancel(&self, id: &str) -> Result<JobRecord, ApiError> {
-        let job = self.job(id)?;
+    /// `cancelled`. Only the node that runs it can.
+    pub async fn cancel(&self, id: &str) -> Result<JobRecord, ApiError> {
+        let job = self.job(id).await?;
         match lock(&self.inner.running).get(id) {
             Some(running) => {
                 let _ = running.cancel.send(true);
                 info!(job = id, "pipeline job cancel requested");
+            }
+            None if job.state == JobState::Running && job.node != self.inner.control.node_id() => {
+                let at = self
+                    .inner
+                    .control
+                    .members()
+                    .get(&job.node)
+                    .map(|m| format!(" ({})", m.http))
+                    .unwrap_or_default();
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("job `{id}` runs on node {}{at}; cancel it there", job.node),
+                ));
             }
             None => {
                 return Err(ApiError::new(
@@ -608,6 +704,7 @@ impl Pipelines {
     }
 
     pub async fn stats(&self, name: &str) -> Result<PipelineStats, ApiError> {
+        // A linearizable read: this node has applied everything committed before it.
         self.get(name).await?;
         self.figures(name)
     }
@@ -622,10 +719,14 @@ impl Pipelines {
         })
     }
 
-    /// A pipeline's figures over the jobs this node ran.
+    /// A pipeline's figures over its jobs, as this node has applied them.
     pub fn figures(&self, name: &str) -> Result<PipelineStats, ApiError> {
         let mut stats = PipelineStats::default();
-        for job in self.jobs(Some(name))?.into_iter().take(STATS_JOBS_MAX) {
+        for job in self
+            .jobs_local(Some(name))?
+            .into_iter()
+            .take(STATS_JOBS_MAX)
+        {
             stats.jobs += 1;
             match job.state {
                 JobState::Running | JobState::Interrupted => stats.jobs_running += 1,
@@ -659,26 +760,56 @@ impl Pipelines {
         Ok(self.inner.provenance.get(&io::by_output(output))?)
     }
 
-    /// Resumes jobs a previous run left running or interrupted, and starts the scheduler.
-    pub fn resume(&self) -> Result<(), ApiError> {
-        for (_, mut job) in self.inner.jobs.scan("")? {
-            if job.state.is_finished() {
+    /// Resumes the jobs a previous run of this node left running or interrupted, once the
+    /// control plane answers, then starts the scheduler.
+    pub fn resume(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.resume_jobs().await;
+            this.schedule().await;
+        });
+    }
+
+    async fn resume_jobs(&self) {
+        let me = self.inner.control.node_id();
+        let mut stop = self.inner.stop.clone();
+        let mine = loop {
+            let read = self
+                .inner
+                .control
+                .read(|s| jobs_in(s, None))
+                .await
+                .map_err(ApiError::from)
+                .and_then(|jobs| jobs);
+            match read {
+                Ok(jobs) => break jobs,
+                Err(e) => {
+                    warn!(error = %e.message, "cannot read this node's pipeline jobs yet; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(SAVE_RETRY_PAUSE) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            }
+        };
+        for mut job in mine {
+            if job.node != me || job.state.is_finished() || *self.inner.stop.borrow() {
                 continue;
             }
             let compiled = self.get_local(&job.pipeline).and_then(|registered| {
-                let compiled = self
-                    .inner
+                self.inner
                     .compile(&registered.spec()?)
-                    .map_err(ApiError::bad_request)?;
-                Ok((registered, compiled))
+                    .map_err(ApiError::bad_request)
             });
             match compiled {
-                Ok((_, compiled)) => {
+                Ok(compiled) => {
                     info!(job = %job.id, pipeline = %job.pipeline, "resuming pipeline job");
                     job.state = JobState::Running;
                     // The listing starts again and counts what it skips again.
                     job.stats.skipped = 0;
-                    self.inner.jobs.put(&job.id, &job)?;
+                    if let Err(e) = save_job(&self.inner, &job).await {
+                        warn!(job = %job.id, error = %e.message, "could not record the job as resumed; it runs anyway");
+                    }
                     self.spawn(job, compiled);
                 }
                 Err(e) => {
@@ -686,13 +817,13 @@ impl Pipelines {
                     job.state = JobState::Failed;
                     job.error = Some(format!("could not be resumed: {}", e.message));
                     job.ended_ms = Some(self.inner.clock.now_ms());
-                    self.inner.jobs.put(&job.id, &job)?;
+                    if let Err(e) = save_job(&self.inner, &job).await {
+                        warn!(job = %job.id, error = %e.message, "could not record the job as failed");
+                    }
                 }
             }
         }
-        let this = self.clone();
-        tokio::spawn(async move { this.schedule().await });
-        Ok(())
+        self.inner.resumed.store(true, Ordering::Release);
     }
 
     /// Runs mounted pipelines that have a schedule when they are due and not already running.
@@ -725,14 +856,9 @@ impl Pipelines {
                 let due = last_run
                     .get(&name)
                     .is_none_or(|at| at.elapsed() >= interval);
-                let busy = lock(&self.inner.running).keys().any(|id| {
-                    self.inner
-                        .jobs
-                        .get(id)
-                        .ok()
-                        .flatten()
-                        .is_some_and(|j| j.pipeline == name)
-                });
+                let busy = lock(&self.inner.running)
+                    .values()
+                    .any(|r| r.pipeline == name);
                 if due && !busy {
                     last_run.insert(name.clone(), tokio::time::Instant::now());
                     match self.run(&name, None).await {
@@ -887,9 +1013,10 @@ async fn run(
             () = tokio::time::sleep(JOB_SAVE_INTERVAL) => {
                 job.stats = progress.snapshot();
                 job.dead_letters = progress.dead_letters();
-                inner.jobs.put(&job.id, &job)?;
                 inner.provenance.flush().await?;
-                inner.jobs.flush().await?;
+                if let Err(e) = save_job(inner, &job).await {
+                    warn!(job = %job.id, error = %e.message, "could not save the job's progress; it runs on");
+                }
             }
         }
     };
@@ -924,8 +1051,28 @@ async fn run(
         job.ended_ms = Some(inner.clock.now_ms());
     }
     inner.provenance.flush().await?;
-    inner.jobs.put(&job.id, &job)?;
-    inner.jobs.flush().await?;
+    let mut attempt = 1;
+    while let Err(e) = save_job(inner, &job).await {
+        if attempt >= FINAL_SAVE_ATTEMPTS {
+            return Err(e);
+        }
+        warn!(job = %job.id, attempt, error = %e.message, "could not record the job's end; retrying");
+        tokio::time::sleep(SAVE_RETRY_PAUSE).await;
+        attempt += 1;
+    }
     info!(job = %job.id, pipeline = %job.pipeline, state = job.state.name(), produced = job.stats.objects_out, skipped = job.stats.skipped, dead = job.stats.dead_lettered, "pipeline job ended");
     Ok(())
+}
+
+/// Replaces a job's record in the control plane.
+async fn save_job(inner: &Inner, job: &JobRecord) -> Result<(), ApiError> {
+    let put = Command::PutJob {
+        id: job.id.clone(),
+        record_json: serde_json::to_string(job).map_err(internal)?,
+    };
+    match inner.control.write(put).await? {
+        Response::Done => Ok(()),
+        Response::Refused { reason } => Err(internal(reason)),
+        other => Err(internal(format!("unexpected control answer: {other:?}"))),
+    }
 }
