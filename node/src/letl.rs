@@ -250,14 +250,20 @@ impl Letl {
         };
         let record = serde_json::to_string(&reservation)
             .map_err(|e| ApiError::internal(format!("encode a reservation: {e}")))?;
-        let answer = self
-            .control
-            .write(Command::Reserve {
-                claims: reservation.claims(),
-                holder: reservation.attempt.clone(),
-                record,
-            })
-            .await?;
+        let reserve = Command::Reserve {
+            claims: reservation.claims(),
+            holder: reservation.attempt.clone(),
+            record,
+        };
+        let answer = match self.control.write(reserve).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                // It may have been applied all the same: give back whatever it took (a
+                // release after it in the log frees it; one before it finds nothing).
+                self.release(&reservation).await;
+                return Err(e.into());
+            }
+        };
         match answer {
             Response::Reserved => {}
             Response::Conflict { claim, held } => {

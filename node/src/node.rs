@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use letl_actors::{RestartPolicy, SupervisorArgs, SupervisorHandle, TierDirectory, TierSpec};
-use letl_raft::cluster::{Cluster, ClusterSettings};
-use letl_raft::{Command, NodeInfo, TierEntry};
+use letl_raft::cluster::{Cluster, ClusterError, ClusterSettings};
+use letl_raft::{Command, NodeInfo, Response, TierEntry};
 use letl_storage::{
     Clock, FsTier, IndexDb, MoveLog, S3Tier, SledMoveJobs, SystemClock, TierBackend,
 };
@@ -217,8 +217,16 @@ async fn publish_tiers(cluster: Cluster, tiers: Vec<TierEntry>, mut stop: watch:
             tiers: tiers.clone(),
         };
         match cluster.write(publish).await {
-            Ok(_) => {
+            Ok(Response::Done) => {
                 info!(tiers = tiers.len(), "tiers published");
+                return;
+            }
+            Ok(other) => {
+                warn!(answer = ?other, "the control plane refused this node's tiers");
+                return;
+            }
+            Err(e @ ClusterError::Refused(_)) => {
+                warn!(error = %e, "the control plane refused this node's tiers");
                 return;
             }
             Err(e) => debug!(attempt, error = %e, "tiers not published yet; retrying"),

@@ -354,6 +354,23 @@ async fn list_objects(
     }))
 }
 
+/// Reservation space of copies' and moves' request ids.
+const TRANSFER_SPACE: &str = "transfer-request";
+/// Reservation space of move jobs' request ids.
+const MOVE_JOB_SPACE: &str = "move-job-request";
+
+/// Gives back a request id this node claimed when the request failed before the node kept
+/// any record of it (bad paths, a missing source), so it can be used again through any node.
+async fn release_request_id(state: &AppState, space: &str, id: &str) {
+    let release = letl_raft::Command::Release {
+        claims: vec![letl_raft::Claim::new(space, id)],
+        holder: format!("node-{}", state.cluster.node_id()),
+    };
+    if let Err(e) = state.cluster.write(release).await {
+        tracing::warn!(request_id = id, error = %e, "could not give back the request id of a failed request; it stays this node's");
+    }
+}
+
 /// Takes a client's request id for this node across the cluster: the same id through another
 /// node is refused (409, naming the node), through this one it finds this node's own record
 /// of it.
@@ -404,26 +421,38 @@ async fn transfer(
     remove_source: bool,
 ) -> Result<Json<TransferResponse>, ApiError> {
     let Json(request) = request.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    claim_request_id(
-        &state,
-        "transfer-request",
-        request.request_id.as_deref(),
-        transfer_text(remove_source, &request.source, &request.destination),
-    )
-    .await?;
-    let done = state
-        .service
-        .transfer(
-            &request.source,
-            &request.destination,
-            remove_source,
-            request.request_id,
+    // Detached: a client that hangs up cannot leave its request id claimed and unused.
+    detached(async move {
+        let id = request.request_id.clone();
+        claim_request_id(
+            &state,
+            TRANSFER_SPACE,
+            id.as_deref(),
+            transfer_text(remove_source, &request.source, &request.destination),
         )
         .await?;
-    Ok(Json(TransferResponse {
-        request_id: done.request_id,
-        object: ObjectInfo::new(&done.destination, &done.meta),
-    }))
+        let done = state
+            .service
+            .transfer(
+                &request.source,
+                &request.destination,
+                remove_source,
+                request.request_id,
+            )
+            .await;
+        if done.is_err()
+            && let Some(id) = &id
+            && matches!(state.service.mover().record(id), Ok(None))
+        {
+            release_request_id(&state, TRANSFER_SPACE, id).await;
+        }
+        let done = done?;
+        Ok(TransferResponse {
+            request_id: done.request_id,
+            object: ObjectInfo::new(&done.destination, &done.meta),
+        })
+    })
+    .await
 }
 
 async fn copy_object(
@@ -702,23 +731,33 @@ async fn start_move_job(
     request: Result<Json<MoveJobRequest>, JsonRejection>,
 ) -> Result<Json<MoveJobInfo>, ApiError> {
     let Json(request) = request.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    claim_request_id(
-        &state,
-        "move-job-request",
-        request.request_id.as_deref(),
-        transfer_text(request.remove_source, &request.source, &request.destination),
-    )
-    .await?;
-    let job = state
-        .jobs
-        .start(
-            &request.source,
-            &request.destination,
-            request.remove_source,
-            request.request_id,
+    detached(async move {
+        let id = request.request_id.clone();
+        claim_request_id(
+            &state,
+            MOVE_JOB_SPACE,
+            id.as_deref(),
+            transfer_text(request.remove_source, &request.source, &request.destination),
         )
         .await?;
-    Ok(Json(MoveJobInfo::from(&job)))
+        let job = state
+            .jobs
+            .start(
+                &request.source,
+                &request.destination,
+                request.remove_source,
+                request.request_id,
+            )
+            .await;
+        if job.is_err()
+            && let Some(id) = &id
+            && matches!(state.jobs.find(id), Ok(None))
+        {
+            release_request_id(&state, MOVE_JOB_SPACE, id).await;
+        }
+        Ok(MoveJobInfo::from(&job?))
+    })
+    .await
 }
 
 async fn get_move_job(
@@ -809,11 +848,19 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
         .map(TierInfo::from)
         .collect();
     let mut text = state.metrics.render(&tiers);
+    // This node's jobs only: summing every node's metrics counts each job once.
+    let node = state.cluster.node_id();
     let pipelines: Vec<_> = state
         .pipelines
         .list_local()
         .into_iter()
-        .filter_map(|(name, _)| state.pipelines.figures(&name).ok().map(|s| (name, s)))
+        .filter_map(|(name, _)| {
+            state
+                .pipelines
+                .figures(&name, Some(node))
+                .ok()
+                .map(|s| (name, s))
+        })
         .collect();
     text.push_str(&metrics::render_pipelines(
         &pipelines,

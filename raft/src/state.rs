@@ -43,6 +43,8 @@ pub struct JobEntry {
     pub pipeline: String,
     pub request_id: Option<String>,
     pub record_json: String,
+    /// It has ended for good (a job stopped with its node has not: it resumes).
+    pub finished: bool,
 }
 
 /// A reserved name: who holds it, and what they recorded when they took it.
@@ -74,8 +76,6 @@ pub struct ControlState {
     pub pipelines: BTreeMap<String, PipelineEntry>,
     /// Pipeline jobs by id.
     pub jobs: BTreeMap<String, JobEntry>,
-    /// The job each request id started (a request id starts one job, for ever).
-    pub job_requests: BTreeMap<String, String>,
     /// Reserved names by space, each with its holder.
     pub reservations: BTreeMap<String, BTreeMap<String, Held>>,
     /// Tiers by node.
@@ -85,6 +85,8 @@ pub struct ControlState {
     pub join_tokens: BTreeMap<String, JoinTokenEntry>,
     /// The id the next admitted node gets.
     pub next_node_id: NodeId,
+    /// The job each request id started (a request id starts one job, for ever).
+    pub job_requests: BTreeMap<String, String>,
 }
 
 /// A change to the control state.
@@ -103,19 +105,11 @@ pub enum Command {
         mounted: bool,
         now_ms: u64,
     },
-    /// Records a new job, unless `request_id` already started one: then the answer is that
-    /// job, and nothing changes.
-    StartJob {
-        id: String,
-        node: NodeId,
-        pipeline: String,
-        request_id: Option<String>,
-        record_json: String,
-    },
     /// Replaces a known job's record (its progress, its end).
     PutJob {
         id: String,
         record_json: String,
+        finished: bool,
     },
     /// Reserves every claim for `holder`, or none: a claim held by another holder is a
     /// conflict. Claims `holder` already holds stay as they are.
@@ -148,6 +142,15 @@ pub enum Command {
     },
     /// Does nothing: a write that proves the leader can still commit.
     Noop,
+    /// Records a new job, unless `request_id` already started one, or the id is known (the
+    /// same command applied twice): then the answer is that job, and nothing changes.
+    StartJob {
+        id: String,
+        node: NodeId,
+        pipeline: String,
+        request_id: Option<String>,
+        record_json: String,
+    },
 }
 
 /// A join token the cluster issued.
@@ -163,12 +166,6 @@ pub struct JoinTokenEntry {
 pub enum Response {
     Done,
     Pipeline(PipelineEntry),
-    /// A job as recorded; `created` is false when its request id had started it before.
-    Job {
-        id: String,
-        record_json: String,
-        created: bool,
-    },
     Reserved,
     /// A claim is held by someone else.
     Conflict {
@@ -183,6 +180,13 @@ pub enum Response {
     /// The command was refused and changed nothing.
     Refused {
         reason: String,
+    },
+    /// A job as recorded; `created` is false when it was recorded before (by its request id,
+    /// or by its id).
+    Job {
+        id: String,
+        record_json: String,
+        created: bool,
     },
 }
 
@@ -229,7 +233,9 @@ impl Command {
                 text("request id", request_id.as_deref().unwrap_or_default())?;
                 document("job record", record_json)
             }
-            Self::PutJob { id, record_json } => {
+            Self::PutJob {
+                id, record_json, ..
+            } => {
                 text("job id", id)?;
                 document("job record", record_json)
             }
@@ -240,7 +246,7 @@ impl Command {
             } => {
                 check_claims(claims)?;
                 text("holder", holder)?;
-                text("record", record)
+                document("record", record)
             }
             Self::Release { claims, holder } => {
                 check_claims(claims)?;
@@ -347,17 +353,13 @@ impl ControlState {
                 let earlier = request_id
                     .as_ref()
                     .and_then(|r| self.job_requests.get(r))
+                    .or(Some(&id))
                     .and_then(|job| self.jobs.get_key_value(job));
                 if let Some((earlier_id, entry)) = earlier {
                     return Response::Job {
                         id: earlier_id.clone(),
                         record_json: entry.record_json.clone(),
                         created: false,
-                    };
-                }
-                if self.jobs.contains_key(&id) {
-                    return Response::Refused {
-                        reason: format!("job id `{id}` is taken"),
                     };
                 }
                 if let Some(request) = &request_id {
@@ -370,6 +372,7 @@ impl ControlState {
                         pipeline,
                         request_id,
                         record_json: record_json.clone(),
+                        finished: false,
                     },
                 );
                 Response::Job {
@@ -378,9 +381,14 @@ impl ControlState {
                     created: true,
                 }
             }
-            Command::PutJob { id, record_json } => match self.jobs.get_mut(&id) {
+            Command::PutJob {
+                id,
+                record_json,
+                finished,
+            } => match self.jobs.get_mut(&id) {
                 Some(entry) => {
                     entry.record_json = record_json;
+                    entry.finished = finished;
                     Response::Done
                 }
                 None => Response::Refused {
@@ -617,8 +625,10 @@ mod tests {
         let put = Command::PutJob {
             id: "j1".to_string(),
             record_json: "{\"id\":\"j1\",\"done\":true}".to_string(),
+            finished: true,
         };
         assert_eq!(state.apply(put), Response::Done);
+        assert!(state.jobs["j1"].finished);
         // The same request id again: the first job, with its latest record; no second job.
         assert_eq!(
             state.apply(start("j2", Some("r"))),
@@ -629,13 +639,16 @@ mod tests {
             }
         );
         assert_eq!(state.jobs.len(), 1);
+        // The same start applied twice (a write resent after a lost answer): that job.
         assert!(matches!(
             state.apply(start("j1", None)),
-            Response::Refused { .. }
+            Response::Job { id, created: false, .. } if id == "j1"
         ));
+        assert_eq!(state.jobs.len(), 1);
         let unknown = Command::PutJob {
             id: "j9".to_string(),
             record_json: "{}".to_string(),
+            finished: false,
         };
         assert!(matches!(state.apply(unknown), Response::Refused { .. }));
     }

@@ -171,18 +171,25 @@ fn three_nodes_keep_registrations_and_mounts_through_a_leader_kill_and_refuse_wi
     );
     // So is a copy's request id: the same id through node 1 again is the same copy, through
     // node 2 it is refused, naming the node that took it.
-    let copy = |node: &TestNode| {
-        node.cli(&[
-            "cp",
-            "ssd:/covid/a.fa",
-            "hdd:/copies/",
-            "--request-id",
-            "cp-1",
-        ])
+    let copy_as = |node: &TestNode, id: &str| {
+        node.cli(&["cp", "ssd:/covid/a.fa", "hdd:/copies/", "--request-id", id])
     };
+    let copy = |node: &TestNode| copy_as(node, "cp-1");
     copy(&nodes[0]).ok();
     copy(&nodes[0]).ok();
     copy(&nodes[1]).fails(5, "was used through node 1 for copy ssd:/covid/a.fa");
+    // A request that fails before anything is recorded gives its id back.
+    nodes[1]
+        .cli(&[
+            "cp",
+            "ssd:/covid/none",
+            "hdd:/copies/",
+            "--request-id",
+            "cp-2",
+        ])
+        .fails(3, "");
+    copy_as(&nodes[0], "cp-2").ok();
+    copy_as(&nodes[1], "cp-2").fails(5, "was used through node 1");
 
     // SIGKILL the leader: another is elected, and the registration and mount are intact.
     let leader = status(&nodes[1])["leader"].as_u64().expect("a leader");

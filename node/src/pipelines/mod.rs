@@ -51,11 +51,16 @@ const JOB_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 const SCHEDULE_TICK: Duration = Duration::from_secs(1);
 /// Jobs of one pipeline that `letl pipeline stats` sums (the most recent).
 const STATS_JOBS_MAX: usize = 10_000;
-/// Times a job's last record is offered to the control plane before the job is left to
-/// resume at the next start.
-const FINAL_SAVE_ATTEMPTS: u32 = 10;
-/// Pause between those attempts, and between attempts to read this node's jobs at start.
+/// Times a job's last record is offered to the control plane at once; after that it waits in
+/// the node's outbox, offered again at every scheduler tick.
+const FINAL_SAVE_ATTEMPTS: u32 = 3;
+/// Pause between those attempts.
 const SAVE_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// Ended jobs a node remembers (so it does not adopt them again); the oldest saved ones are
+/// forgotten beyond this.
+const ENDED_KEPT_MAX: usize = 100_000;
+/// Longest error text a dead letter keeps in a job record that would not fit otherwise.
+const DEAD_LETTER_ERROR_TRIMMED_BYTES: usize = 512;
 
 /// A registered pipeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,16 +182,56 @@ fn parse_job(entry: &JobEntry) -> Result<JobRecord, ApiError> {
         .map_err(|e| internal(format!("stored job record unreadable: {e}")))
 }
 
-/// The jobs of a control state, most recent first; of one pipeline if named.
-fn jobs_in(state: &ControlState, pipeline: Option<&str>) -> Result<Vec<JobRecord>, ApiError> {
-    let mut jobs = state
-        .jobs
-        .values()
-        .filter(|entry| pipeline.is_none_or(|p| entry.pipeline == p))
+/// The job entries of a control state that pass `keep` (cloned: parse them after the read,
+/// not while holding the state).
+fn entries_in(state: &ControlState, keep: impl Fn(&JobEntry) -> bool) -> Vec<JobEntry> {
+    state.jobs.values().filter(|e| keep(e)).cloned().collect()
+}
+
+/// Parsed jobs, most recent first.
+fn parse_jobs(entries: &[JobEntry]) -> Result<Vec<JobRecord>, ApiError> {
+    let mut jobs = entries
+        .iter()
         .map(parse_job)
         .collect::<Result<Vec<_>, _>>()?;
     jobs.sort_by(|a, b| b.started_ms.cmp(&a.started_ms).then(a.id.cmp(&b.id)));
     Ok(jobs)
+}
+
+/// A job's record as JSON that fits a control-plane command: dead letters' errors are
+/// trimmed, then dead letters dropped (their count stays in the figures), if it must.
+fn job_json(job: &JobRecord) -> Result<String, ApiError> {
+    let max = letl_raft::state::COMMAND_DOCUMENT_BYTES_MAX;
+    let json = serde_json::to_string(job).map_err(internal)?;
+    if json.len() <= max {
+        return Ok(json);
+    }
+    let mut job = job.clone();
+    for letter in &mut job.dead_letters {
+        if letter.error.len() > DEAD_LETTER_ERROR_TRIMMED_BYTES {
+            let mut end = DEAD_LETTER_ERROR_TRIMMED_BYTES;
+            while !letter.error.is_char_boundary(end) {
+                end -= 1;
+            }
+            letter.error.truncate(end);
+            letter.error.push_str(" [trimmed]");
+        }
+    }
+    loop {
+        let json = serde_json::to_string(&job).map_err(internal)?;
+        if json.len() <= max {
+            return Ok(json);
+        }
+        if job.dead_letters.is_empty() {
+            return Err(internal(format!(
+                "job `{}`: its record is {} bytes, more than {max}",
+                job.id,
+                json.len()
+            )));
+        }
+        let keep = job.dead_letters.len() / 2;
+        job.dead_letters.truncate(keep);
+    }
 }
 
 /// A job started by `request_id` must be of the pipeline the request names.
@@ -220,6 +265,10 @@ struct Inner {
     provenance: SledRecords<Provenance>,
     /// Set once this node's unfinished jobs have been read back and resumed after its start.
     resumed: AtomicBool,
+    /// Jobs this node ran to their end since it started: `None` once the end is recorded in
+    /// the control plane, the record while it waits to be (the outbox). Locked after
+    /// `running`, never before.
+    ended: Mutex<BTreeMap<String, Option<JobRecord>>>,
     clock: Arc<dyn Clock>,
     stop: watch::Receiver<bool>,
     /// The endpoint of `s3://` extract sources (the config's `[source]`).
@@ -331,6 +380,7 @@ impl Pipelines {
                 control,
                 provenance: stores.provenance,
                 resumed: AtomicBool::new(false),
+                ended: Mutex::new(BTreeMap::new()),
                 clock,
                 stop,
                 source_s3,
@@ -473,6 +523,16 @@ impl Pipelines {
     pub async fn retry(&self, id: &str) -> Result<JobRecord, ApiError> {
         let _admin = self.inner.admin.lock().await;
         let old = self.job(id).await?;
+        let me = self.inner.control.node_id();
+        if old.node != me {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "job `{id}` ran on node {}; retry it there (its inputs are that node's)",
+                    old.node
+                ),
+            ));
+        }
         if !old.state.is_finished() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -539,16 +599,14 @@ impl Pipelines {
             let unfinished = self
                 .inner
                 .control
-                .read(|s| jobs_in(s, Some(name)))
-                .await??
-                .into_iter()
-                .find(|j| j.node == me && !j.state.is_finished());
-            if let Some(job) = unfinished {
+                .read(|s| entries_in(s, |e| e.node == me && e.pipeline == name && !e.finished))
+                .await?;
+            if let Some(job) = unfinished.first() {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     format!(
-                        "pipeline `{name}` has job {} to resume after this node's start; try again shortly",
-                        job.id
+                        "pipeline `{name}` has a job to resume after this node's start ({}); try again shortly",
+                        parse_job(job)?.id
                     ),
                 ));
             }
@@ -582,19 +640,39 @@ impl Pipelines {
             node: job.node,
             pipeline: job.pipeline.clone(),
             request_id: job.request_id.clone(),
-            record_json: serde_json::to_string(&job).map_err(internal)?,
+            record_json: job_json(&job)?,
         };
-        match self.inner.control.write(start).await? {
-            Response::Job { created: true, .. } => {
-                info!(job = %job.id, pipeline = %job.pipeline, version = job.pipeline_version, "pipeline job started");
-                self.spawn(job.clone(), compiled);
+        let answer = match self.inner.control.write(start).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                // The write may have been applied all the same (an answer lost, a timeout
+                // after proposing): if the job is recorded, it is this node's to run. If it is
+                // recorded later still, the scheduler's tick adopts it.
+                let recorded = self
+                    .inner
+                    .control
+                    .read(|s| s.jobs.contains_key(&job.id))
+                    .await;
+                if !matches!(recorded, Ok(true)) {
+                    return Err(e.into());
+                }
+                Response::Job {
+                    id: job.id.clone(),
+                    record_json: String::new(),
+                    created: true,
+                }
+            }
+        };
+        match answer {
+            // Ours, recorded now or by an earlier delivery of the same command.
+            Response::Job { id, .. } if id == job.id => {
+                if !lock(&self.inner.running).contains_key(&job.id) {
+                    info!(job = %job.id, pipeline = %job.pipeline, version = job.pipeline_version, "pipeline job started");
+                    self.spawn(job.clone(), compiled);
+                }
                 Ok(job)
             }
-            Response::Job {
-                created: false,
-                record_json,
-                ..
-            } => {
+            Response::Job { record_json, .. } => {
                 let earlier: JobRecord = serde_json::from_str(&record_json).map_err(internal)?;
                 let request_id = job.request_id.unwrap_or_default();
                 let earlier = same_pipeline(earlier, &job.pipeline, &request_id)?;
@@ -621,10 +699,25 @@ impl Pipelines {
         let runner = tokio::spawn(async move {
             let id = job.id.clone();
             let outcome = run(&inner, job, compiled, Arc::clone(&progress), cancelled).await;
-            if let Err(e) = outcome {
-                warn!(job = %id, error = %e.message, "pipeline job could not be recorded; it resumes at the next start");
+            let unsaved = match outcome {
+                Ok(end) => end,
+                Err(e) => {
+                    warn!(job = %id, error = %e.message, "pipeline job could not be recorded; it resumes at the next start");
+                    None
+                }
+            };
+            let mut running = lock(&inner.running);
+            let mut ended = lock(&inner.ended);
+            if ended.len() >= ENDED_KEPT_MAX
+                && let Some(old) = ended
+                    .iter()
+                    .find(|(_, e)| e.is_none())
+                    .map(|(k, _)| k.clone())
+            {
+                ended.remove(&old);
             }
-            lock(&inner.running).remove(&id);
+            ended.insert(id.clone(), unsaved);
+            running.remove(&id);
         });
         self.inner.runners.push(runner);
     }
@@ -658,7 +751,11 @@ impl Pipelines {
 
     /// Jobs as this node has applied them, most recent first; of one pipeline if named.
     fn jobs_local(&self, pipeline: Option<&str>) -> Result<Vec<JobRecord>, ApiError> {
-        let jobs = self.inner.control.read_local(|s| jobs_in(s, pipeline))?;
+        let entries = self
+            .inner
+            .control
+            .read_local(|s| entries_in(s, |e| pipeline.is_none_or(|p| e.pipeline == p)));
+        let jobs = parse_jobs(&entries)?;
         let running = lock(&self.inner.running);
         Ok(jobs
             .into_iter()
@@ -706,7 +803,7 @@ impl Pipelines {
     pub async fn stats(&self, name: &str) -> Result<PipelineStats, ApiError> {
         // A linearizable read: this node has applied everything committed before it.
         self.get(name).await?;
-        self.figures(name)
+        self.figures(name, None)
     }
 
     /// Registrations as this node has applied them (may lag the leader: for metrics).
@@ -719,14 +816,15 @@ impl Pipelines {
         })
     }
 
-    /// A pipeline's figures over its jobs, as this node has applied them.
-    pub fn figures(&self, name: &str) -> Result<PipelineStats, ApiError> {
+    /// A pipeline's figures over its jobs as this node has applied them: all of them, or
+    /// those one node ran.
+    pub fn figures(&self, name: &str, node: Option<u64>) -> Result<PipelineStats, ApiError> {
         let mut stats = PipelineStats::default();
-        for job in self
+        let jobs = self
             .jobs_local(Some(name))?
             .into_iter()
-            .take(STATS_JOBS_MAX)
-        {
+            .filter(|j| node.is_none_or(|n| j.node == n));
+        for job in jobs.take(STATS_JOBS_MAX) {
             stats.jobs += 1;
             match job.state {
                 JobState::Running | JobState::Interrupted => stats.jobs_running += 1,
@@ -760,41 +858,67 @@ impl Pipelines {
         Ok(self.inner.provenance.get(&io::by_output(output))?)
     }
 
-    /// Resumes the jobs a previous run of this node left running or interrupted, once the
-    /// control plane answers, then starts the scheduler.
+    /// Starts the node's job keeper: it resumes the jobs a previous run of this node left
+    /// running or interrupted as soon as the control plane answers, and then at every tick
+    /// records the ends waiting in the outbox, adopts this node's jobs that are recorded but
+    /// not running (a start whose answer was lost), and, on the leader, runs schedules.
     pub fn resume(&self) {
         let this = self.clone();
-        tokio::spawn(async move {
-            this.resume_jobs().await;
-            this.schedule().await;
-        });
+        tokio::spawn(async move { this.keep().await });
     }
 
-    async fn resume_jobs(&self) {
-        let me = self.inner.control.node_id();
+    async fn keep(&self) {
+        let mut last_run: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
         let mut stop = self.inner.stop.clone();
-        let mine = loop {
-            let read = self
-                .inner
-                .control
-                .read(|s| jobs_in(s, None))
-                .await
-                .map_err(ApiError::from)
-                .and_then(|jobs| jobs);
-            match read {
-                Ok(jobs) => break jobs,
-                Err(e) => {
-                    warn!(error = %e.message, "cannot read this node's pipeline jobs yet; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(SAVE_RETRY_PAUSE) => {}
-                        _ = stop.wait_for(|s| *s) => return,
-                    }
-                }
+        loop {
+            if *stop.borrow() {
+                return;
             }
-        };
-        for mut job in mine {
-            if job.node != me || job.state.is_finished() || *self.inner.stop.borrow() {
-                continue;
+            if let Err(e) = self.adopt().await {
+                warn!(error = %e.message, "cannot read or record this node's pipeline jobs now; retrying");
+            }
+            // Registrations are the cluster's: only the leader runs their schedules.
+            if self.inner.control.is_leader() {
+                self.run_due(&mut last_run).await;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(SCHEDULE_TICK) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Records the ends waiting in the outbox, then runs this node's unfinished jobs that no
+    /// runner of this process holds (at start: those a previous run left).
+    async fn adopt(&self) -> Result<(), ApiError> {
+        let _admin = self.inner.admin.lock().await;
+        let unsaved: Vec<JobRecord> = lock(&self.inner.ended)
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        for job in unsaved {
+            save_job(&self.inner, &job).await?;
+            info!(job = %job.id, state = job.state.name(), "pipeline job's end recorded");
+            lock(&self.inner.ended).insert(job.id.clone(), None);
+        }
+        let me = self.inner.control.node_id();
+        let entries = self
+            .inner
+            .control
+            .read(|s| entries_in(s, |e| e.node == me && !e.finished))
+            .await?;
+        for entry in entries {
+            if *self.inner.stop.borrow() {
+                break;
+            }
+            let mut job = parse_job(&entry)?;
+            {
+                let running = lock(&self.inner.running);
+                let ended = lock(&self.inner.ended);
+                if running.contains_key(&job.id) || ended.contains_key(&job.id) {
+                    continue;
+                }
             }
             let compiled = self.get_local(&job.pipeline).and_then(|registered| {
                 self.inner
@@ -817,55 +941,59 @@ impl Pipelines {
                     job.state = JobState::Failed;
                     job.error = Some(format!("could not be resumed: {}", e.message));
                     job.ended_ms = Some(self.inner.clock.now_ms());
-                    if let Err(e) = save_job(&self.inner, &job).await {
-                        warn!(job = %job.id, error = %e.message, "could not record the job as failed");
-                    }
+                    let unsaved = save_job(&self.inner, &job).await.err().map(|_| job.clone());
+                    lock(&self.inner.ended).insert(job.id.clone(), unsaved);
                 }
             }
         }
         self.inner.resumed.store(true, Ordering::Release);
+        Ok(())
     }
 
-    /// Runs mounted pipelines that have a schedule when they are due and not already running.
-    async fn schedule(&self) {
-        let mut last_run: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
-        let mut stop = self.inner.stop.clone();
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(SCHEDULE_TICK) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-            // Registrations are the cluster's: only the leader runs their schedules.
-            if !self.inner.control.is_leader() {
-                continue;
-            }
-            let Ok(pipelines) = self.list().await else {
+    /// Runs mounted pipelines that have a schedule when they are due and have no job
+    /// unfinished on any node.
+    async fn run_due(&self, last_run: &mut BTreeMap<String, tokio::time::Instant>) {
+        let Ok((pipelines, busy)) = self
+            .inner
+            .control
+            .read(|s| {
+                let busy: std::collections::BTreeSet<String> = s
+                    .jobs
+                    .values()
+                    .filter(|e| !e.finished)
+                    .map(|e| e.pipeline.clone())
+                    .collect();
+                let pipelines: Vec<(String, Registered)> = s
+                    .pipelines
+                    .iter()
+                    .map(|(name, entry)| (name.clone(), entry.clone().into()))
+                    .collect();
+                (pipelines, busy)
+            })
+            .await
+        else {
+            return;
+        };
+        for (name, registered) in pipelines {
+            let Ok(Some(interval)) = registered.spec().map(|s| {
+                s.schedule
+                    .as_deref()
+                    .and_then(|t| spec::parse_schedule(t).ok())
+            }) else {
                 continue;
             };
-            for (name, registered) in pipelines {
-                let Ok(Some(interval)) = registered.spec().map(|s| {
-                    s.schedule
-                        .as_deref()
-                        .and_then(|t| spec::parse_schedule(t).ok())
-                }) else {
-                    continue;
-                };
-                if !registered.mounted {
-                    continue;
-                }
-                let due = last_run
-                    .get(&name)
-                    .is_none_or(|at| at.elapsed() >= interval);
-                let busy = lock(&self.inner.running)
-                    .values()
-                    .any(|r| r.pipeline == name);
-                if due && !busy {
-                    last_run.insert(name.clone(), tokio::time::Instant::now());
-                    match self.run(&name, None).await {
-                        Ok(job) => info!(pipeline = %name, job = %job.id, "scheduled run started"),
-                        Err(e) => {
-                            warn!(pipeline = %name, error = %e.message, "scheduled run refused")
-                        }
+            if !registered.mounted || busy.contains(&name) {
+                continue;
+            }
+            let due = last_run
+                .get(&name)
+                .is_none_or(|at| at.elapsed() >= interval);
+            if due {
+                last_run.insert(name.clone(), tokio::time::Instant::now());
+                match self.run(&name, None).await {
+                    Ok(job) => info!(pipeline = %name, job = %job.id, "scheduled run started"),
+                    Err(e) => {
+                        warn!(pipeline = %name, error = %e.message, "scheduled run refused")
                     }
                 }
             }
@@ -928,14 +1056,15 @@ impl Source for FixedSource {
     }
 }
 
-/// Runs one job and records how it ended.
+/// Runs one job and records how it ended; answers its last record if that could not be
+/// recorded yet.
 async fn run(
     inner: &Inner,
     mut job: JobRecord,
     compiled: Compiled,
     progress: Arc<JobProgress>,
     mut cancelled: watch::Receiver<bool>,
-) -> Result<(), ApiError> {
+) -> Result<Option<JobRecord>, ApiError> {
     let source: Arc<dyn Source> = match &compiled.from {
         ExtractFrom::Tier(from) => Arc::new(TierSource {
             directory: inner.directory.clone(),
@@ -1051,24 +1180,26 @@ async fn run(
         job.ended_ms = Some(inner.clock.now_ms());
     }
     inner.provenance.flush().await?;
+    info!(job = %job.id, pipeline = %job.pipeline, state = job.state.name(), produced = job.stats.objects_out, skipped = job.stats.skipped, dead = job.stats.dead_lettered, "pipeline job ended");
     let mut attempt = 1;
     while let Err(e) = save_job(inner, &job).await {
         if attempt >= FINAL_SAVE_ATTEMPTS {
-            return Err(e);
+            warn!(job = %job.id, error = %e.message, "could not record the job's end; it waits in this node's outbox");
+            return Ok(Some(job));
         }
         warn!(job = %job.id, attempt, error = %e.message, "could not record the job's end; retrying");
         tokio::time::sleep(SAVE_RETRY_PAUSE).await;
         attempt += 1;
     }
-    info!(job = %job.id, pipeline = %job.pipeline, state = job.state.name(), produced = job.stats.objects_out, skipped = job.stats.skipped, dead = job.stats.dead_lettered, "pipeline job ended");
-    Ok(())
+    Ok(None)
 }
 
 /// Replaces a job's record in the control plane.
 async fn save_job(inner: &Inner, job: &JobRecord) -> Result<(), ApiError> {
     let put = Command::PutJob {
         id: job.id.clone(),
-        record_json: serde_json::to_string(job).map_err(internal)?,
+        record_json: job_json(job)?,
+        finished: job.state.is_finished(),
     };
     match inner.control.write(put).await? {
         Response::Done => Ok(()),
