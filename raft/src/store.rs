@@ -49,6 +49,42 @@ async fn flush(db: &sled::Db) -> Result<(), String> {
     }
 }
 
+/// Appends a log store's flusher holds at once (their writers wait for room beyond this).
+const FLUSH_QUEUE_MAX: usize = 1024;
+
+/// An append waiting until the log is on disk.
+struct FlushRequest {
+    db: sled::Db,
+    done: LogFlushed<TypeConfig>,
+}
+
+/// Starts the thread that makes appends durable: it takes every append waiting, flushes the
+/// database once for all of them (group commit), then tells each, in order. Raft goes on
+/// (replicating, answering) while a flush runs. The thread ends when its last sender goes.
+fn start_flusher() -> std::io::Result<tokio::sync::mpsc::Sender<FlushRequest>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<FlushRequest>(FLUSH_QUEUE_MAX);
+    std::thread::Builder::new()
+        .name("raft-log-flush".to_string())
+        .spawn(move || {
+            while let Some(first) = rx.blocking_recv() {
+                let mut waiting = vec![first];
+                while waiting.len() < FLUSH_QUEUE_MAX {
+                    match rx.try_recv() {
+                        Ok(next) => waiting.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let flushed = waiting[0].db.flush().map(|_| ()).map_err(|e| e.to_string());
+                for request in waiting {
+                    request
+                        .done
+                        .log_io_completed(flushed.clone().map_err(std::io::Error::other));
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
 /// The raft database of one node (its own sled database, apart from the object index).
 #[derive(Clone, Debug)]
 pub struct RaftDb {
@@ -81,6 +117,8 @@ impl RaftDb {
             log: tree("raft-log")?,
             meta: tree("raft-meta")?,
             committed: Arc::new(Mutex::new(None)),
+            flusher: start_flusher()
+                .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?,
         };
         let machine = StateMachineStore::open(self.db.clone(), tree("raft-machine")?)?;
         Ok((log, machine))
@@ -100,6 +138,8 @@ pub struct LogStore {
     meta: sled::Tree,
     /// The last committed id openraft saved: for status.
     committed: Arc<Mutex<Option<LogId>>>,
+    /// Makes appends durable, several per flush.
+    flusher: tokio::sync::mpsc::Sender<FlushRequest>,
 }
 
 impl LogStore {
@@ -202,10 +242,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_meta(VOTE, ErrorSubject::Vote)
     }
 
+    /// Kept without a flush of its own: it reaches the disk with the next log flush. After a
+    /// crash a stale committed id only means less of the log is applied at start; the rest is
+    /// applied once a leader commits again (openraft allows this id to lag).
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
         *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = committed;
-        self.put_meta(COMMITTED, &committed, ErrorSubject::Store)
-            .await
+        let bytes = encode_stored(&committed)
+            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        self.meta
+            .insert(COMMITTED, bytes)
+            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
@@ -233,14 +280,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log
             .apply_batch(batch)
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        // The callback says the entries are durable: only after the flush.
-        let flushed = flush(&self.db).await;
-        let failed = flushed.as_ref().err().map(ToString::to_string);
-        callback.log_io_completed(flushed.map_err(std::io::Error::other));
-        match failed {
-            Some(e) => Err(io_error(ErrorSubject::Logs, ErrorVerb::Write, e)),
-            None => Ok(()),
-        }
+        // The callback says the entries are durable: the flusher calls it after its flush.
+        let request = FlushRequest {
+            db: self.db.clone(),
+            done: callback,
+        };
+        self.flusher.send(request).await.map_err(|_| {
+            io_error(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                "the log flusher stopped",
+            )
+        })
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {

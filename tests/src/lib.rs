@@ -382,6 +382,75 @@ pub fn http(
     (status, body)
 }
 
+/// An HTTP/1.1 client on one kept-alive connection to a node (benchmarks: no connection set
+/// up per request, as a long-lived client would do).
+#[derive(Debug)]
+pub struct HttpConnection {
+    reader: std::io::BufReader<TcpStream>,
+    host: String,
+    auth: String,
+}
+
+impl HttpConnection {
+    pub fn open(node: &TestNode) -> std::io::Result<Self> {
+        let host = node.addr.trim_start_matches("http://").to_string();
+        let stream = TcpStream::connect(&host)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Self {
+            reader: std::io::BufReader::new(stream),
+            host,
+            auth: format!("Bearer {}", node.token()),
+        })
+    }
+
+    /// Sends one request and reads its answer: the status and the body.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> std::io::Result<(u16, String)> {
+        use std::io::BufRead;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n",
+            self.host,
+            self.auth,
+            body.len()
+        );
+        let stream = self.reader.get_mut();
+        stream.write_all(request.as_bytes())?;
+        stream.write_all(body)?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not an HTTP status line: {line:?}")))?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| std::io::Error::other(format!("bad content-length: {header}")))?;
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body)?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
 /// The seed system's walkthrough: its four LETL requests, as it documented them, in order.
 /// They expect a source holding `project-19-276121/letlCovidSet/A1` and `B1`.
 pub const SEED_REQUESTS: [(&str, &str); 4] = [

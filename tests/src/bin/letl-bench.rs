@@ -28,7 +28,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use letl_tests::{TestNode, letl_bin, test_bytes};
+use letl_tests::{HttpConnection, TestNode, letl_bin, test_bytes};
 
 /// Bytes of the source file written per step.
 const WRITE_STEP_BYTES: usize = 8 << 20;
@@ -592,11 +592,12 @@ fn raft() -> anyhow::Result<()> {
                 let node = &nodes[client % nodes.len()];
                 scope.spawn(move || -> anyhow::Result<Vec<Duration>> {
                     let mut times = Vec::new();
+                    let mut connection = HttpConnection::open(node)?;
                     for i in 0..per_client {
                         let action = if i % 2 == 0 { "mount" } else { "unmount" };
                         let path = format!("/v1/pipelines/bench-{client}/{action}");
                         let start = Instant::now();
-                        let (status, body) = node.http("POST", &path, b"");
+                        let (status, body) = connection.request("POST", &path, b"")?;
                         times.push(start.elapsed());
                         ensure!(status == 200, "{path}: {status} {body}");
                     }
