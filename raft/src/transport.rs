@@ -121,11 +121,11 @@ async fn write_frame(stream: &mut quinn::SendStream, body: &[u8]) -> Result<(), 
             body.len()
         ));
     }
-    stream
-        .write_all(&len.to_be_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    stream.write_all(body).await.map_err(|e| e.to_string())
+    // One write: the length and the body leave in one packet when they fit, not two.
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(body);
+    stream.write_all(&frame).await.map_err(|e| e.to_string())
 }
 
 async fn read_frame(stream: &mut quinn::RecvStream) -> Result<Vec<u8>, String> {
