@@ -378,7 +378,9 @@ fn cluster_failure(e: letl_raft::cluster::ClusterError) -> Failure {
     let code = match e {
         ClusterError::Refused(_) => exit::BAD_INPUT,
         ClusterError::Forbidden(_) => exit::UNAUTHORIZED,
-        ClusterError::NoQuorum(_) | ClusterError::Failed(_) => exit::FAILURE,
+        ClusterError::NoQuorum(_) | ClusterError::Failed(_) | ClusterError::Busy(_) => {
+            exit::FAILURE
+        }
     };
     Failure::new(code, e.to_string())
 }

@@ -44,7 +44,7 @@ impl From<letl_raft::cluster::ClusterError> for ApiError {
     fn from(e: letl_raft::cluster::ClusterError) -> Self {
         use letl_raft::cluster::ClusterError;
         let status = match &e {
-            ClusterError::NoQuorum(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ClusterError::NoQuorum(_) | ClusterError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ClusterError::Refused(_) => StatusCode::BAD_REQUEST,
             ClusterError::Forbidden(_) => StatusCode::FORBIDDEN,
             ClusterError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -52,7 +52,10 @@ impl From<letl_raft::cluster::ClusterError> for ApiError {
         Self {
             status,
             message: e.to_string(),
-            transient: matches!(e, ClusterError::NoQuorum(_) | ClusterError::Failed(_)),
+            transient: matches!(
+                e,
+                ClusterError::NoQuorum(_) | ClusterError::Failed(_) | ClusterError::Busy(_)
+            ),
         }
     }
 }

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use letl_storage::Clock;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::identity::{Identity, IdentityError, JoinGrant, JoinToken, encode_hex};
 use crate::network::{Contacts, Network, handle_raft_rpc};
@@ -60,6 +60,9 @@ pub enum ClusterError {
     /// The node's own parts failed (files, raft, endpoint).
     #[error("{0}")]
     Failed(String),
+    /// Not now: the cluster is busy with a change that must end first; try again.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 impl From<IdentityError> for ClusterError {
@@ -75,6 +78,7 @@ fn from_refusal(refusal: Refusal) -> ClusterError {
     match refusal {
         Refusal::NoQuorum(reason) => ClusterError::NoQuorum(reason),
         Refusal::Refused(reason) => ClusterError::Refused(reason),
+        Refusal::Busy(reason) => ClusterError::Busy(reason),
         Refusal::NotLeader { .. } => ClusterError::NoQuorum("no stable leader".to_string()),
     }
 }
@@ -145,6 +149,8 @@ struct Inner {
     contacts: Contacts,
     clock: Arc<dyn Clock>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Set once this node has left the cluster: at shutdown its cluster dir is set aside.
+    left: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Inner {
@@ -274,6 +280,7 @@ impl Cluster {
                 transport,
                 contacts,
                 clock: settings.clock,
+                left: std::sync::atomic::AtomicBool::new(false),
                 tasks: Mutex::new(vec![server]),
             }),
         };
@@ -295,6 +302,9 @@ impl Cluster {
             info!(node = id, %quic, "founded a one-node cluster");
         } else if joining {
             let task = tokio::spawn(cluster.clone().become_member());
+            cluster.tasks().push(task);
+        } else {
+            let task = tokio::spawn(cluster.clone().update_addresses());
             cluster.tasks().push(task);
         }
         info!(node = id, %quic, joining, "control plane open");
@@ -523,6 +533,58 @@ impl Cluster {
 
     /// After a join: asks the members to add this node (a learner that catches up, then a
     /// voter), then forgets where it joined.
+    /// If this member's addresses are not the ones the cluster has (it restarted on others),
+    /// asks the leader to record them, until it does (bounded).
+    async fn update_addresses(self) {
+        let id = self.inner.id;
+        let mut metrics = self.inner.raft.metrics();
+        // Raft publishes the stored membership once its core has loaded it.
+        let loaded = tokio::time::timeout(
+            CATCH_UP_TIMEOUT,
+            metrics.wait_for(|m| m.membership_config.membership().get_node(&id).is_some()),
+        )
+        .await
+        .is_ok_and(|seen| seen.is_ok());
+        if !loaded {
+            return;
+        }
+        let recorded = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned();
+        if recorded.as_ref() == Some(&self.inner.advertise) {
+            return;
+        }
+        info!(node = id, old = ?recorded, new = %self.inner.advertise, "this node's addresses changed; telling the leader");
+        for attempt in 1..=JOIN_ATTEMPTS_MAX {
+            let request = Rpc::AddMember {
+                id: self.inner.id,
+                info: self.inner.advertise.clone(),
+            };
+            match self.to_leader(request).await {
+                Ok(RpcReply::Member(Ok(()))) => {
+                    info!(
+                        node = self.inner.id,
+                        "the cluster has this node's new addresses"
+                    );
+                    return;
+                }
+                Ok(other) => debug!(attempt, reply = ?other, "new addresses not recorded yet"),
+                Err(e) => debug!(attempt, error = %e, "new addresses not recorded yet"),
+            }
+            tokio::time::sleep(JOIN_RETRY_INTERVAL).await;
+        }
+        warn!(
+            attempts = JOIN_ATTEMPTS_MAX,
+            "the cluster did not record this node's new addresses; the next start asks again"
+        );
+    }
+
     async fn become_member(self) {
         let identity = self.identity();
         let mut peers: Vec<(NodeId, NodeInfo)> = identity.join_via.into_iter().collect();
@@ -584,15 +646,21 @@ impl Cluster {
         );
     }
 
-    /// Removes this node from the cluster (it stops being a voter; its data stays).
+    /// Removes this node from the cluster (it stops being a voter; its objects stay). At
+    /// [`Cluster::shutdown`] its cluster dir is set aside (`<dir>.left-<ms>`), so the data dir
+    /// can found a cluster again, or join one with `letl cluster join`.
     pub async fn leave(&self) -> Result<(), ClusterError> {
         match self
             .to_leader(Rpc::RemoveMember { id: self.inner.id })
             .await?
         {
-            RpcReply::Member(result) => result.map_err(from_refusal),
-            other => Err(failed(format!("unexpected reply: {other:?}"))),
+            RpcReply::Member(result) => result.map_err(from_refusal)?,
+            other => return Err(failed(format!("unexpected reply: {other:?}"))),
         }
+        self.inner
+            .left
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     pub fn status(&self) -> ClusterStatus {
@@ -654,6 +722,18 @@ impl Cluster {
         self.inner.transport.close();
         for task in self.tasks().drain(..) {
             task.abort();
+        }
+        if self.inner.left.load(std::sync::atomic::Ordering::Acquire) {
+            let mut aside = self.inner.dir.clone().into_os_string();
+            aside.push(format!(".left-{}", self.inner.clock.now_ms()));
+            match std::fs::rename(&self.inner.dir, &aside) {
+                Ok(()) => {
+                    info!(kept = %std::path::Path::new(&aside).display(), "left the cluster; its state is set aside")
+                }
+                Err(e) => {
+                    warn!(dir = %self.inner.dir.display(), error = %e, "left the cluster but could not set its state aside; remove the dir before joining again")
+                }
+            }
         }
     }
 }
@@ -719,6 +799,9 @@ fn write_refusal<E: std::fmt::Display>(
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Refusal::NotLeader {
             leader: f.leader_id.zip(f.leader_node),
         },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            e @ ChangeMembershipError::InProgress(_),
+        )) => Refusal::Busy(format!("{what}: {e}")),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             Refusal::Refused(format!("{what}: {e}"))
         }
@@ -763,13 +846,29 @@ async fn leader_add_member(raft: &Raft, id: NodeId, info: NodeInfo) -> Result<()
     let m = raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
     if membership.voter_ids().any(|v| v == id) {
-        return Ok(());
+        if membership.get_node(&id) == Some(&info) {
+            return Ok(());
+        }
+        // A member that restarted with other addresses: record them.
+        let change = ChangeMembers::SetNodes(BTreeMap::from([(id, info.clone())]));
+        return match tokio::time::timeout(WRITE_TIMEOUT, raft.change_membership(change, false))
+            .await
+        {
+            Ok(Ok(_)) => {
+                info!(node = id, %info, "a member's addresses changed");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(write_refusal(e, "recording new addresses")),
+            Err(_) => Err(Refusal::NoQuorum(format!(
+                "node {id}'s new addresses were not committed within {WRITE_TIMEOUT:?}"
+            ))),
+        };
     }
     match tokio::time::timeout(CATCH_UP_TIMEOUT, raft.add_learner(id, info.clone(), true)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(write_refusal(e, "adding a learner")),
         Err(_) => {
-            return Err(Refusal::Refused(format!(
+            return Err(Refusal::Busy(format!(
                 "node {id} did not catch up within {CATCH_UP_TIMEOUT:?}"
             )));
         }

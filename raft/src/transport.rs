@@ -59,6 +59,8 @@ pub enum Refusal {
     NoQuorum(String),
     /// Refused for a reason a user should read.
     Refused(String),
+    /// Not now (a membership change in progress, a node still catching up): try again.
+    Busy(String),
 }
 
 /// The answer to an [`Rpc`], variant for variant.

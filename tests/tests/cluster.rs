@@ -248,6 +248,52 @@ fn three_nodes_keep_registrations_and_mounts_through_a_leader_kill_and_refuse_wi
     assert_eq!(seen["mounted"], false, "{seen}");
     assert_eq!(seen["version"], 1, "{seen}");
 
+    // Node 2 restarts on other ports: the cluster records its new addresses and reaches it.
+    nodes[1].terminate();
+    let (http, quic) = letl_tests::free_ports();
+    nodes[1].http_listen = format!("127.0.0.1:{http}");
+    nodes[1].quic_listen = Some(format!("127.0.0.1:{quic}"));
+    nodes[1].restart();
+    let moved = format!("127.0.0.1:{quic}");
+    wait_status(&nodes[0], "node 2's new address", |s| {
+        s["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == 2 && m["quic"] == moved.as_str())
+    });
+    nodes[1].cli(&["pipeline", "mount", "covid-md5"]).ok();
+    assert_eq!(show(&nodes[0])["mounted"], true);
+
+    // Node 3 leaves: it stops, the others go on with two voters. Its data dir joins again, as
+    // a new member, with its objects.
+    let kept = nodes[2].dir.path().join("kept.fa");
+    std::fs::write(&kept, b">k\nGGCC\n").unwrap();
+    nodes[2]
+        .cli(&["put", kept.to_str().unwrap(), "ssd:/kept.fa"])
+        .ok();
+    let out = nodes[2].cli(&["cluster", "leave"]).ok().to_string();
+    assert!(out.contains("left the cluster"), "{out}");
+    assert!(nodes[2].wait_for_exit().success());
+    wait_status(&nodes[0], "two voters", |s| voters(s) == 2);
+    let (first, rest) = nodes.split_at_mut(2);
+    join(&mut rest[0], &first[0], &token);
+    let rejoined = wait_status(&nodes[0], "three voters again", |s| voters(s) == 3);
+    assert!(
+        rejoined["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == 4),
+        "{rejoined}"
+    );
+    assert_eq!(show(&nodes[2])["version"], 1);
+    let got = nodes[2]
+        .command(&["get", "ssd:/kept.fa", "-"])
+        .output()
+        .unwrap();
+    assert_eq!(got.stdout, b">k\nGGCC\n");
+
     // A node with a wrong token, or a token from another cluster, is refused.
     let mut stranger = TestNode::cluster_member();
     let mut wrong = token.clone();
