@@ -20,7 +20,7 @@ use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteErro
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::identity::{Identity, IdentityError, JoinGrant, JoinToken, encode_hex};
 use crate::network::{Contacts, Network, handle_raft_rpc};
@@ -149,8 +149,6 @@ struct Inner {
     contacts: Contacts,
     clock: Arc<dyn Clock>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// Set once this node has left the cluster: at shutdown its cluster dir is set aside.
-    left: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Inner {
@@ -169,11 +167,34 @@ fn failed(e: impl std::fmt::Display) -> ClusterError {
 
 /// Whether `dir` already holds a cluster identity (a founded or joined node).
 pub fn identity_in(dir: &std::path::Path) -> Result<Option<Identity>, ClusterError> {
+    set_aside_if_left(dir)?;
     Ok(Identity::load(dir)?)
+}
+
+/// File a node writes in its cluster dir once it has left the cluster.
+const LEFT_MARKER: &str = "left";
+
+/// A cluster dir whose node left its cluster is renamed `<dir>.left-<ms>` (kept, not
+/// deleted), so the data dir can found a cluster or join one again.
+fn set_aside_if_left(dir: &std::path::Path) -> Result<(), ClusterError> {
+    if !dir.join(LEFT_MARKER).exists() {
+        return Ok(());
+    }
+    let mut aside = dir.as_os_str().to_owned();
+    aside.push(format!(".left-{}", letl_storage::SystemClock.now_ms()));
+    std::fs::rename(dir, &aside).map_err(|e| {
+        failed(format!(
+            "this node left its cluster; setting {} aside failed: {e}",
+            dir.display()
+        ))
+    })?;
+    info!(kept = %std::path::Path::new(&aside).display(), "this node had left its cluster; its cluster state is set aside");
+    Ok(())
 }
 
 /// A directory that already holds an identity cannot found or join another cluster.
 fn refuse_if_taken(dir: &std::path::Path) -> Result<(), ClusterError> {
+    set_aside_if_left(dir)?;
     match Identity::load(dir)? {
         Some(identity) => Err(ClusterError::Refused(format!(
             "{} already belongs to cluster `{}` as node {}",
@@ -224,6 +245,7 @@ impl Cluster {
     /// Opens this node's control plane: founds a one-node cluster on a fresh directory,
     /// restarts from the log otherwise, and asks to be made a member after a join.
     pub async fn open(settings: ClusterSettings) -> Result<Self, ClusterError> {
+        set_aside_if_left(&settings.dir)?;
         let identity = match Identity::load(&settings.dir)? {
             Some(identity) => identity,
             None => found(&settings.dir, &settings.name)?,
@@ -280,7 +302,6 @@ impl Cluster {
                 transport,
                 contacts,
                 clock: settings.clock,
-                left: std::sync::atomic::AtomicBool::new(false),
                 tasks: Mutex::new(vec![server]),
             }),
         };
@@ -534,7 +555,10 @@ impl Cluster {
     /// After a join: asks the members to add this node (a learner that catches up, then a
     /// voter), then forgets where it joined.
     /// If this member's addresses are not the ones the cluster has (it restarted on others),
-    /// asks the leader to record them, until it does (bounded).
+    /// asks the other members to record them, until the leader does (bounded). It does not
+    /// stand for election meanwhile: nobody can answer it at its new addresses yet, and its
+    /// higher terms would only unseat the leader. A node missing from its own membership (it
+    /// was removed) is told to the log.
     async fn update_addresses(self) {
         let id = self.inner.id;
         let mut metrics = self.inner.raft.metrics();
@@ -546,83 +570,93 @@ impl Cluster {
         .await
         .is_ok_and(|seen| seen.is_ok());
         if !loaded {
+            warn!(
+                node = id,
+                "this node is not in its cluster's membership (it may have been removed); to join again, `letl cluster join` with a data dir that has no cluster state"
+            );
             return;
         }
-        let recorded = self
-            .inner
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .cloned();
-        if recorded.as_ref() == Some(&self.inner.advertise) {
+        let (recorded, peers) = {
+            let m = self.inner.raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            let peers: Vec<(NodeId, NodeInfo)> = membership
+                .nodes()
+                .filter(|(peer, _)| **peer != id)
+                .map(|(peer, info)| (*peer, info.clone()))
+                .collect();
+            (membership.get_node(&id).cloned(), peers)
+        };
+        if recorded.as_ref() == Some(&self.inner.advertise) || peers.is_empty() {
             return;
         }
-        info!(node = id, old = ?recorded, new = %self.inner.advertise, "this node's addresses changed; telling the leader");
-        for attempt in 1..=JOIN_ATTEMPTS_MAX {
-            let request = Rpc::AddMember {
-                id: self.inner.id,
-                info: self.inner.advertise.clone(),
-            };
-            match self.to_leader(request).await {
-                Ok(RpcReply::Member(Ok(()))) => {
-                    info!(
-                        node = self.inner.id,
-                        "the cluster has this node's new addresses"
-                    );
-                    return;
-                }
-                Ok(other) => debug!(attempt, reply = ?other, "new addresses not recorded yet"),
-                Err(e) => debug!(attempt, error = %e, "new addresses not recorded yet"),
-            }
-            tokio::time::sleep(JOIN_RETRY_INTERVAL).await;
+        info!(node = id, old = ?recorded, new = %self.inner.advertise, "this node's addresses changed; asking the cluster to record them");
+        self.inner.raft.runtime_config().elect(false);
+        if self.ask_to_be_member(peers).await {
+            info!(node = id, "the cluster has this node's new addresses");
+        } else {
+            warn!(
+                attempts = JOIN_ATTEMPTS_MAX,
+                "the cluster did not record this node's new addresses; the next start asks again"
+            );
         }
-        warn!(
-            attempts = JOIN_ATTEMPTS_MAX,
-            "the cluster did not record this node's new addresses; the next start asks again"
-        );
+        self.inner.raft.runtime_config().elect(true);
     }
 
     async fn become_member(self) {
-        let identity = self.identity();
-        let mut peers: Vec<(NodeId, NodeInfo)> = identity.join_via.into_iter().collect();
-        let request = Rpc::AddMember {
-            id: self.inner.id,
-            info: self.inner.advertise.clone(),
+        let peers: Vec<(NodeId, NodeInfo)> = self.identity().join_via.into_iter().collect();
+        if !self.ask_to_be_member(peers).await {
+            warn!(
+                attempts = JOIN_ATTEMPTS_MAX,
+                "gave up asking to become a member; restart the node to ask again"
+            );
+            return;
+        }
+        let saved = {
+            let mut identity = self
+                .inner
+                .identity
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            identity.join_via.clear();
+            identity.clone()
         };
+        if let Err(e) = saved.save(&self.inner.dir) {
+            warn!(error = %e, "could not record membership; the node asks again at its next start");
+        }
+        info!(node = self.inner.id, "now a voting member");
+    }
+
+    /// Asks `peers` (in turn, going straight to a leader one names) to make this node a voter
+    /// with its advertised addresses, up to [`JOIN_ATTEMPTS_MAX`] times; true once one did.
+    async fn ask_to_be_member(&self, mut peers: Vec<(NodeId, NodeInfo)>) -> bool {
+        let me = self.inner.id;
         let mut next = 0;
         for _ in 0..JOIN_ATTEMPTS_MAX {
+            if peers.is_empty() {
+                return false;
+            }
             let (to, info) = peers[next % peers.len()].clone();
             next += 1;
-            match self
-                .inner
-                .transport
-                .call(to, &info.quic, &request, CATCH_UP_TIMEOUT + WRITE_TIMEOUT)
-                .await
-            {
-                Ok(RpcReply::Member(Ok(()))) => {
-                    let saved = {
-                        let mut identity = self
-                            .inner
-                            .identity
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner());
-                        identity.join_via.clear();
-                        identity.clone()
-                    };
-                    if let Err(e) = saved.save(&self.inner.dir) {
-                        warn!(error = %e, "could not record membership; the node asks again at its next start");
-                    }
-                    info!(node = self.inner.id, "now a voting member");
-                    return;
-                }
+            let request = Rpc::AddMember {
+                id: me,
+                info: self.inner.advertise.clone(),
+            };
+            let reply = if to == me {
+                // This node is the leader after all: it records its own addresses.
+                Ok(serve_locally(&self.inner.raft, rpc_ref(&request)).await)
+            } else {
+                self.inner
+                    .transport
+                    .call(to, &info.quic, &request, CATCH_UP_TIMEOUT + WRITE_TIMEOUT)
+                    .await
+            };
+            match reply {
+                Ok(RpcReply::Member(Ok(()))) => return true,
                 // Straight to the leader it names.
                 Ok(RpcReply::Member(Err(Refusal::NotLeader {
                     leader: Some(leader),
                 }))) if leader.0 != to => {
-                    next = match peers.iter().position(|p| *p == leader) {
+                    next = match peers.iter().position(|p| p.0 == leader.0) {
                         Some(at) => at,
                         None => {
                             peers.insert(0, leader);
@@ -633,22 +667,23 @@ impl Cluster {
                 }
                 // Another membership change in flight, a slow catch-up: both pass.
                 Ok(RpcReply::Member(Err(refusal))) => {
-                    warn!(peer = to, ?refusal, "not a member yet; asking again");
+                    warn!(
+                        peer = to,
+                        ?refusal,
+                        "not recorded as a member yet; asking again"
+                    );
                 }
-                Ok(other) => warn!(reply = ?other, "asking to become a member"),
-                Err(e) => warn!(peer = to, error = %e, "asking to become a member"),
+                Ok(other) => warn!(reply = ?other, "asking to be recorded as a member"),
+                Err(e) => warn!(peer = to, error = %e, "asking to be recorded as a member"),
             }
             tokio::time::sleep(JOIN_RETRY_INTERVAL).await;
         }
-        warn!(
-            attempts = JOIN_ATTEMPTS_MAX,
-            "gave up asking to become a member; restart the node to ask again"
-        );
+        false
     }
 
-    /// Removes this node from the cluster (it stops being a voter; its objects stay). At
-    /// [`Cluster::shutdown`] its cluster dir is set aside (`<dir>.left-<ms>`), so the data dir
-    /// can found a cluster again, or join one with `letl cluster join`.
+    /// Removes this node from the cluster (it stops being a voter; its objects stay). A marker
+    /// written before this returns has its cluster dir set aside (`<dir>.left-<ms>`) when the
+    /// data dir is next used, so it can found a cluster again, or join one.
     pub async fn leave(&self) -> Result<(), ClusterError> {
         match self
             .to_leader(Rpc::RemoveMember { id: self.inner.id })
@@ -657,10 +692,17 @@ impl Cluster {
             RpcReply::Member(result) => result.map_err(from_refusal)?,
             other => return Err(failed(format!("unexpected reply: {other:?}"))),
         }
-        self.inner
-            .left
-            .store(true, std::sync::atomic::Ordering::Release);
-        Ok(())
+        let marker = self.inner.dir.join(LEFT_MARKER);
+        std::fs::File::create(&marker)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::File::open(&self.inner.dir)?.sync_all())
+            .map_err(|e| {
+                failed(format!(
+                    "left the cluster, but could not record it in {}: {e}; remove {} before using this data dir again",
+                    marker.display(),
+                    self.inner.dir.display()
+                ))
+            })
     }
 
     pub fn status(&self) -> ClusterStatus {
@@ -722,18 +764,6 @@ impl Cluster {
         self.inner.transport.close();
         for task in self.tasks().drain(..) {
             task.abort();
-        }
-        if self.inner.left.load(std::sync::atomic::Ordering::Acquire) {
-            let mut aside = self.inner.dir.clone().into_os_string();
-            aside.push(format!(".left-{}", self.inner.clock.now_ms()));
-            match std::fs::rename(&self.inner.dir, &aside) {
-                Ok(()) => {
-                    info!(kept = %std::path::Path::new(&aside).display(), "left the cluster; its state is set aside")
-                }
-                Err(e) => {
-                    warn!(dir = %self.inner.dir.display(), error = %e, "left the cluster but could not set its state aside; remove the dir before joining again")
-                }
-            }
         }
     }
 }

@@ -59,8 +59,10 @@ struct FlushRequest {
 }
 
 /// Starts the thread that makes appends durable: it takes every append waiting, flushes the
-/// database once for all of them (group commit), then tells each, in order. Raft goes on
-/// (replicating, answering) while a flush runs. The thread ends when its last sender goes.
+/// database once for all of them, then tells each, in order. (openraft 0.9 waits for each
+/// append's flush before the next, so it finds one at a time; the thread saves a blocking-task
+/// hand-off per append, and would group appends with a raft that pipelines them.) The thread
+/// ends when its last sender goes.
 fn start_flusher() -> std::io::Result<tokio::sync::mpsc::Sender<FlushRequest>> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<FlushRequest>(FLUSH_QUEUE_MAX);
     std::thread::Builder::new()

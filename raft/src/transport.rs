@@ -115,6 +115,9 @@ pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, rpc: Rpc) -> RpcReply;
 }
 
+/// Largest body a frame copies to send with its length in one write.
+const FRAME_JOINED_BYTES_MAX: usize = 64 * 1024;
+
 async fn write_frame(stream: &mut quinn::SendStream, body: &[u8]) -> Result<(), String> {
     let len = u32::try_from(body.len()).map_err(|_| "frame too large".to_string())?;
     if body.len() > FRAME_BYTES_MAX {
@@ -123,11 +126,20 @@ async fn write_frame(stream: &mut quinn::SendStream, body: &[u8]) -> Result<(), 
             body.len()
         ));
     }
-    // One write: the length and the body leave in one packet when they fit, not two.
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(body);
-    stream.write_all(&frame).await.map_err(|e| e.to_string())
+    if body.len() <= FRAME_JOINED_BYTES_MAX {
+        // One write: the length and a small body leave in one packet, not two (a lone
+        // 4-byte packet and a second wake-up of the receiver per frame).
+        let mut frame = Vec::with_capacity(4 + body.len());
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(body);
+        return stream.write_all(&frame).await.map_err(|e| e.to_string());
+    }
+    // A large body is not copied to join it.
+    stream
+        .write_all(&len.to_be_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.write_all(body).await.map_err(|e| e.to_string())
 }
 
 async fn read_frame(stream: &mut quinn::RecvStream) -> Result<Vec<u8>, String> {
