@@ -193,26 +193,9 @@ pub enum Response {
 impl Command {
     /// Checks bounds before a command is proposed, so nothing oversized enters the log.
     pub fn check(&self) -> Result<(), String> {
-        let text = |field: &str, value: &str| {
-            if value.len() > COMMAND_TEXT_BYTES_MAX {
-                Err(format!(
-                    "{field}: {} bytes is more than {COMMAND_TEXT_BYTES_MAX}",
-                    value.len()
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        let document = |field: &str, value: &str| {
-            if value.len() > COMMAND_DOCUMENT_BYTES_MAX {
-                Err(format!(
-                    "{field}: {} bytes is more than {COMMAND_DOCUMENT_BYTES_MAX}",
-                    value.len()
-                ))
-            } else {
-                Ok(())
-            }
-        };
+        let text = |field: &str, value: &str| check_len(field, value, COMMAND_TEXT_BYTES_MAX);
+        let document =
+            |field: &str, value: &str| check_len(field, value, COMMAND_DOCUMENT_BYTES_MAX);
         match self {
             Self::RegisterPipeline {
                 name, spec_json, ..
@@ -270,6 +253,14 @@ impl Command {
     }
 }
 
+/// `value` is at most `max` bytes, or an error naming `field`.
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.len() > max {
+        return Err(format!("{field}: {} bytes is more than {max}", value.len()));
+    }
+    Ok(())
+}
+
 fn check_claims(claims: &[Claim]) -> Result<(), String> {
     if claims.is_empty() || claims.len() > CLAIMS_MAX {
         return Err(format!(
@@ -278,14 +269,8 @@ fn check_claims(claims: &[Claim]) -> Result<(), String> {
         ));
     }
     for claim in claims {
-        for (field, value) in [("space", &claim.space), ("key", &claim.key)] {
-            if value.len() > COMMAND_TEXT_BYTES_MAX {
-                return Err(format!(
-                    "{field}: {} bytes is more than {COMMAND_TEXT_BYTES_MAX}",
-                    value.len()
-                ));
-            }
-        }
+        check_len("space", &claim.space, COMMAND_TEXT_BYTES_MAX)?;
+        check_len("key", &claim.key, COMMAND_TEXT_BYTES_MAX)?;
     }
     Ok(())
 }

@@ -341,7 +341,7 @@ fn not_found(what: &str, name: &str) -> ApiError {
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    ApiError::internal(e.to_string())
 }
 
 /// Where pipelines keep their node-local records (provenance of the objects they made here).
