@@ -542,6 +542,42 @@ impl Cluster {
         })
     }
 
+    /// The voters (members that hold data and vote), as this node knows them.
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        m.membership_config.membership().voter_ids().collect()
+    }
+
+    /// Sends a data request to member `to` (see [`crate::data`]).
+    pub async fn data_call(
+        &self,
+        to: NodeId,
+        header: &[u8],
+        body: Option<letl_storage::ByteStream>,
+    ) -> Result<crate::data::DataReply, TransportError> {
+        let Some(info) = self.members().remove(&to) else {
+            return Err(TransportError::Unreachable {
+                to,
+                addr: String::new(),
+                reason: "not a member of this cluster".to_string(),
+            });
+        };
+        self.inner
+            .transport
+            .data_call(to, &info.quic, header, body)
+            .await
+    }
+
+    /// Sets what answers other nodes' data requests.
+    pub fn serve_data(&self, handler: Arc<dyn crate::data::DataHandler>) {
+        self.inner.transport.serve_data(handler);
+    }
+
+    /// Object bytes this node has sent to and received from other nodes: (sent, received).
+    pub fn data_bytes(&self) -> (u64, u64) {
+        self.inner.transport.data_bytes()
+    }
+
     /// The members with their addresses, as this node knows them.
     pub fn members(&self) -> BTreeMap<NodeId, NodeInfo> {
         let m = self.inner.raft.metrics().borrow().clone();

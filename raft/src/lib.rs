@@ -11,6 +11,7 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 
 pub mod cluster;
+pub mod data;
 pub mod identity;
 pub mod network;
 pub mod state;

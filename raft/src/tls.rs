@@ -15,8 +15,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::NodeId;
 
-/// The ALPN protocol of node-to-node QUIC.
+/// The ALPN protocol of node-to-node control traffic (raft, forwarded writes).
 pub const ALPN: &[u8] = b"letl/1";
+/// The ALPN protocol of node-to-node object traffic: its own connection, so bulk bytes never
+/// queue ahead of raft heartbeats.
+pub const DATA_ALPN: &[u8] = b"letl-data/1";
 /// A connection with no traffic for this long is closed (peers send keep-alives well within).
 pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keep-alives on idle connections.
@@ -189,7 +192,7 @@ impl NodeTls {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
             .map_err(config_error)?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.alpn_protocols = vec![ALPN.to_vec(), DATA_ALPN.to_vec()];
         let crypto = QuicServerConfig::try_from(tls).map_err(config_error)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(transport());
@@ -198,6 +201,15 @@ impl NodeTls {
 
     /// Presents this node's certificate and trusts only the cluster CA.
     pub fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
+        self.client_config_for(ALPN)
+    }
+
+    /// The same, for the object traffic's connections.
+    pub fn data_client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
+        self.client_config_for(DATA_ALPN)
+    }
+
+    fn client_config_for(&self, alpn: &[u8]) -> Result<quinn::ClientConfig, TlsError> {
         let (chain, key) = self.chain()?;
         let mut tls = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -205,7 +217,7 @@ impl NodeTls {
             .with_root_certificates(self.roots()?)
             .with_client_auth_cert(chain, key)
             .map_err(config_error)?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.alpn_protocols = vec![alpn.to_vec()];
         let crypto = QuicClientConfig::try_from(tls).map_err(config_error)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(transport());

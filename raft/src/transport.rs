@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use letl_storage::codec::{decode_wire, encode_wire};
@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use crate::tls::{NodeTls, TlsError, server_name};
+use crate::data::{DataCounters, DataHandler, serve_data_connection};
+use crate::tls::{DATA_ALPN, NodeTls, TlsError, server_name};
 use crate::{Command, NodeId, NodeInfo, Response, TypeConfig};
 
 /// Largest frame either way (raft batches and snapshot chunks are far smaller).
@@ -118,7 +119,7 @@ pub trait Handler: Send + Sync + 'static {
 /// Largest body a frame copies to send with its length in one write.
 const FRAME_JOINED_BYTES_MAX: usize = 64 * 1024;
 
-async fn write_frame(stream: &mut quinn::SendStream, body: &[u8]) -> Result<(), String> {
+pub(crate) async fn write_frame(stream: &mut quinn::SendStream, body: &[u8]) -> Result<(), String> {
     let len = u32::try_from(body.len()).map_err(|_| "frame too large".to_string())?;
     if body.len() > FRAME_BYTES_MAX {
         return Err(format!(
@@ -142,7 +143,7 @@ async fn write_frame(stream: &mut quinn::SendStream, body: &[u8]) -> Result<(), 
     stream.write_all(body).await.map_err(|e| e.to_string())
 }
 
-async fn read_frame(stream: &mut quinn::RecvStream) -> Result<Vec<u8>, String> {
+pub(crate) async fn read_frame(stream: &mut quinn::RecvStream) -> Result<Vec<u8>, String> {
     let mut len = [0u8; 4];
     stream
         .read_exact(&mut len)
@@ -166,12 +167,32 @@ async fn read_frame(stream: &mut quinn::RecvStream) -> Result<Vec<u8>, String> {
     Ok(body)
 }
 
+/// Which of a peer's two connections: control (raft) or data (object bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Channel {
+    Control,
+    Data,
+}
+
 /// The QUIC transport: one endpoint per node, serving and calling.
-#[derive(Debug)]
 pub struct QuicTransport {
     endpoint: quinn::Endpoint,
-    /// One connection per peer, made on first use and replaced when it closes.
-    connections: Mutex<BTreeMap<NodeId, quinn::Connection>>,
+    /// The client configuration of data connections (the endpoint's default is control's).
+    data_client: quinn::ClientConfig,
+    /// One connection per peer and channel, made on first use and replaced when it closes.
+    connections: Mutex<BTreeMap<(NodeId, Channel), quinn::Connection>>,
+    /// Answers data requests once the node has set it (see [`QuicTransport::serve_data`]).
+    data_handler: Arc<OnceLock<Arc<dyn DataHandler>>>,
+    pub(crate) counters: Arc<DataCounters>,
+}
+
+impl Debug for QuicTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicTransport")
+            .field("endpoint", &self.endpoint)
+            .field("serving_data", &self.data_handler.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl QuicTransport {
@@ -180,16 +201,25 @@ impl QuicTransport {
         let mut endpoint = quinn::Endpoint::server(tls.server_config()?, addr)
             .map_err(|e| TransportError::Endpoint(format!("bind {addr}: {e}")))?;
         endpoint.set_default_client_config(tls.client_config()?);
-        Ok(Self::from_endpoint(endpoint))
+        Ok(Self::from_endpoint(endpoint, tls.data_client_config()?))
     }
 
     /// Uses an endpoint made elsewhere (the simulator's, over its own socket), which must
-    /// carry this node's server and client configurations.
-    pub fn from_endpoint(endpoint: quinn::Endpoint) -> Self {
+    /// carry this node's server and control client configurations; `data_client` is the
+    /// client configuration of data connections.
+    pub fn from_endpoint(endpoint: quinn::Endpoint, data_client: quinn::ClientConfig) -> Self {
         Self {
             endpoint,
+            data_client,
             connections: Mutex::new(BTreeMap::new()),
+            data_handler: Arc::new(OnceLock::new()),
+            counters: Arc::new(DataCounters::default()),
         }
+    }
+
+    /// Sets what answers data requests (the first call wins). Until then they are refused.
+    pub fn serve_data(&self, handler: Arc<dyn DataHandler>) {
+        let _ = self.data_handler.set(handler);
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
@@ -201,9 +231,13 @@ impl QuicTransport {
     /// Answers incoming requests with `handler` until the endpoint closes.
     pub fn serve(&self, handler: Arc<dyn Handler>) -> JoinHandle<()> {
         let endpoint = self.endpoint.clone();
+        let data_handler = Arc::clone(&self.data_handler);
+        let counters = Arc::clone(&self.counters);
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 let handler = Arc::clone(&handler);
+                let data_handler = Arc::clone(&data_handler);
+                let counters = Arc::clone(&counters);
                 tokio::spawn(async move {
                     let remote = incoming.remote_address();
                     let connection = match incoming.await {
@@ -213,7 +247,11 @@ impl QuicTransport {
                             return;
                         }
                     };
-                    serve_connection(connection, handler).await;
+                    if alpn_of(&connection).as_deref() == Some(DATA_ALPN) {
+                        serve_data_connection(connection, data_handler, counters).await;
+                    } else {
+                        serve_connection(connection, handler).await;
+                    }
                 });
             }
         })
@@ -225,17 +263,18 @@ impl QuicTransport {
     }
 
     /// Drops the cached connection to `to`: the next call connects again.
-    fn forget(&self, to: NodeId) {
+    pub(crate) fn forget(&self, to: NodeId, channel: Channel) {
         self.connections
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&to);
+            .remove(&(to, channel));
     }
 
-    async fn connection(
+    pub(crate) async fn connection(
         &self,
         to: NodeId,
         addr: &str,
+        channel: Channel,
     ) -> Result<quinn::Connection, TransportError> {
         let unreachable = |reason: String| TransportError::Unreachable {
             to,
@@ -249,25 +288,29 @@ impl QuicTransport {
             .connections
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&to)
+            .get(&(to, channel))
             && connection.close_reason().is_none()
             && connection.remote_address() == socket
         {
             return Ok(connection.clone());
         }
-        let connecting = self
-            .endpoint
-            .connect(socket, &server_name(to))
-            .map_err(|e| unreachable(e.to_string()))?;
+        let connecting = match channel {
+            Channel::Control => self.endpoint.connect(socket, &server_name(to)),
+            Channel::Data => {
+                self.endpoint
+                    .connect_with(self.data_client.clone(), socket, &server_name(to))
+            }
+        }
+        .map_err(|e| unreachable(e.to_string()))?;
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| unreachable(e.to_string()))?;
-        debug!(peer = to, addr, "connected to node");
+        debug!(peer = to, addr, ?channel, "connected to node");
         self.connections
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(to, connection.clone());
+            .insert((to, channel), connection.clone());
         Ok(connection)
     }
 
@@ -293,6 +336,15 @@ impl QuicTransport {
         send.finish().map_err(|e| failed(e.to_string()))?;
         read_frame(&mut recv).await.map_err(failed)
     }
+}
+
+/// The application protocol a connection agreed on.
+fn alpn_of(connection: &quinn::Connection) -> Option<Vec<u8>> {
+    connection
+        .handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
 }
 
 async fn serve_connection(connection: quinn::Connection, handler: Arc<dyn Handler>) {
@@ -339,19 +391,19 @@ impl Transport for QuicTransport {
         })?;
         // Connecting is bounded by CONNECT_TIMEOUT, not by this call's deadline: a heartbeat's
         // short deadline must not cut every new handshake short.
-        let connection = self.connection(to, addr).await?;
+        let connection = self.connection(to, addr, Channel::Control).await?;
         let reply =
             match tokio::time::timeout(timeout, self.exchange(&connection, to, addr, &request))
                 .await
             {
                 Ok(Ok(reply)) => reply,
                 Ok(Err(e)) => {
-                    self.forget(to);
+                    self.forget(to, Channel::Control);
                     return Err(e);
                 }
                 Err(_) => {
                     // The peer may have restarted behind a connection that still looks open.
-                    self.forget(to);
+                    self.forget(to, Channel::Control);
                     return Err(TransportError::Timeout { to, timeout });
                 }
             };
