@@ -317,7 +317,7 @@ mod tests {
         two.serve(Arc::new(NoControl));
         two.serve_data(Arc::new(Echo));
         let data: Vec<u8> = (0..5 * DATA_CHUNK_BYTES_MAX + 17)
-            .map(|i| (i % 251) as u8)
+            .map(|i| u8::try_from(i % 251).unwrap())
             .collect();
         let body = letl_storage::stream_of(Bytes::from(data.clone()), 64 * 1024);
         let reply = one.data_call(2, &addr, b"echo", Some(body)).await.unwrap();
