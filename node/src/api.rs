@@ -56,6 +56,9 @@ pub struct ListResponse {
     pub objects: Vec<ObjectInfo>,
     /// Pass as `start_after` to get the next page; absent on the last page.
     pub next_start_after: Option<String>,
+    /// Nodes whose objects are missing from this page (`node N: why`); absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

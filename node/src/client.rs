@@ -386,6 +386,9 @@ impl Client {
                 each(object);
                 count += 1;
             }
+            for missing in &page.unreachable {
+                eprintln!("letl: warning: objects missing from this listing: {missing}");
+            }
             match page.next_start_after {
                 Some(next) => start_after = Some(next),
                 None => return Ok(count),

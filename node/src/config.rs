@@ -65,7 +65,14 @@ pub struct ClusterConfig {
     /// listen; a port 0 is replaced by the one taken).
     pub advertise_quic: Option<String>,
     pub advertise_http: Option<String>,
+    /// Copies of each object on a local tier, on distinct nodes (default 1).
+    pub replicas: usize,
 }
+
+/// Copies of an object unless configured.
+pub const REPLICAS_DEFAULT: usize = 1;
+/// Most copies of an object a cluster keeps.
+pub const REPLICAS_MAX: usize = 7;
 
 #[derive(Clone, Debug)]
 pub struct TierConfig {
@@ -172,6 +179,7 @@ struct FileCluster {
     quic: Option<String>,
     advertise_quic: Option<String>,
     advertise_http: Option<String>,
+    replicas: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -482,11 +490,19 @@ fn cluster_config(
             _ => {}
         }
     }
+    let replicas = file.replicas.unwrap_or(REPLICAS_DEFAULT);
+    if !(1..=REPLICAS_MAX).contains(&replicas) {
+        return Err(field_error(
+            "cluster.replicas",
+            format!("{replicas} must be 1 to {REPLICAS_MAX}"),
+        ));
+    }
     Ok(ClusterConfig {
         name,
         quic,
         advertise_quic: file.advertise_quic,
         advertise_http: file.advertise_http,
+        replicas,
     })
 }
 
@@ -818,6 +834,8 @@ mod tests {
         for (text, field) in [
             ("[cluster]\nquic = \"nowhere\"\n", "cluster.quic"),
             ("[cluster]\nname = \"a b\"\n", "cluster.name"),
+            ("[cluster]\nreplicas = 0\n", "cluster.replicas"),
+            ("[cluster]\nreplicas = 8\n", "cluster.replicas"),
             (
                 "[cluster]\nquic = \"0.0.0.0:7071\"\n",
                 "cluster.advertise_quic",

@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::places::Places;
 use axum::http::StatusCode;
 use futures_util::TryStreamExt;
-use letl_actors::TierDirectory;
 use letl_raft::cluster::Cluster;
 use letl_raft::{Claim, Command, Held, Response};
 use letl_storage::{
@@ -80,7 +80,7 @@ pub struct LetlResponse {
 /// The LETL routes' state: reservations and where sources come from.
 #[derive(Debug)]
 pub struct Letl {
-    directory: TierDirectory,
+    places: Places,
     mover: Mover,
     control: Cluster,
     clock: Arc<dyn Clock>,
@@ -117,7 +117,7 @@ fn taken(claim: &Claim, held: &Held, destination: &ObjectUri) -> ApiError {
 
 impl Letl {
     pub fn new(
-        directory: TierDirectory,
+        places: Places,
         mover: Mover,
         control: Cluster,
         clock: Arc<dyn Clock>,
@@ -125,7 +125,7 @@ impl Letl {
         source_s3: Option<S3Settings>,
     ) -> Self {
         Self {
-            directory,
+            places,
             mover,
             control,
             clock,
@@ -155,12 +155,7 @@ impl Letl {
         let reservation = self.reserve(route, &request, &destination).await?;
         let written = async {
             let (body, size) = self.open_source(&request.source_uri).await?;
-            let handle = self.directory.get(&destination.tier)?;
-            Ok::<_, ApiError>(
-                handle
-                    .put(destination.key.clone(), body, size, None)
-                    .await?,
-            )
+            Ok::<_, ApiError>(self.places.put(&destination, body, size, None).await?)
         }
         .await;
         match written {
@@ -275,8 +270,8 @@ impl Letl {
                 )));
             }
         }
-        let exists = match self.directory.get(&destination.tier) {
-            Ok(tier) => tier.head(destination.key.clone()).await.is_ok(),
+        let exists = match self.places.check_tier(&destination.tier) {
+            Ok(()) => self.places.head(destination).await.is_ok(),
             Err(e) => {
                 self.release(&reservation).await;
                 return Err(e.into());
@@ -349,7 +344,7 @@ impl Letl {
             && TierName::new(tier).is_ok()
         {
             let uri = ObjectUri::parse(source)?;
-            let (_, reader) = self.directory.get(&uri.tier)?.get(uri.key).await?;
+            let (_, reader) = self.places.get(&uri).await?;
             return Ok((reader.body, Some(reader.size)));
         }
         let Some(dir) = &self.source_dir else {

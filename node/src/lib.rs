@@ -17,6 +17,7 @@ pub mod move_jobs;
 pub mod moves;
 pub mod node;
 pub mod pipelines;
+pub mod places;
 pub mod server;
 pub mod service;
 pub mod tasks;

@@ -17,7 +17,6 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use letl_actors::TierDirectory;
 use letl_storage::{
     Clock, LIST_PAGE_ENTRIES_MAX, MOVE_JOB_FAILURES_KEPT, MOVE_JOB_OBJECTS_MAX, MoveJob,
     MoveJobFailure, MoveJobItem, MoveJobState, ObjectKey, ObjectUri, PrefixUri, SledMoveJobs,
@@ -28,6 +27,7 @@ use tracing::{info, warn};
 
 use crate::error::ApiError;
 use crate::moves::{Mover, Transferred, new_request_id};
+use crate::places::Places;
 use crate::tasks::{Runners, lock};
 
 /// Transfers one job runs at once.
@@ -51,7 +51,7 @@ pub struct MoveJobs {
 
 #[derive(Debug)]
 struct Inner {
-    directory: TierDirectory,
+    places: Places,
     mover: Mover,
     store: SledMoveJobs,
     clock: Arc<dyn Clock>,
@@ -96,7 +96,7 @@ impl Drop for Creating {
 
 impl MoveJobs {
     pub fn new(
-        directory: TierDirectory,
+        places: Places,
         mover: Mover,
         store: SledMoveJobs,
         clock: Arc<dyn Clock>,
@@ -104,7 +104,7 @@ impl MoveJobs {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                directory,
+                places,
                 mover,
                 store,
                 clock,
@@ -211,21 +211,35 @@ impl MoveJobs {
             ));
         }
         // Both tiers must exist before anything is listed.
-        let from = self.inner.directory.get(&source.tier)?;
-        self.inner.directory.get(&destination.tier)?;
+        let places = &self.inner.places;
+        places.check_tier(&source.tier)?;
+        places.check_tier(&destination.tier)?;
 
         let store = &self.inner.store;
         store.clear_items(request_id)?;
         let (mut objects, mut bytes) = (0u64, 0u64);
         let mut start_after: Option<ObjectKey> = None;
         loop {
-            let page = from
+            let listing = places
                 .list(
+                    &source.tier,
                     source.prefix.clone(),
                     start_after.clone(),
                     LIST_PAGE_ENTRIES_MAX,
                 )
                 .await?;
+            if !listing.unreachable.is_empty() {
+                // A job over part of a prefix would look done with objects left behind.
+                store.clear_items(request_id)?;
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{source} cannot be listed whole now: {}",
+                        listing.unreachable.join("; ")
+                    ),
+                ));
+            }
+            let page = listing.entries;
             let full = page.len() == LIST_PAGE_ENTRIES_MAX;
             if objects + page.len() as u64 > MOVE_JOB_OBJECTS_MAX {
                 store.clear_items(request_id)?;

@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use letl_actors::TierDirectory;
+use crate::places::Places;
 use letl_storage::{
     Clock, MoveLog, MoveRecord, MoveState, ObjectMeta, ObjectReader, ObjectUri, StorageError,
     check_request_id,
@@ -29,7 +29,8 @@ use axum::http::StatusCode;
 /// Transfers as the service runs them.
 #[derive(Clone, Debug)]
 pub struct Mover {
-    directory: TierDirectory,
+    /// Sources and destinations, wherever in the cluster they live.
+    places: Places,
     log: Arc<dyn MoveLog>,
     clock: Arc<dyn Clock>,
     /// Request ids running now: a second request with the same id waits for nothing and is
@@ -114,9 +115,9 @@ pub(crate) fn new_request_id(now_ms: u64) -> String {
 }
 
 impl Mover {
-    pub fn new(directory: TierDirectory, log: Arc<dyn MoveLog>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(places: Places, log: Arc<dyn MoveLog>, clock: Arc<dyn Clock>) -> Self {
         Self {
-            directory,
+            places,
             log,
             clock,
             running: Arc::new(Mutex::new(BTreeSet::new())),
@@ -213,19 +214,27 @@ impl Mover {
             }
             return self.replay(record).await;
         }
-        let from = self.directory.get(&source.tier)?;
-        let to = self.directory.get(&destination.tier)?;
-        // A move between tiers on one file system can hand over the file itself. A copy never
-        // does: two objects sharing one file would change together if it were edited in place.
-        let local = if remove_source {
-            from.local_file(source.key.clone()).await?
-        } else {
-            None
+        // Both tiers are checked before anything is recorded.
+        self.places.check_tier(&source.tier)?;
+        self.places.check_tier(&destination.tier)?;
+        // A move between tiers on one file system can hand over the file itself, when this node
+        // is the only home of both. A copy never does: two objects sharing one file would
+        // change together if it were edited in place.
+        let linkable = match (
+            self.places.only_here(&source),
+            self.places.only_here(&destination),
+        ) {
+            (Some(from), Some(to)) if remove_source => Some((from, to)),
+            _ => None,
+        };
+        let local = match &linkable {
+            Some((from, _)) => from.local_file(source.key.clone()).await?,
+            None => None,
         };
         let (size, hash, mut reader) = match &local {
             Some(file) => (file.size, file.hash, None),
             None => {
-                let (meta, reader) = from.get(source.key.clone()).await?;
+                let (meta, reader) = self.places.get(&source).await?;
                 (meta.size, meta.hash, Some(reader))
             }
         };
@@ -246,7 +255,7 @@ impl Mover {
         crash_point("move:intent");
 
         let mut copied = None;
-        if let Some(file) = local {
+        if let (Some(file), Some((_, to))) = (local, &linkable) {
             match to.put_local_file(destination.key.clone(), file).await {
                 Ok(Some(meta)) => copied = Some(Ok(meta)),
                 Ok(None) => {}
@@ -295,30 +304,23 @@ impl Mover {
     ) -> Result<ObjectMeta, StorageError> {
         let reader = match reader {
             Some(reader) => reader,
-            None => {
-                let from = self.directory.get(&record.source.tier)?;
-                from.get(record.source.key.clone()).await?.1
-            }
+            None => self.places.get(&record.source).await?.1,
         };
-        let to = self.directory.get(&record.destination.tier)?;
-        to.put(
-            record.destination.key.clone(),
-            reader.body,
-            Some(record.size),
-            Some(record.hash),
-        )
-        .await
+        self.places
+            .put(
+                &record.destination,
+                reader.body,
+                Some(record.size),
+                Some(record.hash),
+            )
+            .await
     }
 
     /// After `Copied`: deletes a move's source (only if it still has the copied hash), then
     /// records `Done`.
     async fn finish(&self, record: &mut MoveRecord) -> Result<(), ApiError> {
         if record.remove_source {
-            let from = self.directory.get(&record.source.tier)?;
-            match from
-                .delete(record.source.key.clone(), Some(record.hash))
-                .await
-            {
+            match self.places.delete(&record.source, Some(record.hash)).await {
                 Ok(_) | Err(StorageError::NotFound { .. }) => {}
                 Err(e @ StorageError::Conflict { .. }) => {
                     // The source was rewritten after it was read: it is a new object now, and
@@ -356,8 +358,7 @@ impl Mover {
                 format!("request id `{}` failed: {reason}", record.request_id),
             ));
         }
-        let to = self.directory.get(&record.destination.tier)?;
-        let meta = to.head(record.destination.key.clone()).await?;
+        let meta = self.places.head(&record.destination).await?;
         Ok(Transferred {
             request_id: record.request_id.clone(),
             destination: record.destination.clone(),
@@ -369,19 +370,18 @@ impl Mover {
     /// never landed).
     async fn recover(&self, record: &mut MoveRecord) -> Result<(), ApiError> {
         if record.state == MoveState::Copying {
-            let to = self.directory.get(&record.destination.tier)?;
-            let landed = matches!(to.head(record.destination.key.clone()).await, Ok(m) if m.hash == record.hash);
+            let landed = matches!(self.places.head(&record.destination).await, Ok(m) if m.hash == record.hash);
             if !landed {
-                let from = self.directory.get(&record.source.tier)?;
-                match from.get(record.source.key.clone()).await {
+                match self.places.get(&record.source).await {
                     Ok((meta, reader)) if meta.hash == record.hash => {
-                        to.put(
-                            record.destination.key.clone(),
-                            reader.body,
-                            Some(meta.size),
-                            Some(meta.hash),
-                        )
-                        .await?;
+                        self.places
+                            .put(
+                                &record.destination,
+                                reader.body,
+                                Some(meta.size),
+                                Some(meta.hash),
+                            )
+                            .await?;
                     }
                     Ok(_) | Err(StorageError::NotFound { .. }) => {
                         let reason = "interrupted, and its source changed or vanished before the copy landed";

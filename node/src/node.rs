@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::move_jobs::MoveJobs;
 use crate::moves::Mover;
 use crate::pipelines::{PipelineStores, Pipelines};
+use crate::places::Places;
 use crate::server::{AppState, router};
 use crate::service::ObjectService;
 
@@ -53,6 +54,8 @@ pub struct NodeDeps {
     pub pipelines: PipelineStores,
     /// The replicated control plane: registrations and mounts.
     pub cluster: Cluster,
+    /// Copies of each object on a local tier, on distinct nodes.
+    pub replicas: usize,
     /// How long pipeline jobs may drain at shutdown.
     pub hard_terminate: Duration,
     /// The cache actor's bounds.
@@ -111,13 +114,15 @@ pub async fn start(
 
     // Transfers a previous run left unfinished are finished before anything new is served;
     // then the move jobs it left running go on from where they stood.
-    let mover = Mover::new(directory.clone(), deps.moves, Arc::clone(&deps.clock));
+    let places = Places::new(directory.clone(), deps.cluster.clone(), deps.replicas);
+    places.serve();
+    let mover = Mover::new(places.clone(), deps.moves, Arc::clone(&deps.clock));
     mover
         .resume()
         .await
         .map_err(|e| anyhow::anyhow!("resuming transfers: {}", e.message))?;
     let jobs = MoveJobs::new(
-        directory.clone(),
+        places.clone(),
         mover.clone(),
         deps.move_jobs,
         Arc::clone(&deps.clock),
@@ -132,7 +137,7 @@ pub async fn start(
     let pipelines = Pipelines::new(
         deps.pipelines,
         deps.cluster.clone(),
-        directory.clone(),
+        places.clone(),
         cache.clone(),
         deps.cache.max_bytes,
         Arc::clone(&transforms),
@@ -142,7 +147,7 @@ pub async fn start(
     );
     pipelines.resume();
     let letl = Letl::new(
-        directory.clone(),
+        places.clone(),
         mover.clone(),
         deps.cluster.clone(),
         Arc::clone(&deps.clock),
@@ -151,7 +156,7 @@ pub async fn start(
     );
     let state = AppState {
         letl: Arc::new(letl),
-        service: ObjectService::new(directory, mover),
+        service: ObjectService::new(places, mover),
         jobs: jobs.clone(),
         transforms,
         pipelines: pipelines.clone(),
@@ -320,6 +325,7 @@ pub async fn run(
         move_jobs: index_db.move_jobs()?,
         pipelines: PipelineStores::open(&index_db)?,
         cluster,
+        replicas: config.cluster.replicas,
         hard_terminate: config.hard_terminate,
         cache: config.cache,
         source_dir: config.source_dir.clone(),

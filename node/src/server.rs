@@ -341,16 +341,18 @@ async fn list_objects(
         .service
         .list(&tier, prefix, start_after, limit)
         .await?;
-    let next_start_after = (page.len() == limit)
-        .then(|| page.last().map(|(k, _)| k.to_string()))
+    let next_start_after = (page.entries.len() == limit)
+        .then(|| page.entries.last().map(|(k, _)| k.to_string()))
         .flatten();
     let objects = page
+        .entries
         .into_iter()
         .map(|(key, meta)| ObjectInfo::new(&ObjectUri::new(tier.clone(), key), &meta))
         .collect();
     Ok(Json(ListResponse {
         objects,
         next_start_after,
+        unreachable: page.unreachable,
     }))
 }
 

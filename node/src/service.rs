@@ -4,7 +4,8 @@
 
 use crate::error::ApiError;
 use crate::moves::{Mover, Transferred};
-use letl_actors::{TierDirectory, TierStatus};
+use crate::places::{Listing, Places};
+use letl_actors::TierStatus;
 use letl_storage::{
     ByteStream, KeyPrefix, ObjectKey, ObjectMeta, ObjectReader, ObjectUri, PrefixUri, StorageError,
     TierName,
@@ -12,13 +13,13 @@ use letl_storage::{
 
 #[derive(Clone, Debug)]
 pub struct ObjectService {
-    directory: TierDirectory,
+    places: Places,
     mover: Mover,
 }
 
 impl ObjectService {
-    pub fn new(directory: TierDirectory, mover: Mover) -> Self {
-        Self { directory, mover }
+    pub fn new(places: Places, mover: Mover) -> Self {
+        Self { places, mover }
     }
 
     pub async fn put(
@@ -27,8 +28,7 @@ impl ObjectService {
         body: ByteStream,
         declared_len: Option<u64>,
     ) -> Result<ObjectMeta, ApiError> {
-        let tier = self.directory.get(&uri.tier)?;
-        Ok(tier.put(uri.key.clone(), body, declared_len, None).await?)
+        Ok(self.places.put(uri, body, declared_len, None).await?)
     }
 
     /// The checks a put would fail right away (tier, key, size, capacity), without its body.
@@ -37,19 +37,15 @@ impl ObjectService {
         uri: &ObjectUri,
         declared_len: Option<u64>,
     ) -> Result<(), ApiError> {
-        Ok(self
-            .directory
-            .get(&uri.tier)?
-            .check_put(uri.key.clone(), declared_len)
-            .await?)
+        Ok(self.places.check_put(uri, declared_len).await?)
     }
 
     pub async fn get(&self, uri: &ObjectUri) -> Result<(ObjectMeta, ObjectReader), ApiError> {
-        Ok(self.directory.get(&uri.tier)?.get(uri.key.clone()).await?)
+        Ok(self.places.get(uri).await?)
     }
 
     pub async fn head(&self, uri: &ObjectUri) -> Result<ObjectMeta, ApiError> {
-        Ok(self.directory.get(&uri.tier)?.head(uri.key.clone()).await?)
+        Ok(self.places.head(uri).await?)
     }
 
     pub async fn list(
@@ -58,20 +54,12 @@ impl ObjectService {
         prefix: KeyPrefix,
         start_after: Option<ObjectKey>,
         limit: usize,
-    ) -> Result<Vec<(ObjectKey, ObjectMeta)>, ApiError> {
-        Ok(self
-            .directory
-            .get(tier)?
-            .list(prefix, start_after, limit)
-            .await?)
+    ) -> Result<Listing, ApiError> {
+        Ok(self.places.list(tier, prefix, start_after, limit).await?)
     }
 
     pub async fn delete(&self, uri: &ObjectUri) -> Result<ObjectMeta, ApiError> {
-        Ok(self
-            .directory
-            .get(&uri.tier)?
-            .delete(uri.key.clone(), None)
-            .await?)
+        Ok(self.places.delete(uri, None).await?)
     }
 
     /// Copies (or moves) `source` to `destination` exactly once under `request_id`; a
@@ -94,9 +82,14 @@ impl ObjectService {
         &self.mover
     }
 
+    pub fn places(&self) -> &Places {
+        &self.places
+    }
+
     /// Every tier, in name order; a down tier is listed with its reason, never hiding the rest.
     pub async fn tiers(&self) -> Vec<TierStatus> {
-        self.directory
+        self.places
+            .directory()
             .statuses()
             .await
             .into_iter()

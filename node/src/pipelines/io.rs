@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use letl_actors::TierDirectory;
 use letl_actors::cache::CacheHandle;
 use letl_actors::pipeline::{Input, Ledger, Seen, Sink, Source, Stored};
 use letl_storage::{
@@ -14,6 +13,7 @@ use letl_storage::{
 use serde::{Deserialize, Serialize};
 
 use super::spec::render_key;
+use crate::places::Places;
 
 /// Most files a directory source takes in one run.
 pub const DIR_SOURCE_FILES_MAX: usize = 1_000_000;
@@ -21,26 +21,37 @@ pub const DIR_SOURCE_FILES_MAX: usize = 1_000_000;
 /// Objects under a tier prefix; fingerprints are their content hashes.
 #[derive(Debug)]
 pub struct TierSource {
-    pub directory: TierDirectory,
+    pub places: Places,
     pub from: PrefixUri,
 }
 
 #[async_trait::async_trait]
 impl Source for TierSource {
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Input>, String> {
-        let tier = self
-            .directory
-            .get(&self.from.tier)
-            .map_err(|e| e.to_string())?;
         let start_after = after
             .map(|key| ObjectKey::new(format!("{}{key}", self.from.prefix)))
             .transpose()
             .map_err(|e| e.to_string())?;
-        let page = tier
-            .list(self.from.prefix.clone(), start_after, limit)
+        let page = self
+            .places
+            .list(
+                &self.from.tier,
+                self.from.prefix.clone(),
+                start_after,
+                limit,
+            )
             .await
             .map_err(|e| e.to_string())?;
+        if !page.unreachable.is_empty() {
+            // A run over part of the source would look complete with inputs left out.
+            return Err(format!(
+                "{} cannot be listed whole now: {}",
+                self.from,
+                page.unreachable.join("; ")
+            ));
+        }
         Ok(page
+            .entries
             .into_iter()
             .map(|(key, meta)| Input {
                 uri: ObjectUri::new(self.from.tier.clone(), key.clone()).to_string(),
@@ -58,11 +69,8 @@ impl Source for TierSource {
     async fn open(&self, input: &Input) -> Result<ByteStream, String> {
         let key = ObjectKey::new(format!("{}{}", self.from.prefix, input.key))
             .map_err(|e| e.to_string())?;
-        let tier = self
-            .directory
-            .get(&self.from.tier)
-            .map_err(|e| e.to_string())?;
-        let (meta, reader) = tier.get(key).await.map_err(|e| e.to_string())?;
+        let uri = ObjectUri::new(self.from.tier.clone(), key);
+        let (meta, reader) = self.places.get(&uri).await.map_err(|e| e.to_string())?;
         if meta.hash.to_string() != input.fingerprint {
             return Err(format!("{} changed since it was listed", input.uri));
         }
@@ -235,7 +243,7 @@ impl Source for DirSource {
 /// Results stored under a tier prefix, named by the key template.
 #[derive(Debug)]
 pub struct TierSink {
-    pub directory: TierDirectory,
+    pub places: Places,
     pub to: PrefixUri,
     pub key_template: String,
     pub pipeline: String,
@@ -257,9 +265,9 @@ impl TierSink {
 impl Sink for TierSink {
     async fn store(&self, input: &Input, output: ByteStream) -> Result<Stored, String> {
         let uri = self.output_uri(input)?;
-        let tier = self.directory.get(&uri.tier).map_err(|e| e.to_string())?;
-        let meta = tier
-            .put(uri.key.clone(), output, None, None)
+        let meta = self
+            .places
+            .put(&uri, output, None, None)
             .await
             .map_err(|e| e.to_string())?;
         Ok(Stored {
@@ -291,7 +299,7 @@ pub struct Provenance {
 #[derive(Debug)]
 pub struct ProvenanceLedger {
     pub records: SledRecords<Provenance>,
-    pub directory: TierDirectory,
+    pub places: Places,
     pub cache: CacheHandle,
     pub pipeline: String,
     pub version: String,
@@ -330,13 +338,10 @@ impl Ledger for ProvenanceLedger {
             ),
             None => {
                 let output = ObjectUri::parse(&record.output).map_err(|e| e.to_string())?;
-                match self.directory.get(&output.tier) {
-                    Ok(tier) => matches!(
-                        tier.head(output.key).await,
-                        Ok(meta) if meta.hash.to_string() == record.output_hash
-                    ),
-                    Err(_) => false,
-                }
+                matches!(
+                    self.places.head(&output).await,
+                    Ok(meta) if meta.hash.to_string() == record.output_hash
+                )
             }
         };
         Ok(match (present, record.job == self.job) {

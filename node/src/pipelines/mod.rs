@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::places::Places;
 use axum::http::StatusCode;
-use letl_actors::TierDirectory;
 use letl_actors::pipeline::{
     DeadLetter, Input, JobEnd, JobPlan, JobProgress, JobStats, Source, run_job,
 };
@@ -255,7 +255,7 @@ pub struct Pipelines {
 
 #[derive(Debug)]
 struct Inner {
-    directory: TierDirectory,
+    places: Places,
     cache: CacheHandle,
     /// The cache's byte bound: a result loaded into the cache may not exceed it.
     cache_bytes_max: u64,
@@ -307,7 +307,7 @@ impl Inner {
             },
         ];
         for (field, text, tier) in named.into_iter().flatten() {
-            if let Err(e @ StorageError::UnknownTier { .. }) = self.directory.get(tier) {
+            if let Err(e @ StorageError::UnknownTier { .. }) = self.places.check_tier(tier) {
                 return Err(format!("{field}: `{text}`: {e}"));
             }
         }
@@ -316,7 +316,7 @@ impl Inner {
         else {
             return Ok(());
         };
-        let Ok(tier) = self.directory.get(&to.tier) else {
+        let Ok(tier) = self.places.directory().get(&to.tier) else {
             return Ok(());
         };
         let Ok(stats) = tier.stats().await else {
@@ -363,7 +363,7 @@ impl Pipelines {
     pub fn new(
         stores: PipelineStores,
         control: Cluster,
-        directory: TierDirectory,
+        places: Places,
         cache: CacheHandle,
         cache_bytes_max: u64,
         transforms: Arc<TransformRegistry>,
@@ -373,7 +373,7 @@ impl Pipelines {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                directory,
+                places,
                 cache,
                 cache_bytes_max,
                 transforms,
@@ -1067,7 +1067,7 @@ async fn run(
 ) -> Result<Option<JobRecord>, ApiError> {
     let source: Arc<dyn Source> = match &compiled.from {
         ExtractFrom::Tier(from) => Arc::new(TierSource {
-            directory: inner.directory.clone(),
+            places: inner.places.clone(),
             from: from.clone(),
         }),
         ExtractFrom::Dir(root) => Arc::new(DirSource::new(root.clone())),
@@ -1085,7 +1085,7 @@ async fn run(
     };
     let sink: Arc<dyn Sink> = match &compiled.to {
         LoadTo::Tier(to) => Arc::new(TierSink {
-            directory: inner.directory.clone(),
+            places: inner.places.clone(),
             to: to.clone(),
             key_template: compiled.key_template.clone(),
             pipeline: job.pipeline.clone(),
@@ -1112,7 +1112,7 @@ async fn run(
         sink,
         ledger: Arc::new(ProvenanceLedger {
             records: inner.provenance.clone(),
-            directory: inner.directory.clone(),
+            places: inner.places.clone(),
             cache: inner.cache.clone(),
             pipeline: job.pipeline.clone(),
             version: compiled.version_tag(),

@@ -1,0 +1,913 @@
+//! Where objects live in a cluster, and reaching them there.
+//!
+//! An object on a local tier (a directory, or memory) lives on the nodes picked by rendezvous
+//! hashing of its key over the voters that publish a local tier of that name: each such node
+//! scores `blake3(key, node id)` and the `replicas` highest hold the object. Hashing the key
+//! alone keeps an object on its node when it changes tiers under the same key. Objects on
+//! remote tiers (S3 endpoints) are reached from any node, so they are served where asked.
+//!
+//! [`Places`] offers the tier operations by URI and sends each to the nodes that hold the
+//! object, here through the tier actor or there over the data plane (QUIC, bodies streamed).
+//! A read asks the holders first, then every other node with the tier (an object placed under
+//! an older member set is still found); a delete asks every node with the tier.
+//! [`PlacesHandler`] serves other nodes' requests on this node's tiers, never further.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use letl_actors::{TierDirectory, TierHandle};
+use letl_raft::NodeId;
+use letl_raft::cluster::Cluster;
+use letl_raft::data::DataHandler;
+use letl_storage::codec::{decode_wire, encode_wire};
+use letl_storage::{
+    ByteStream, ContentHash, KeyPrefix, ObjectKey, ObjectMeta, ObjectReader, ObjectUri,
+    StorageError, TierName,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// Chunks a replicated put keeps in flight towards each replica; the slowest sets the pace.
+const REPLICA_CHUNKS_IN_FLIGHT_MAX: usize = 8;
+/// What a replica's body ends with when another replica of the same put failed.
+const REPLICA_ABORTED: &str = "another replica of this put failed";
+
+/// A request for this node's own tiers, from another node.
+#[derive(Debug, Serialize, Deserialize)]
+enum DataRequest {
+    Put {
+        uri: String,
+        declared_len: Option<u64>,
+        expected_hash: Option<ContentHash>,
+    },
+    CheckPut {
+        uri: String,
+        declared_len: Option<u64>,
+    },
+    Get {
+        uri: String,
+    },
+    Head {
+        uri: String,
+    },
+    Delete {
+        uri: String,
+        expected_hash: Option<ContentHash>,
+    },
+    List {
+        tier: String,
+        prefix: String,
+        start_after: Option<String>,
+        limit: u64,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum DataAnswer {
+    Meta(ObjectMeta),
+    Listed(Vec<(String, ObjectMeta)>),
+    Done,
+    Failed(WireError),
+}
+
+/// A [`StorageError`] as it crosses the network: the same kinds, I/O errors as their text.
+#[derive(Debug, Serialize, Deserialize)]
+enum WireError {
+    InvalidUri {
+        uri: String,
+        reason: String,
+    },
+    InvalidKey {
+        key: String,
+        reason: String,
+    },
+    InvalidRequestId {
+        id: String,
+        reason: String,
+    },
+    InvalidTierName {
+        name: String,
+        reason: String,
+    },
+    UnknownTier {
+        tier: String,
+        known: String,
+    },
+    NotFound {
+        tier: String,
+        key: String,
+    },
+    TierFull {
+        tier: String,
+        needed: u64,
+        available: u64,
+        capacity: u64,
+    },
+    NoSpace {
+        tier: String,
+        reason: String,
+    },
+    TooLarge {
+        size: u64,
+        max: u64,
+    },
+    Conflict {
+        tier: String,
+        key: String,
+        reason: String,
+    },
+    LengthMismatch {
+        declared: u64,
+        received: u64,
+    },
+    HashMismatch {
+        key: String,
+        expected: ContentHash,
+        actual: ContentHash,
+    },
+    Body(String),
+    Io {
+        context: String,
+        message: String,
+    },
+    Index(String),
+    Unavailable {
+        tier: String,
+        reason: String,
+    },
+}
+
+impl From<StorageError> for WireError {
+    fn from(e: StorageError) -> Self {
+        use StorageError as S;
+        match e {
+            S::InvalidUri { uri, reason } => Self::InvalidUri { uri, reason },
+            S::InvalidKey { key, reason } => Self::InvalidKey { key, reason },
+            S::InvalidRequestId { id, reason } => Self::InvalidRequestId { id, reason },
+            S::InvalidTierName { name, reason } => Self::InvalidTierName { name, reason },
+            S::UnknownTier { tier, known } => Self::UnknownTier { tier, known },
+            S::NotFound { tier, key } => Self::NotFound { tier, key },
+            S::TierFull {
+                tier,
+                needed,
+                available,
+                capacity,
+            } => Self::TierFull {
+                tier,
+                needed,
+                available,
+                capacity,
+            },
+            S::NoSpace { tier, reason } => Self::NoSpace { tier, reason },
+            S::TooLarge { size, max } => Self::TooLarge { size, max },
+            S::Conflict { tier, key, reason } => Self::Conflict { tier, key, reason },
+            S::LengthMismatch { declared, received } => Self::LengthMismatch { declared, received },
+            S::HashMismatch {
+                key,
+                expected,
+                actual,
+            } => Self::HashMismatch {
+                key,
+                expected,
+                actual,
+            },
+            S::Body(e) => Self::Body(e.to_string()),
+            S::Io { context, source } => Self::Io {
+                context,
+                message: source.to_string(),
+            },
+            S::Index(e) => Self::Index(e),
+            S::Unavailable { tier, reason } => Self::Unavailable { tier, reason },
+        }
+    }
+}
+
+impl From<WireError> for StorageError {
+    fn from(e: WireError) -> Self {
+        use WireError as W;
+        match e {
+            W::InvalidUri { uri, reason } => Self::InvalidUri { uri, reason },
+            W::InvalidKey { key, reason } => Self::InvalidKey { key, reason },
+            W::InvalidRequestId { id, reason } => Self::InvalidRequestId { id, reason },
+            W::InvalidTierName { name, reason } => Self::InvalidTierName { name, reason },
+            W::UnknownTier { tier, known } => Self::UnknownTier { tier, known },
+            W::NotFound { tier, key } => Self::NotFound { tier, key },
+            W::TierFull {
+                tier,
+                needed,
+                available,
+                capacity,
+            } => Self::TierFull {
+                tier,
+                needed,
+                available,
+                capacity,
+            },
+            W::NoSpace { tier, reason } => Self::NoSpace { tier, reason },
+            W::TooLarge { size, max } => Self::TooLarge { size, max },
+            W::Conflict { tier, key, reason } => Self::Conflict { tier, key, reason },
+            W::LengthMismatch { declared, received } => Self::LengthMismatch { declared, received },
+            W::HashMismatch {
+                key,
+                expected,
+                actual,
+            } => Self::HashMismatch {
+                key,
+                expected,
+                actual,
+            },
+            W::Body(message) => Self::Body(io::Error::other(message)),
+            W::Io { context, message } => Self::Io {
+                context,
+                source: io::Error::other(message),
+            },
+            W::Index(e) => Self::Index(e),
+            W::Unavailable { tier, reason } => Self::Unavailable { tier, reason },
+        }
+    }
+}
+
+/// Where one copy of an object is reached.
+#[derive(Clone, Debug)]
+enum Place {
+    Here(TierHandle),
+    There(NodeId),
+}
+
+/// A page of a listing merged from the nodes, and the nodes that could not answer.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub entries: Vec<(ObjectKey, ObjectMeta)>,
+    /// `node N: why`, for each node whose objects are missing from the page.
+    pub unreachable: Vec<String>,
+}
+
+/// The rendezvous order of `nodes` for `key`: the first holds the object, the next its
+/// replicas, in order.
+pub fn rendezvous(key: &ObjectKey, nodes: impl IntoIterator<Item = NodeId>) -> Vec<NodeId> {
+    let mut scored: Vec<(u64, NodeId)> = nodes
+        .into_iter()
+        .map(|node| {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(key.as_str().as_bytes());
+            hasher.update(&[0]);
+            hasher.update(&node.to_be_bytes());
+            let digest = hasher.finalize();
+            let mut score = [0u8; 8];
+            score.copy_from_slice(&digest.as_bytes()[..8]);
+            (u64::from_be_bytes(score), node)
+        })
+        .collect();
+    scored.sort_unstable_by(|a, b| b.cmp(a));
+    scored.into_iter().map(|(_, node)| node).collect()
+}
+
+/// Objects by URI, wherever in the cluster they live.
+#[derive(Clone, Debug)]
+pub struct Places {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    directory: TierDirectory,
+    cluster: Cluster,
+    replicas: usize,
+}
+
+impl Places {
+    pub fn new(directory: TierDirectory, cluster: Cluster, replicas: usize) -> Self {
+        assert!(replicas >= 1, "an object has at least one copy");
+        Self {
+            inner: Arc::new(Inner {
+                directory,
+                cluster,
+                replicas,
+            }),
+        }
+    }
+
+    /// Serves other nodes' requests on this node's tiers.
+    pub fn serve(&self) {
+        self.inner.cluster.serve_data(Arc::new(PlacesHandler {
+            directory: self.inner.directory.clone(),
+        }));
+    }
+
+    pub fn directory(&self) -> &TierDirectory {
+        &self.inner.directory
+    }
+
+    fn me(&self) -> NodeId {
+        self.inner.cluster.node_id()
+    }
+
+    /// The nodes that keep objects of `tier` on local storage, as this node sees the control
+    /// state: voters that published a non-S3 tier of that name. Empty: serve it here.
+    fn holders(&self, tier: &TierName) -> Vec<NodeId> {
+        let voters = self.inner.cluster.voters();
+        let name = tier.as_str();
+        let published = self.inner.cluster.read_local(|state| {
+            state
+                .tiers
+                .iter()
+                .filter(|(node, _)| voters.contains(node))
+                .filter(|(_, tiers)| tiers.iter().any(|t| t.name == name && t.backend != "s3"))
+                .map(|(node, _)| *node)
+                .collect::<Vec<_>>()
+        });
+        if published.len() == 1 && published[0] == self.me() {
+            return Vec::new();
+        }
+        // A remote tier here is served here, even if other nodes keep one of that name locally.
+        if let Ok(handle) = self.inner.directory.get(tier)
+            && !self.is_local_backend(&handle)
+        {
+            return Vec::new();
+        }
+        published
+    }
+
+    fn is_local_backend(&self, handle: &TierHandle) -> bool {
+        self.inner
+            .cluster
+            .read_local(|state| {
+                state.tiers.get(&self.me()).and_then(|tiers| {
+                    tiers
+                        .iter()
+                        .find(|t| t.name == handle.name().as_str())
+                        .map(|t| t.backend != "s3")
+                })
+            })
+            .unwrap_or(true)
+    }
+
+    /// Whether some node keeps `tier` (this one, or one that published it).
+    pub fn check_tier(&self, tier: &TierName) -> Result<(), StorageError> {
+        if self.holders(tier).is_empty() {
+            self.inner.directory.get(tier)?;
+        }
+        Ok(())
+    }
+
+    fn place(&self, tier: &TierName, node: NodeId) -> Result<Place, StorageError> {
+        if node == self.me() {
+            Ok(Place::Here(self.inner.directory.get(tier)?))
+        } else {
+            Ok(Place::There(node))
+        }
+    }
+
+    /// Where the copies of `uri` belong (the first is its home), then every other node with
+    /// its tier, in rendezvous order.
+    fn ranked(&self, uri: &ObjectUri) -> Result<(Vec<Place>, usize), StorageError> {
+        let holders = self.holders(&uri.tier);
+        if holders.is_empty() {
+            return Ok((vec![Place::Here(self.inner.directory.get(&uri.tier)?)], 1));
+        }
+        let order = rendezvous(&uri.key, holders);
+        let homes = self.inner.replicas.min(order.len());
+        let places = order
+            .into_iter()
+            .map(|node| self.place(&uri.tier, node))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((places, homes))
+    }
+
+    /// The node that is `uri`'s home (where its transforms run).
+    pub fn home(&self, uri: &ObjectUri) -> NodeId {
+        match self.ranked(uri) {
+            Ok((places, _)) => match places.first() {
+                Some(Place::There(node)) => *node,
+                _ => self.me(),
+            },
+            Err(_) => self.me(),
+        }
+    }
+
+    /// This node's tier actor for `uri`, if this node is the object's only home.
+    pub fn only_here(&self, uri: &ObjectUri) -> Option<TierHandle> {
+        match self.ranked(uri) {
+            Ok((places, 1)) => match places.into_iter().next() {
+                Some(Place::Here(handle)) => Some(handle),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    async fn call(
+        &self,
+        node: NodeId,
+        tier: &TierName,
+        request: &DataRequest,
+        body: Option<ByteStream>,
+    ) -> Result<(DataAnswer, ByteStream), StorageError> {
+        let header = encode_wire(request).map_err(|e| StorageError::Index(e.to_string()))?;
+        let unavailable = |reason: String| StorageError::Unavailable {
+            tier: tier.to_string(),
+            reason: format!("node {node}: {reason}"),
+        };
+        let reply = self
+            .inner
+            .cluster
+            .data_call(node, &header, body)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let answer: DataAnswer = decode_wire(&reply.header)
+            .map_err(|e| unavailable(format!("an undecodable answer: {e}")))?;
+        match answer {
+            DataAnswer::Failed(e) => Err(e.into()),
+            answer => Ok((answer, reply.body)),
+        }
+    }
+
+    fn unexpected(tier: &TierName, node: NodeId, answer: &DataAnswer) -> StorageError {
+        StorageError::Unavailable {
+            tier: tier.to_string(),
+            reason: format!("node {node} answered out of turn: {answer:?}"),
+        }
+    }
+
+    async fn put_at(
+        &self,
+        place: &Place,
+        uri: &ObjectUri,
+        body: ByteStream,
+        declared_len: Option<u64>,
+        expected_hash: Option<ContentHash>,
+    ) -> Result<ObjectMeta, StorageError> {
+        match place {
+            Place::Here(handle) => {
+                handle
+                    .put(uri.key.clone(), body, declared_len, expected_hash)
+                    .await
+            }
+            Place::There(node) => {
+                let request = DataRequest::Put {
+                    uri: uri.to_string(),
+                    declared_len,
+                    expected_hash,
+                };
+                match self.call(*node, &uri.tier, &request, Some(body)).await? {
+                    (DataAnswer::Meta(meta), _) => Ok(meta),
+                    (other, _) => Err(Self::unexpected(&uri.tier, *node, &other)),
+                }
+            }
+        }
+    }
+
+    /// Puts `uri` on each of its homes; done when every one has it durably.
+    pub async fn put(
+        &self,
+        uri: &ObjectUri,
+        body: ByteStream,
+        declared_len: Option<u64>,
+        expected_hash: Option<ContentHash>,
+    ) -> Result<ObjectMeta, StorageError> {
+        let (places, homes) = self.ranked(uri)?;
+        let homes = &places[..homes];
+        if let [only] = homes {
+            return self
+                .put_at(only, uri, body, declared_len, expected_hash)
+                .await;
+        }
+        // One body, several receivers: each chunk goes to every replica through a bounded
+        // queue. A replica that fails ends the others' bodies in an error, never a clean end
+        // (which would publish a short object).
+        let mut senders = Vec::with_capacity(homes.len());
+        let mut puts = Vec::with_capacity(homes.len());
+        for place in homes {
+            let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(REPLICA_CHUNKS_IN_FLIGHT_MAX);
+            senders.push(tx);
+            let body: ByteStream = Box::pin(tokio_stream_of(rx));
+            puts.push(self.put_at(place, uri, body, declared_len, expected_hash));
+        }
+        let pump = async move {
+            let mut body = body;
+            while let Some(chunk) = body.next().await {
+                match chunk {
+                    Ok(chunk) => {
+                        for tx in &senders {
+                            if tx.send(Ok(chunk.clone())).await.is_err() {
+                                for tx in &senders {
+                                    let _ = tx.try_send(Err(io::Error::other(REPLICA_ABORTED)));
+                                }
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let text = e.to_string();
+                        for tx in &senders {
+                            let _ = tx.send(Err(io::Error::other(text.clone()))).await;
+                        }
+                        return;
+                    }
+                }
+            }
+        };
+        let (results, ()) = tokio::join!(futures_util::future::join_all(puts), pump);
+        let mut first = None;
+        let mut failure = None;
+        for result in results {
+            match result {
+                Ok(meta) => {
+                    first.get_or_insert(meta);
+                }
+                Err(e) => {
+                    let secondary = e.to_string().contains(REPLICA_ABORTED);
+                    if failure.as_ref().is_none_or(|(s, _)| *s && !secondary) {
+                        failure = Some((secondary, e));
+                    }
+                }
+            }
+        }
+        match (failure, first) {
+            (Some((_, e)), _) => Err(e),
+            (None, Some(meta)) => Ok(meta),
+            (None, None) => Err(StorageError::Index(format!(
+                "{uri} had no home to put it on"
+            ))),
+        }
+    }
+
+    /// The checks a put of `uri` would fail right away, on each of its homes.
+    pub async fn check_put(
+        &self,
+        uri: &ObjectUri,
+        declared_len: Option<u64>,
+    ) -> Result<(), StorageError> {
+        let (places, homes) = self.ranked(uri)?;
+        for place in &places[..homes] {
+            match place {
+                Place::Here(handle) => handle.check_put(uri.key.clone(), declared_len).await?,
+                Place::There(node) => {
+                    let request = DataRequest::CheckPut {
+                        uri: uri.to_string(),
+                        declared_len,
+                    };
+                    let _answer = self.call(*node, &uri.tier, &request, None).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The object at one place: its metadata, and its bytes if `open`.
+    async fn look_at(
+        &self,
+        place: &Place,
+        uri: &ObjectUri,
+        open: bool,
+    ) -> Result<(ObjectMeta, Option<ObjectReader>), StorageError> {
+        match place {
+            Place::Here(handle) if open => {
+                let (meta, reader) = handle.get(uri.key.clone()).await?;
+                Ok((meta, Some(reader)))
+            }
+            Place::Here(handle) => Ok((handle.head(uri.key.clone()).await?, None)),
+            Place::There(node) => {
+                let request = if open {
+                    DataRequest::Get {
+                        uri: uri.to_string(),
+                    }
+                } else {
+                    DataRequest::Head {
+                        uri: uri.to_string(),
+                    }
+                };
+                match self.call(*node, &uri.tier, &request, None).await? {
+                    (DataAnswer::Meta(meta), body) => {
+                        let reader = open.then(|| ObjectReader {
+                            size: meta.size,
+                            body,
+                        });
+                        Ok((meta, reader))
+                    }
+                    (other, _) => Err(Self::unexpected(&uri.tier, *node, &other)),
+                }
+            }
+        }
+    }
+
+    /// Asks the object's places in order until one has it.
+    async fn find(
+        &self,
+        uri: &ObjectUri,
+        open: bool,
+    ) -> Result<(ObjectMeta, Option<ObjectReader>), StorageError> {
+        let (places, _) = self.ranked(uri)?;
+        let mut unreachable = Vec::new();
+        for place in &places {
+            match self.look_at(place, uri, open).await {
+                Err(StorageError::NotFound { .. }) => {}
+                Err(e @ StorageError::Unavailable { .. }) => {
+                    debug!(%uri, error = %e, "a holder did not answer; asking the next");
+                    unreachable.push(e.to_string());
+                }
+                other => return other,
+            }
+        }
+        if unreachable.is_empty() {
+            Err(StorageError::NotFound {
+                tier: uri.tier.to_string(),
+                key: uri.key.to_string(),
+            })
+        } else {
+            Err(StorageError::Unavailable {
+                tier: uri.tier.to_string(),
+                reason: format!(
+                    "`{}` is on no node that answered ({})",
+                    uri.key,
+                    unreachable.join("; ")
+                ),
+            })
+        }
+    }
+
+    pub async fn get(&self, uri: &ObjectUri) -> Result<(ObjectMeta, ObjectReader), StorageError> {
+        let (meta, reader) = self.find(uri, true).await?;
+        let reader =
+            reader.ok_or_else(|| StorageError::Index(format!("{uri} opened without its bytes")))?;
+        Ok((meta, reader))
+    }
+
+    pub async fn head(&self, uri: &ObjectUri) -> Result<ObjectMeta, StorageError> {
+        Ok(self.find(uri, false).await?.0)
+    }
+
+    /// Deletes `uri` from every node that has it (with `expected_hash`: only where it still
+    /// has those bytes).
+    pub async fn delete(
+        &self,
+        uri: &ObjectUri,
+        expected_hash: Option<ContentHash>,
+    ) -> Result<ObjectMeta, StorageError> {
+        let (places, _) = self.ranked(uri)?;
+        let request = DataRequest::Delete {
+            uri: uri.to_string(),
+            expected_hash,
+        };
+        let deletes = places.iter().map(|place| async {
+            match place {
+                Place::Here(handle) => handle.delete(uri.key.clone(), expected_hash).await,
+                Place::There(node) => match self.call(*node, &uri.tier, &request, None).await? {
+                    (DataAnswer::Meta(meta), _) => Ok(meta),
+                    (other, _) => Err(Self::unexpected(&uri.tier, *node, &other)),
+                },
+            }
+        });
+        let mut deleted = None;
+        let mut failure = None;
+        for outcome in futures_util::future::join_all(deletes).await {
+            match outcome {
+                Ok(meta) => {
+                    deleted.get_or_insert(meta);
+                }
+                Err(StorageError::NotFound { .. }) => {}
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        match (failure, deleted) {
+            (Some(e), _) => Err(e),
+            (None, Some(meta)) => Ok(meta),
+            (None, None) => Err(StorageError::NotFound {
+                tier: uri.tier.to_string(),
+                key: uri.key.to_string(),
+            }),
+        }
+    }
+
+    /// A page of `tier` merged from every node that keeps it: the first `limit` keys after
+    /// `start_after`, each once.
+    pub async fn list(
+        &self,
+        tier: &TierName,
+        prefix: KeyPrefix,
+        start_after: Option<ObjectKey>,
+        limit: usize,
+    ) -> Result<Listing, StorageError> {
+        let holders = self.holders(tier);
+        if holders.is_empty() {
+            let entries = self
+                .inner
+                .directory
+                .get(tier)?
+                .list(prefix, start_after, limit)
+                .await?;
+            return Ok(Listing {
+                entries,
+                unreachable: Vec::new(),
+            });
+        }
+        let request = DataRequest::List {
+            tier: tier.to_string(),
+            prefix: prefix.as_str().to_string(),
+            start_after: start_after.as_ref().map(|k| k.to_string()),
+            limit: limit as u64,
+        };
+        let pages = holders.iter().map(|node| {
+            let (prefix, start_after, request) = (prefix.clone(), start_after.clone(), &request);
+            async move {
+                let page = match self.place(tier, *node)? {
+                    Place::Here(handle) => handle.list(prefix, start_after, limit).await?,
+                    Place::There(node) => match self.call(node, tier, request, None).await? {
+                        (DataAnswer::Listed(entries), _) => entries
+                            .into_iter()
+                            .map(|(key, meta)| Ok((ObjectKey::new(key)?, meta)))
+                            .collect::<Result<Vec<_>, StorageError>>()?,
+                        (other, _) => return Err(Self::unexpected(tier, node, &other)),
+                    },
+                };
+                Ok::<_, StorageError>(page)
+            }
+        });
+        let mut merged: BTreeMap<ObjectKey, ObjectMeta> = BTreeMap::new();
+        let mut unreachable = Vec::new();
+        let mut answered = 0usize;
+        for (node, page) in holders
+            .iter()
+            .zip(futures_util::future::join_all(pages).await)
+        {
+            match page {
+                Ok(page) => {
+                    answered += 1;
+                    for (key, meta) in page {
+                        // Copies of one object: the newest wins.
+                        match merged.get(&key) {
+                            Some(held) if held.modified_ms >= meta.modified_ms => {}
+                            _ => {
+                                merged.insert(key, meta);
+                            }
+                        }
+                    }
+                }
+                Err(e @ StorageError::Unavailable { .. }) => {
+                    warn!(node, error = %e, "a node's objects are missing from a listing");
+                    unreachable.push(format!("node {node}: {e}"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if answered == 0 {
+            return Err(StorageError::Unavailable {
+                tier: tier.to_string(),
+                reason: format!("no node holding it answered ({})", unreachable.join("; ")),
+            });
+        }
+        Ok(Listing {
+            entries: merged.into_iter().take(limit).collect(),
+            unreachable,
+        })
+    }
+}
+
+/// A bounded queue's receiving end as a body.
+fn tokio_stream_of(
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
+
+/// Serves other nodes' requests on this node's own tiers.
+struct PlacesHandler {
+    directory: TierDirectory,
+}
+
+impl PlacesHandler {
+    async fn answer(
+        &self,
+        request: DataRequest,
+        body: ByteStream,
+    ) -> Result<(DataAnswer, Option<ByteStream>), StorageError> {
+        Ok(match request {
+            DataRequest::Put {
+                uri,
+                declared_len,
+                expected_hash,
+            } => {
+                let uri = ObjectUri::parse(&uri)?;
+                let handle = self.directory.get(&uri.tier)?;
+                let meta = handle
+                    .put(uri.key, body, declared_len, expected_hash)
+                    .await?;
+                (DataAnswer::Meta(meta), None)
+            }
+            DataRequest::CheckPut { uri, declared_len } => {
+                let uri = ObjectUri::parse(&uri)?;
+                let handle = self.directory.get(&uri.tier)?;
+                handle.check_put(uri.key, declared_len).await?;
+                (DataAnswer::Done, None)
+            }
+            DataRequest::Get { uri } => {
+                let uri = ObjectUri::parse(&uri)?;
+                let (meta, reader) = self.directory.get(&uri.tier)?.get(uri.key).await?;
+                (DataAnswer::Meta(meta), Some(reader.body))
+            }
+            DataRequest::Head { uri } => {
+                let uri = ObjectUri::parse(&uri)?;
+                let meta = self.directory.get(&uri.tier)?.head(uri.key).await?;
+                (DataAnswer::Meta(meta), None)
+            }
+            DataRequest::Delete { uri, expected_hash } => {
+                let uri = ObjectUri::parse(&uri)?;
+                let meta = self
+                    .directory
+                    .get(&uri.tier)?
+                    .delete(uri.key, expected_hash)
+                    .await?;
+                (DataAnswer::Meta(meta), None)
+            }
+            DataRequest::List {
+                tier,
+                prefix,
+                start_after,
+                limit,
+            } => {
+                let tier = TierName::new(tier)?;
+                let prefix = KeyPrefix::new(prefix)?;
+                let start_after = start_after.map(ObjectKey::new).transpose()?;
+                let limit = usize::try_from(limit)
+                    .unwrap_or(usize::MAX)
+                    .min(letl_storage::LIST_PAGE_ENTRIES_MAX);
+                let entries = self
+                    .directory
+                    .get(&tier)?
+                    .list(prefix, start_after, limit)
+                    .await?
+                    .into_iter()
+                    .map(|(key, meta)| (key.to_string(), meta))
+                    .collect();
+                (DataAnswer::Listed(entries), None)
+            }
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl DataHandler for PlacesHandler {
+    async fn handle(&self, header: Vec<u8>, body: ByteStream) -> (Vec<u8>, Option<ByteStream>) {
+        let (answer, body) = match decode_wire::<DataRequest>(&header) {
+            Ok(request) => match self.answer(request, body).await {
+                Ok(answered) => answered,
+                Err(e) => (DataAnswer::Failed(e.into()), None),
+            },
+            Err(e) => (
+                DataAnswer::Failed(WireError::Body(format!("an undecodable request: {e}"))),
+                None,
+            ),
+        };
+        match encode_wire(&answer) {
+            Ok(header) => (header, body),
+            Err(e) => {
+                let failed = DataAnswer::Failed(WireError::Index(e.to_string()));
+                (encode_wire(&failed).unwrap_or_default(), None)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_spreads_keys_and_moves_few_when_a_node_joins() {
+        let keys: Vec<ObjectKey> = (0..3000)
+            .map(|i| ObjectKey::new(format!("data/object-{i}")).unwrap())
+            .collect();
+        let mut counts = BTreeMap::new();
+        for key in &keys {
+            *counts.entry(rendezvous(key, [1, 2, 3])[0]).or_insert(0) += 1;
+        }
+        for node in 1..=3 {
+            let n = counts[&node];
+            assert!((800..1200).contains(&n), "node {node} holds {n} of 3000");
+        }
+        // A fourth node takes about a quarter, each from the node that had it; no key moves
+        // between the old nodes.
+        let mut moved = 0;
+        for key in &keys {
+            let before = rendezvous(key, [1, 2, 3])[0];
+            let after = rendezvous(key, [1, 2, 3, 4])[0];
+            if before != after {
+                assert_eq!(after, 4, "{key} moved between old nodes");
+                moved += 1;
+            }
+        }
+        assert!((600..900).contains(&moved), "{moved} of 3000 moved");
+        // The order does not depend on the order nodes are given in.
+        let key = &keys[0];
+        assert_eq!(rendezvous(key, [3, 1, 2]), rendezvous(key, [1, 2, 3]));
+    }
+}
