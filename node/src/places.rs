@@ -14,14 +14,15 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use letl_actors::{TierDirectory, TierHandle};
 use letl_raft::NodeId;
 use letl_raft::cluster::Cluster;
-use letl_raft::data::DataHandler;
+use letl_raft::data::{DATA_ANSWER_TIMEOUT, DATA_QUICK_ANSWER_TIMEOUT, DataHandler};
 use letl_storage::codec::{decode_wire, encode_wire};
 use letl_storage::{
     ByteStream, ContentHash, KeyPrefix, ObjectKey, ObjectMeta, ObjectReader, ObjectUri,
@@ -33,6 +34,8 @@ use tracing::{debug, warn};
 
 /// Chunks a replicated put keeps in flight towards each replica; the slowest sets the pace.
 const REPLICA_CHUNKS_IN_FLIGHT_MAX: usize = 8;
+/// A node that did not answer is asked last, for reads, for this long.
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
 /// What a replica's body ends with when another replica of the same put failed.
 const REPLICA_ABORTED: &str = "another replica of this put failed";
 
@@ -277,6 +280,8 @@ struct Inner {
     directory: TierDirectory,
     cluster: Cluster,
     replicas: usize,
+    /// Nodes that lately failed to answer, and when.
+    suspects: Mutex<BTreeMap<NodeId, Instant>>,
 }
 
 impl Places {
@@ -287,6 +292,7 @@ impl Places {
                 directory,
                 cluster,
                 replicas,
+                suspects: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -344,6 +350,15 @@ impl Places {
                 })
             })
             .unwrap_or(true)
+    }
+
+    fn suspected(&self, node: NodeId) -> bool {
+        self.inner
+            .suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node)
+            .is_some_and(|since| since.elapsed() < SUSPECT_FOR)
     }
 
     /// Whether some node keeps `tier` (this one, or one that published it).
@@ -412,12 +427,32 @@ impl Places {
             tier: tier.to_string(),
             reason: format!("node {node}: {reason}"),
         };
+        let timeout = if body.is_some() {
+            DATA_ANSWER_TIMEOUT
+        } else {
+            DATA_QUICK_ANSWER_TIMEOUT
+        };
         let reply = self
             .inner
             .cluster
-            .data_call(node, &header, body)
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .data_call(node, &header, body, timeout)
+            .await;
+        let mut suspects = self
+            .inner
+            .suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let reply = match reply {
+            Ok(reply) => {
+                suspects.remove(&node);
+                reply
+            }
+            Err(e) => {
+                suspects.insert(node, Instant::now());
+                return Err(unavailable(e.to_string()));
+            }
+        };
+        drop(suspects);
         let answer: DataAnswer = decode_wire(&reply.header)
             .map_err(|e| unavailable(format!("an undecodable answer: {e}")))?;
         match answer {
@@ -601,7 +636,10 @@ impl Places {
         uri: &ObjectUri,
         open: bool,
     ) -> Result<(ObjectMeta, Option<ObjectReader>), StorageError> {
-        let (places, _) = self.ranked(uri)?;
+        let (mut places, _) = self.ranked(uri)?;
+        // Nodes that lately did not answer go last: a dead holder costs one timeout, not one
+        // per read.
+        places.sort_by_key(|place| matches!(place, Place::There(node) if self.suspected(*node)));
         let mut unreachable = Vec::new();
         for place in &places {
             match self.look_at(place, uri, open).await {

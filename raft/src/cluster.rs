@@ -554,6 +554,7 @@ impl Cluster {
         to: NodeId,
         header: &[u8],
         body: Option<letl_storage::ByteStream>,
+        answer_timeout: Duration,
     ) -> Result<crate::data::DataReply, TransportError> {
         let Some(info) = self.members().remove(&to) else {
             return Err(TransportError::Unreachable {
@@ -564,7 +565,7 @@ impl Cluster {
         };
         self.inner
             .transport
-            .data_call(to, &info.quic, header, body)
+            .data_call(to, &info.quic, header, body, answer_timeout)
             .await
     }
 

@@ -25,9 +25,11 @@ use crate::transport::{Channel, QuicTransport, TransportError, read_frame, write
 pub const DATA_CHUNK_BYTES_MAX: usize = 1 << 20;
 /// A body that moves no byte for this long (either way) fails.
 pub const DATA_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Once a request's body is sent, its answer's header comes within this long (it waits for
-/// the receiver to make the bytes durable).
+/// Once a put's body is sent, its answer's header comes within this long (it waits for the
+/// receiver to make the bytes durable).
 pub const DATA_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+/// A request without a body is answered within this long, or its peer is taken for gone.
+pub const DATA_QUICK_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The error code of a stream reset because its body failed.
 const BODY_FAILED: u32 = 1;
 
@@ -145,13 +147,15 @@ async fn send_body(
 
 impl QuicTransport {
     /// Sends a data request (a header, then `body`) to node `to` at `addr` and returns its
-    /// answer as soon as the answer's header is in; the answer's body streams after it.
+    /// answer as soon as the answer's header is in; the answer's body streams after it. The
+    /// answer must come within `answer_timeout` of the body's end.
     pub async fn data_call(
         &self,
         to: NodeId,
         addr: &str,
         header: &[u8],
         body: Option<ByteStream>,
+        answer_timeout: Duration,
     ) -> Result<DataReply, TransportError> {
         let failed = |reason: String| TransportError::Exchange { to, reason };
         let connection = self.connection(to, addr, Channel::Data).await?;
@@ -183,9 +187,14 @@ impl QuicTransport {
                         debug!(peer = to, error = %e, "a data request's body stopped");
                     }
                     sent = Some(done);
-                    tokio::time::timeout(DATA_ANSWER_TIMEOUT, &mut answer)
-                        .await
-                        .unwrap_or_else(|_| Err(format!("no answer within {DATA_ANSWER_TIMEOUT:?}")))
+                    match tokio::time::timeout(answer_timeout, &mut answer).await {
+                        Ok(header) => header,
+                        Err(_) => {
+                            // The peer may be gone behind a connection that still looks open.
+                            self.forget(to, Channel::Data);
+                            return Err(TransportError::Timeout { to, timeout: answer_timeout });
+                        }
+                    }
                 }
             };
             (header, sent)
@@ -320,7 +329,10 @@ mod tests {
             .map(|i| u8::try_from(i % 251).unwrap())
             .collect();
         let body = letl_storage::stream_of(Bytes::from(data.clone()), 64 * 1024);
-        let reply = one.data_call(2, &addr, b"echo", Some(body)).await.unwrap();
+        let reply = one
+            .data_call(2, &addr, b"echo", Some(body), DATA_ANSWER_TIMEOUT)
+            .await
+            .unwrap();
         assert_eq!(reply.header, format!("got {}", data.len()).into_bytes());
         assert_eq!(collect(reply.body).await.unwrap(), data);
         let len = data.len() as u64;
@@ -336,7 +348,13 @@ mod tests {
         // Far more than the flow-control windows: sending it all would block for ever.
         let endless = futures_util::stream::repeat_with(|| Ok(Bytes::from(vec![7u8; 1 << 16])));
         let reply = one
-            .data_call(2, &addr, b"refuse", Some(Box::pin(endless)))
+            .data_call(
+                2,
+                &addr,
+                b"refuse",
+                Some(Box::pin(endless)),
+                DATA_ANSWER_TIMEOUT,
+            )
             .await
             .unwrap();
         assert_eq!(reply.header, b"refused");
@@ -351,7 +369,9 @@ mod tests {
             Ok(Bytes::from_static(b"some bytes")),
             Err(io::Error::other("the disk failed")),
         ]);
-        let outcome = one.data_call(2, &addr, b"echo", Some(Box::pin(body))).await;
+        let outcome = one
+            .data_call(2, &addr, b"echo", Some(Box::pin(body)), DATA_ANSWER_TIMEOUT)
+            .await;
         match outcome {
             Err(TransportError::Exchange { reason, .. }) => {
                 assert!(reason.contains("the disk failed"), "{reason}");
@@ -368,7 +388,9 @@ mod tests {
     async fn a_node_not_serving_data_yet_refuses_the_stream() {
         let (one, two, addr) = pair();
         two.serve(Arc::new(NoControl));
-        let outcome = one.data_call(2, &addr, b"echo", None).await;
+        let outcome = one
+            .data_call(2, &addr, b"echo", None, DATA_QUICK_ANSWER_TIMEOUT)
+            .await;
         assert!(
             matches!(outcome, Err(TransportError::Exchange { .. })),
             "{outcome:?}"

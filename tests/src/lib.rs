@@ -5,6 +5,7 @@
 //! Nothing depends on it. It never links the node's code: everything goes through processes,
 //! sockets and files.
 
+pub mod cluster;
 pub mod https;
 pub mod seaweed;
 
@@ -135,7 +136,12 @@ impl TestNode {
     /// A cluster member: fixed free loopback ports, so that its address survives restarts.
     /// Not started: a node that joins a cluster runs `letl cluster join` first.
     pub fn cluster_member() -> Self {
-        let mut node = Self::unstarted(&std::env::temp_dir(), None);
+        Self::cluster_member_with(None)
+    }
+
+    /// A cluster member with a config file of `config`'s text.
+    pub fn cluster_member_with(config: Option<&str>) -> Self {
+        let mut node = Self::unstarted(&std::env::temp_dir(), config);
         let (http, quic) = free_ports();
         node.http_listen = format!("127.0.0.1:{http}");
         node.quic_listen = Some(format!("127.0.0.1:{quic}"));

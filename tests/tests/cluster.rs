@@ -8,63 +8,16 @@
 //! gives the same job through any node, and a LETL route's request id used through one node
 //! is refused through another.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use letl_tests::TestNode;
-
-/// Longest wait for the cluster to reach a state (an election takes 0.5 to 1 s; a join a few).
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+use letl_tests::cluster::{join, status, voters, wait_status};
 
 const SPEC: &str = "name = \"covid-md5\"\n[extract]\nfrom = \"ssd:/covid/\"\n[[transform]]\nkind = \"md5\"\n[load]\nto = \"hdd:/covid-md5/\"\n";
-
-fn status(node: &TestNode) -> serde_json::Value {
-    serde_json::from_str(node.cli(&["cluster", "status", "--json"]).ok()).expect("status json")
-}
-
-/// Waits until `check` holds for `node`'s status; returns that status.
-#[track_caller]
-fn wait_status(
-    node: &TestNode,
-    what: &str,
-    check: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    loop {
-        let run = node.cli(&["cluster", "status", "--json"]);
-        if run.code == 0 {
-            let status: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
-            if check(&status) {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "never {what}: {status}");
-        } else {
-            assert!(Instant::now() < deadline, "never {what}: {}", run.stderr);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn voters(status: &serde_json::Value) -> usize {
-    status["members"]
-        .as_array()
-        .expect("members")
-        .iter()
-        .filter(|m| m["voter"] == true)
-        .count()
-}
 
 fn show(node: &TestNode) -> serde_json::Value {
     let run = node.cli(&["pipeline", "show", "covid-md5"]);
     serde_json::from_str(run.ok()).unwrap_or_else(|_| panic!("show json: {}", run.stdout))
-}
-
-fn join(node: &mut TestNode, member: &TestNode, token: &str) {
-    let out = node
-        .cli(&["cluster", "join", &member.url(), "--token", token])
-        .ok()
-        .to_string();
-    assert!(out.contains("joined cluster"), "{out}");
-    node.restart();
 }
 
 #[test]

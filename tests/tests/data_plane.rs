@@ -1,0 +1,164 @@
+//! The data plane between three real nodes on loopback: objects put through one node are
+//! spread over all three by rendezvous hashing, stored once each (or on two nodes with
+//! `replicas = 2`), and readable, listable and deletable through every node; with two
+//! replicas, every object survives a SIGKILLed node.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use letl_tests::TestNode;
+use letl_tests::cluster::form;
+
+const OBJECTS: usize = 300;
+
+fn content(i: usize) -> String {
+    format!("object {i} of the data plane test\n").repeat(1 + i % 7)
+}
+
+/// The files under `dir` (recursively), by path relative to it.
+fn files_under(dir: &Path) -> BTreeMap<String, String> {
+    let mut found = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&at) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let name = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
+                found.insert(name, std::fs::read_to_string(&path).unwrap_or_default());
+            }
+        }
+    }
+    found
+}
+
+fn put_all(node: &TestNode, count: usize) {
+    for i in 0..count {
+        let (status, body) = node.http(
+            "PUT",
+            &format!("/v1/objects/ssd/spread/obj-{i:03}"),
+            content(i).as_bytes(),
+        );
+        assert_eq!(status, 201, "put {i}: {body}");
+    }
+}
+
+#[track_caller]
+fn read_back(node: &TestNode, i: usize) {
+    let (status, body) = node.http("GET", &format!("/v1/objects/ssd/spread/obj-{i:03}"), b"");
+    assert_eq!(status, 200, "get {i} through {}: {body}", node.url());
+    assert_eq!(body, content(i), "object {i} through {}", node.url());
+}
+
+#[test]
+fn objects_put_through_one_node_spread_over_three_and_are_served_through_every_node() {
+    let nodes = form(3, None);
+    put_all(&nodes[0], OBJECTS);
+
+    // Each object is stored once, on one node's disk; each node holds about a third.
+    let held: Vec<BTreeMap<String, String>> = nodes
+        .iter()
+        .map(|n| files_under(&n.tier_dir("ssd").join("spread")))
+        .collect();
+    let total: usize = held.iter().map(BTreeMap::len).sum();
+    assert_eq!(
+        total,
+        OBJECTS,
+        "each object once: {:?}",
+        held.iter().map(BTreeMap::len).collect::<Vec<_>>()
+    );
+    for (n, files) in held.iter().enumerate() {
+        assert!(
+            (60..=140).contains(&files.len()),
+            "node {} holds {} of {OBJECTS}",
+            n + 1,
+            files.len()
+        );
+        for (name, text) in files {
+            let i: usize = name.trim_start_matches("obj-").parse().unwrap();
+            assert_eq!(*text, content(i), "{name} on node {}", n + 1);
+        }
+    }
+
+    // Every object reads back through every node, and lists whole through each.
+    for node in &nodes {
+        for i in 0..OBJECTS {
+            read_back(node, i);
+        }
+        let listed = node.cli(&["ls", "ssd:/spread/"]);
+        assert_eq!(listed.ok().lines().count(), OBJECTS, "{}", listed.stdout);
+    }
+    let stat = nodes[2].cli(&["stat", "ssd:/spread/obj-007"]);
+    assert!(
+        stat.ok().contains(&content(7).len().to_string()),
+        "{}",
+        stat.stdout
+    );
+
+    // A missing object is a 404 from any node, after every holder was asked.
+    let (status, body) = nodes[1].http("GET", "/v1/objects/ssd/spread/none", b"");
+    assert_eq!(status, 404, "{body}");
+
+    // Deletes through node 3 remove the objects wherever they are.
+    for i in (0..OBJECTS).step_by(2) {
+        nodes[2]
+            .cli(&["rm", &format!("ssd:/spread/obj-{i:03}")])
+            .ok();
+    }
+    let left: usize = nodes
+        .iter()
+        .map(|n| files_under(&n.tier_dir("ssd").join("spread")).len())
+        .sum();
+    assert_eq!(left, OBJECTS / 2);
+    let listed = nodes[1].cli(&["ls", "ssd:/spread/"]);
+    assert_eq!(listed.ok().lines().count(), OBJECTS / 2);
+    let (status, _) = nodes[0].http("GET", "/v1/objects/ssd/spread/obj-000", b"");
+    assert_eq!(status, 404);
+    read_back(&nodes[0], 1);
+
+    // A copy between tiers through a node that holds neither end lands where it belongs.
+    let copied = nodes[0].cli(&["cp", "ssd:/spread/obj-001", "hdd:/copies/obj-001"]);
+    copied.ok();
+    for node in &nodes {
+        let (status, body) = node.http("GET", "/v1/objects/hdd/copies/obj-001", b"");
+        assert_eq!((status, body), (200, content(1)));
+    }
+}
+
+#[test]
+fn with_two_replicas_every_object_is_on_two_nodes_and_survives_a_sigkill() {
+    let config = "[cluster]\nreplicas = 2\n";
+    let mut nodes = form(3, Some(config));
+    let count = 90;
+    put_all(&nodes[0], count);
+
+    let mut copies: BTreeMap<String, usize> = BTreeMap::new();
+    for node in &nodes {
+        for name in files_under(&node.tier_dir("ssd").join("spread")).into_keys() {
+            *copies.entry(name).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(copies.len(), count);
+    assert!(copies.values().all(|&c| c == 2), "{copies:?}");
+
+    // Node 2 dies without a word; every object still reads through the other two.
+    nodes[1].kill();
+    for node in [&nodes[0], &nodes[2]] {
+        for i in 0..count {
+            read_back(node, i);
+        }
+    }
+    let listed = nodes[2].cli(&["ls", "ssd:/spread/"]);
+    assert_eq!(listed.ok().lines().count(), count, "{}", listed.stdout);
+    assert!(listed.stderr.contains("node 2"), "{}", listed.stderr);
+}
