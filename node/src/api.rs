@@ -355,6 +355,26 @@ pub struct JobInfo {
     pub started: String,
     pub ended: Option<String>,
     pub elapsed_ms: u64,
+    /// Object bytes the job moved between nodes (inputs fetched, results sent).
+    #[serde(default)]
+    pub bytes_between_nodes: u64,
+    /// A job run by several nodes: each node's part, with its figures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<JobPartInfo>,
+    /// The job this one is a part of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_of: Option<String>,
+}
+
+/// One node's part of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobPartInfo {
+    pub node: u64,
+    pub job: String,
+    pub state: String,
+    pub error: Option<String>,
+    pub stats: letl_actors::pipeline::JobStats,
+    pub bytes_between_nodes: u64,
 }
 
 impl JobInfo {
@@ -384,6 +404,20 @@ impl JobInfo {
                 .ended_ms
                 .unwrap_or(now_ms)
                 .saturating_sub(job.started_ms),
+            bytes_between_nodes: job.bytes_between_nodes,
+            parts: job
+                .parts
+                .iter()
+                .map(|p| JobPartInfo {
+                    node: p.node,
+                    job: p.job.clone(),
+                    state: p.state.name().to_string(),
+                    error: p.error.clone(),
+                    stats: p.stats.clone(),
+                    bytes_between_nodes: p.bytes_between_nodes,
+                })
+                .collect(),
+            part_of: job.part_of.clone(),
         }
     }
 

@@ -799,6 +799,25 @@ fn print_job_status(job: &crate::api::JobInfo) {
         );
     }
     println!("elapsed:    {:.3} s", job.elapsed_ms as f64 / 1000.0);
+    println!("between nodes: {}", human_bytes(job.bytes_between_nodes));
+    if let Some(parent) = &job.part_of {
+        println!("part of:    {parent}");
+    }
+    for part in &job.parts {
+        let p = &part.stats;
+        println!(
+            "  node {:<3} {:<11} in {} ({}), out {} ({}), skipped {}, dead-lettered {}, between nodes {}",
+            part.node,
+            part.state,
+            p.objects_in,
+            human_bytes(p.bytes_in),
+            p.objects_out,
+            human_bytes(p.bytes_out),
+            p.skipped,
+            p.dead_lettered,
+            human_bytes(part.bytes_between_nodes)
+        );
+    }
     for letter in &job.dead_letters {
         eprintln!(
             "letl: dead letter: {} ({}): {}",

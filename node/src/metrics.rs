@@ -90,6 +90,18 @@ impl Metrics {
 
 /// Pipeline figures for `/metrics`: totals per pipeline (bounded by the pipelines registered)
 /// and live figures per running job (bounded by the jobs running).
+/// Object bytes this node's data plane sent to and received from other nodes.
+pub fn render_data_plane(sent: u64, received: u64) -> String {
+    format!(
+        "# HELP letl_data_plane_bytes_sent_total Object bytes sent to other nodes.\n\
+         # TYPE letl_data_plane_bytes_sent_total counter\n\
+         letl_data_plane_bytes_sent_total {sent}\n\
+         # HELP letl_data_plane_bytes_received_total Object bytes received from other nodes.\n\
+         # TYPE letl_data_plane_bytes_received_total counter\n\
+         letl_data_plane_bytes_received_total {received}\n"
+    )
+}
+
 pub fn render_pipelines(
     pipelines: &[(String, crate::pipelines::PipelineStats)],
     running: &[(String, letl_actors::pipeline::JobStats)],

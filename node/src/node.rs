@@ -115,7 +115,8 @@ pub async fn start(
     // Transfers a previous run left unfinished are finished before anything new is served;
     // then the move jobs it left running go on from where they stood.
     let places = Places::new(directory.clone(), deps.cluster.clone(), deps.replicas);
-    places.serve();
+    let transforms = Arc::new(crate::transforms::registry());
+    places.serve(Arc::clone(&transforms));
     let mover = Mover::new(places.clone(), deps.moves, Arc::clone(&deps.clock));
     mover
         .resume()
@@ -130,7 +131,6 @@ pub async fn start(
     );
     jobs.resume()
         .map_err(|e| anyhow::anyhow!("resuming move jobs: {}", e.message))?;
-    let transforms = Arc::new(crate::transforms::registry());
     let cache = letl_actors::cache::CacheHandle::start(deps.cache)
         .await
         .map_err(anyhow::Error::msg)?;

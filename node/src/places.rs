@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use letl_actors::transform::{Transform, TransformRegistry};
 use letl_actors::{TierDirectory, TierHandle};
 use letl_raft::NodeId;
 use letl_raft::cluster::Cluster;
@@ -31,6 +32,8 @@ use letl_storage::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
+
+use crate::error::ApiError;
 
 /// Chunks a replicated put keeps in flight towards each replica; the slowest sets the pace.
 const REPLICA_CHUNKS_IN_FLIGHT_MAX: usize = 8;
@@ -67,6 +70,11 @@ enum DataRequest {
         start_after: Option<String>,
         limit: u64,
     },
+    /// The object's bytes through a transform of `kind`, applied where the object is.
+    GetTransformed {
+        uri: String,
+        kind: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -75,6 +83,8 @@ enum DataAnswer {
     Listed(Vec<(String, ObjectMeta)>),
     Done,
     Failed(WireError),
+    /// The transform failed on the object (its bytes were found).
+    TransformFailed(String),
 }
 
 /// A [`StorageError`] as it crosses the network: the same kinds, I/O errors as their text.
@@ -297,10 +307,12 @@ impl Places {
         }
     }
 
-    /// Serves other nodes' requests on this node's tiers.
-    pub fn serve(&self) {
+    /// Serves other nodes' requests on this node's tiers, applying `transforms` for reads
+    /// through a transform.
+    pub fn serve(&self, transforms: Arc<TransformRegistry>) {
         self.inner.cluster.serve_data(Arc::new(PlacesHandler {
             directory: self.inner.directory.clone(),
+            transforms,
         }));
     }
 
@@ -314,7 +326,7 @@ impl Places {
 
     /// The nodes that keep objects of `tier` on local storage, as this node sees the control
     /// state: voters that published a non-S3 tier of that name. Empty: serve it here.
-    fn holders(&self, tier: &TierName) -> Vec<NodeId> {
+    pub fn holders(&self, tier: &TierName) -> Vec<NodeId> {
         let voters = self.inner.cluster.voters();
         let name = tier.as_str();
         let published = self.inner.cluster.read_local(|state| {
@@ -401,6 +413,19 @@ impl Places {
                 _ => self.me(),
             },
             Err(_) => self.me(),
+        }
+    }
+
+    /// Whether this node is where `uri`'s transforms run when it holds the object: it is the
+    /// object's home, or the object lives here although placed elsewhere (put under another
+    /// member set), so no other node takes it for its own.
+    pub fn processes_here(&self, uri: &ObjectUri) -> bool {
+        match self.ranked(uri) {
+            Ok((places, homes)) => {
+                matches!(places.first(), Some(Place::Here(_)))
+                    || !places[..homes].iter().any(|p| matches!(p, Place::Here(_)))
+            }
+            Err(_) => true,
         }
     }
 
@@ -504,12 +529,31 @@ impl Places {
         declared_len: Option<u64>,
         expected_hash: Option<ContentHash>,
     ) -> Result<ObjectMeta, StorageError> {
+        Ok(self
+            .put_counted(uri, body, declared_len, expected_hash)
+            .await?
+            .0)
+    }
+
+    /// [`Self::put`], also saying to how many other nodes the bytes went.
+    pub async fn put_counted(
+        &self,
+        uri: &ObjectUri,
+        body: ByteStream,
+        declared_len: Option<u64>,
+        expected_hash: Option<ContentHash>,
+    ) -> Result<(ObjectMeta, usize), StorageError> {
         let (places, homes) = self.ranked(uri)?;
         let homes = &places[..homes];
+        let remote = homes
+            .iter()
+            .filter(|p| matches!(p, Place::There(_)))
+            .count();
         if let [only] = homes {
-            return self
+            let meta = self
                 .put_at(only, uri, body, declared_len, expected_hash)
-                .await;
+                .await?;
+            return Ok((meta, remote));
         }
         // One body, several receivers: each chunk goes to every replica through a bounded
         // queue. A replica that fails ends the others' bodies in an error, never a clean end
@@ -564,7 +608,7 @@ impl Places {
         }
         match (failure, first) {
             (Some((_, e)), _) => Err(e),
-            (None, Some(meta)) => Ok(meta),
+            (None, Some(meta)) => Ok((meta, remote)),
             (None, None) => Err(StorageError::Index(format!(
                 "{uri} had no home to put it on"
             ))),
@@ -635,7 +679,7 @@ impl Places {
         &self,
         uri: &ObjectUri,
         open: bool,
-    ) -> Result<(ObjectMeta, Option<ObjectReader>), StorageError> {
+    ) -> Result<(ObjectMeta, Option<ObjectReader>, bool), StorageError> {
         let (mut places, _) = self.ranked(uri)?;
         // Nodes that lately did not answer go last: a dead holder costs one timeout, not one
         // per read.
@@ -643,12 +687,15 @@ impl Places {
         let mut unreachable = Vec::new();
         for place in &places {
             match self.look_at(place, uri, open).await {
+                Ok((meta, reader)) => {
+                    return Ok((meta, reader, matches!(place, Place::There(_))));
+                }
                 Err(StorageError::NotFound { .. }) => {}
                 Err(e @ StorageError::Unavailable { .. }) => {
                     debug!(%uri, error = %e, "a holder did not answer; asking the next");
                     unreachable.push(e.to_string());
                 }
-                other => return other,
+                Err(e) => return Err(e),
             }
         }
         if unreachable.is_empty() {
@@ -669,10 +716,82 @@ impl Places {
     }
 
     pub async fn get(&self, uri: &ObjectUri) -> Result<(ObjectMeta, ObjectReader), StorageError> {
-        let (meta, reader) = self.find(uri, true).await?;
+        let (meta, reader, _) = self.get_counted(uri).await?;
+        Ok((meta, reader))
+    }
+
+    /// [`Self::get`], also saying whether the bytes come from another node.
+    pub async fn get_counted(
+        &self,
+        uri: &ObjectUri,
+    ) -> Result<(ObjectMeta, ObjectReader, bool), StorageError> {
+        let (meta, reader, remote) = self.find(uri, true).await?;
         let reader =
             reader.ok_or_else(|| StorageError::Index(format!("{uri} opened without its bytes")))?;
-        Ok((meta, reader))
+        Ok((meta, reader, remote))
+    }
+
+    /// `uri`'s bytes through `transform` (of `kind`), applied on the node that holds the
+    /// object: only the result crosses the network.
+    pub async fn get_transformed(
+        &self,
+        uri: &ObjectUri,
+        kind: &str,
+        transform: Arc<dyn Transform>,
+    ) -> Result<ByteStream, ApiError> {
+        let (mut places, _) = self.ranked(uri)?;
+        places.sort_by_key(|place| matches!(place, Place::There(node) if self.suspected(*node)));
+        let transform_failed =
+            |message: String| ApiError::new(axum::http::StatusCode::BAD_GATEWAY, message);
+        let mut unreachable = Vec::new();
+        for place in &places {
+            let outcome = match place {
+                Place::Here(handle) => match handle.get(uri.key.clone()).await {
+                    Ok((_, reader)) => {
+                        return transform
+                            .apply(reader.body)
+                            .await
+                            .map_err(|e| transform_failed(e.0));
+                    }
+                    Err(e) => e,
+                },
+                Place::There(node) => {
+                    let request = DataRequest::GetTransformed {
+                        uri: uri.to_string(),
+                        kind: kind.to_string(),
+                    };
+                    match self.call(*node, &uri.tier, &request, None).await {
+                        Ok((DataAnswer::Done, body)) => return Ok(body),
+                        Ok((DataAnswer::TransformFailed(message), _)) => {
+                            return Err(transform_failed(message));
+                        }
+                        Ok((other, _)) => Self::unexpected(&uri.tier, *node, &other),
+                        Err(e) => e,
+                    }
+                }
+            };
+            match outcome {
+                StorageError::NotFound { .. } => {}
+                e @ StorageError::Unavailable { .. } => unreachable.push(e.to_string()),
+                e => return Err(e.into()),
+            }
+        }
+        Err(if unreachable.is_empty() {
+            StorageError::NotFound {
+                tier: uri.tier.to_string(),
+                key: uri.key.to_string(),
+            }
+        } else {
+            StorageError::Unavailable {
+                tier: uri.tier.to_string(),
+                reason: format!(
+                    "`{}` is on no node that answered ({})",
+                    uri.key,
+                    unreachable.join("; ")
+                ),
+            }
+        }
+        .into())
     }
 
     pub async fn head(&self, uri: &ObjectUri) -> Result<ObjectMeta, StorageError> {
@@ -819,6 +938,7 @@ fn tokio_stream_of(
 /// Serves other nodes' requests on this node's own tiers.
 struct PlacesHandler {
     directory: TierDirectory,
+    transforms: Arc<TransformRegistry>,
 }
 
 impl PlacesHandler {
@@ -886,6 +1006,18 @@ impl PlacesHandler {
                     .map(|(key, meta)| (key.to_string(), meta))
                     .collect();
                 (DataAnswer::Listed(entries), None)
+            }
+            DataRequest::GetTransformed { uri, kind } => {
+                let uri = ObjectUri::parse(&uri)?;
+                let transform = match self.transforms.build_kind(&kind) {
+                    Ok(transform) => transform,
+                    Err(e) => return Ok((DataAnswer::TransformFailed(e.to_string()), None)),
+                };
+                let (_, reader) = self.directory.get(&uri.tier)?.get(uri.key).await?;
+                match transform.apply(reader.body).await {
+                    Ok(output) => (DataAnswer::Done, Some(output)),
+                    Err(e) => (DataAnswer::TransformFailed(e.0), None),
+                }
             }
         })
     }

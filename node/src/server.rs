@@ -256,11 +256,11 @@ async fn get_object(
             .transforms
             .build_kind(&kind)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let (_, reader) = state.service.get(&uri).await?;
-        let output = transform
-            .apply(reader.body)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.0))?;
+        let output = state
+            .service
+            .places()
+            .get_transformed(&uri, &kind, transform)
+            .await?;
         // No length or hash is known before the end; an error mid-way cuts the response, so
         // the client never takes a short result for a whole one.
         let mut response = Body::from_stream(output).into_response();
@@ -868,6 +868,8 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
         &pipelines,
         &state.pipelines.running_stats(),
     ));
+    let (sent, received) = state.cluster.data_bytes();
+    text.push_str(&metrics::render_data_plane(sent, received));
     (
         [(
             header::CONTENT_TYPE,

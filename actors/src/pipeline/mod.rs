@@ -299,6 +299,34 @@ pub struct JobStats {
     pub load: StageStats,
 }
 
+impl StageStats {
+    fn absorb(&mut self, other: &StageStats) {
+        self.workers += other.workers;
+        self.workers_peak += other.workers_peak;
+        self.workers_provisioned += other.workers_provisioned;
+        self.threshold_breaches += other.threshold_breaches;
+        self.restarts += other.restarts;
+        self.queue_len += other.queue_len;
+    }
+}
+
+impl JobStats {
+    /// Adds another run's figures to these (a job run by several nodes: the sum of its
+    /// parts; its listing is done when every part's is).
+    pub fn absorb(&mut self, other: &JobStats) {
+        self.objects_in += other.objects_in;
+        self.bytes_in += other.bytes_in;
+        self.objects_out += other.objects_out;
+        self.bytes_out += other.bytes_out;
+        self.skipped += other.skipped;
+        self.dead_lettered += other.dead_lettered;
+        self.listing_done &= other.listing_done;
+        self.extract.absorb(&other.extract);
+        self.transform.absorb(&other.transform);
+        self.load.absorb(&other.load);
+    }
+}
+
 /// How a job's run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobEnd {

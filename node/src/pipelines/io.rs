@@ -2,13 +2,14 @@
 //! provenance records that make runs incremental.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use letl_actors::cache::CacheHandle;
 use letl_actors::pipeline::{Input, Ledger, Seen, Sink, Source, Stored};
 use letl_storage::{
-    ByteStream, KeyPrefix, ObjectKey, ObjectUri, PrefixUri, S3Settings, S3Tier, SledRecords,
-    TierBackend, read_blocks,
+    ByteStream, KeyPrefix, ObjectKey, ObjectMeta, ObjectUri, PrefixUri, S3Settings, S3Tier,
+    SledRecords, TierBackend, read_blocks,
 };
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,61 @@ pub const DIR_SOURCE_FILES_MAX: usize = 1_000_000;
 pub struct TierSource {
     pub places: Places,
     pub from: PrefixUri,
+    /// Only the objects this node keeps and processes (see [`Places::processes_here`]): a
+    /// job's part on one node of several. Otherwise every object, wherever it is.
+    pub here_only: bool,
+    /// Object bytes fetched from other nodes, added to as inputs are opened.
+    pub between_nodes: Arc<AtomicU64>,
+}
+
+impl TierSource {
+    fn input(&self, key: &ObjectKey, meta: &ObjectMeta) -> Input {
+        Input {
+            uri: ObjectUri::new(self.from.tier.clone(), key.clone()).to_string(),
+            key: key
+                .as_str()
+                .strip_prefix(self.from.prefix.as_str())
+                .unwrap_or(key.as_str())
+                .to_string(),
+            size: meta.size,
+            fingerprint: meta.hash.to_string(),
+        }
+    }
+
+    /// This node's own inputs after `start_after`: pages of its tier, keeping those it
+    /// processes, until `limit` are found or the tier has no more.
+    async fn list_here(
+        &self,
+        mut start_after: Option<ObjectKey>,
+        limit: usize,
+    ) -> Result<Vec<Input>, String> {
+        let tier = self
+            .places
+            .directory()
+            .get(&self.from.tier)
+            .map_err(|e| e.to_string())?;
+        let mut inputs = Vec::new();
+        loop {
+            let page = tier
+                .list(self.from.prefix.clone(), start_after.clone(), limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            let full = page.len() == limit;
+            for (key, meta) in page {
+                start_after = Some(key.clone());
+                let uri = ObjectUri::new(self.from.tier.clone(), key.clone());
+                if self.places.processes_here(&uri) {
+                    inputs.push(self.input(&key, &meta));
+                    if inputs.len() == limit {
+                        return Ok(inputs);
+                    }
+                }
+            }
+            if !full {
+                return Ok(inputs);
+            }
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -32,6 +88,9 @@ impl Source for TierSource {
             .map(|key| ObjectKey::new(format!("{}{key}", self.from.prefix)))
             .transpose()
             .map_err(|e| e.to_string())?;
+        if self.here_only {
+            return self.list_here(start_after, limit).await;
+        }
         let page = self
             .places
             .list(
@@ -52,17 +111,8 @@ impl Source for TierSource {
         }
         Ok(page
             .entries
-            .into_iter()
-            .map(|(key, meta)| Input {
-                uri: ObjectUri::new(self.from.tier.clone(), key.clone()).to_string(),
-                key: key
-                    .as_str()
-                    .strip_prefix(self.from.prefix.as_str())
-                    .unwrap_or(key.as_str())
-                    .to_string(),
-                size: meta.size,
-                fingerprint: meta.hash.to_string(),
-            })
+            .iter()
+            .map(|(key, meta)| self.input(key, meta))
             .collect())
     }
 
@@ -70,7 +120,14 @@ impl Source for TierSource {
         let key = ObjectKey::new(format!("{}{}", self.from.prefix, input.key))
             .map_err(|e| e.to_string())?;
         let uri = ObjectUri::new(self.from.tier.clone(), key);
-        let (meta, reader) = self.places.get(&uri).await.map_err(|e| e.to_string())?;
+        let (meta, reader, remote) = self
+            .places
+            .get_counted(&uri)
+            .await
+            .map_err(|e| e.to_string())?;
+        if remote {
+            self.between_nodes.fetch_add(meta.size, Ordering::Relaxed);
+        }
         if meta.hash.to_string() != input.fingerprint {
             return Err(format!("{} changed since it was listed", input.uri));
         }
@@ -244,6 +301,8 @@ impl Source for DirSource {
 #[derive(Debug)]
 pub struct TierSink {
     pub places: Places,
+    /// Result bytes sent to other nodes, added to as results are stored.
+    pub between_nodes: Arc<AtomicU64>,
     pub to: PrefixUri,
     pub key_template: String,
     pub pipeline: String,
@@ -265,11 +324,13 @@ impl TierSink {
 impl Sink for TierSink {
     async fn store(&self, input: &Input, output: ByteStream) -> Result<Stored, String> {
         let uri = self.output_uri(input)?;
-        let meta = self
+        let (meta, remote) = self
             .places
-            .put(&uri, output, None, None)
+            .put_counted(&uri, output, None, None)
             .await
             .map_err(|e| e.to_string())?;
+        self.between_nodes
+            .fetch_add(meta.size * remote as u64, Ordering::Relaxed);
         Ok(Stored {
             uri: uri.to_string(),
             size: meta.size,

@@ -26,7 +26,7 @@ use letl_storage::{
     ByteStream, Clock, IndexDb, S3Settings, SledRecords, StorageError, check_request_id,
 };
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -59,6 +59,10 @@ const SAVE_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// Ended jobs a node remembers (so it does not adopt them again); the oldest saved ones are
 /// forgotten beyond this.
 const ENDED_KEPT_MAX: usize = 100_000;
+/// A cancelled job waits this long for its parts to stop before it ends without them (a part
+/// on a node that is down stops when that node next runs it).
+const PART_CANCEL_WAIT: Duration = Duration::from_secs(30);
+
 /// Longest error text a dead letter keeps in a job record that would not fit otherwise.
 const DEAD_LETTER_ERROR_TRIMMED_BYTES: usize = 512;
 
@@ -144,6 +148,32 @@ pub struct JobRecord {
     pub retry_of: Option<String>,
     pub started_ms: u64,
     pub ended_ms: Option<u64>,
+    /// A job run by several nodes (its source is a tier kept on several): one part per node,
+    /// each over the objects that node is home for, with its figures as last seen. This
+    /// job's figures are their sum.
+    #[serde(default)]
+    pub parts: Vec<JobPart>,
+    /// The job this one is a part of.
+    #[serde(default)]
+    pub part_of: Option<String>,
+    /// Object bytes this job moved between nodes (inputs fetched, results sent).
+    #[serde(default)]
+    pub bytes_between_nodes: u64,
+    /// The job was asked to stop; its parts stop when they see it.
+    #[serde(default)]
+    pub cancel_requested: bool,
+}
+
+/// One node's part of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobPart {
+    pub node: u64,
+    /// The part's own job id.
+    pub job: String,
+    pub state: JobState,
+    pub error: Option<String>,
+    pub stats: JobStats,
+    pub bytes_between_nodes: u64,
 }
 
 /// A pipeline's figures over its jobs.
@@ -501,8 +531,10 @@ impl Pipelines {
             ));
         }
         self.check_can_start(name).await?;
+        let id = format!("j{}", &new_request_id(self.inner.clock.now_ms())[1..]);
+        let parts = self.parts_for(&id, &registered)?;
         let job = JobRecord {
-            id: format!("j{}", &new_request_id(self.inner.clock.now_ms())[1..]),
+            id,
             node: self.inner.control.node_id(),
             request_id: request_id.clone(),
             pipeline: name.to_string(),
@@ -515,8 +547,39 @@ impl Pipelines {
             retry_of: None,
             started_ms: self.inner.clock.now_ms(),
             ended_ms: None,
+            parts,
+            part_of: None,
+            bytes_between_nodes: 0,
+            cancel_requested: false,
         };
         self.start_job(job, &registered).await
+    }
+
+    /// The parts of a new job: one per node that keeps the source's tier, when there are
+    /// several (each transforms the objects it is home for); none otherwise.
+    fn parts_for(&self, id: &str, registered: &Registered) -> Result<Vec<JobPart>, ApiError> {
+        let compiled = self
+            .inner
+            .compile(&registered.spec()?)
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
+        let ExtractFrom::Tier(from) = &compiled.from else {
+            return Ok(Vec::new());
+        };
+        let holders = self.inner.places.holders(&from.tier);
+        if holders.len() < 2 {
+            return Ok(Vec::new());
+        }
+        Ok(holders
+            .into_iter()
+            .map(|node| JobPart {
+                node,
+                job: format!("{id}.n{node}"),
+                state: JobState::Running,
+                error: None,
+                stats: JobStats::default(),
+                bytes_between_nodes: 0,
+            })
+            .collect())
     }
 
     /// A new job over the dead letters of job `id`.
@@ -573,6 +636,10 @@ impl Pipelines {
             retry_of: Some(old.id.clone()),
             started_ms: self.inner.clock.now_ms(),
             ended_ms: None,
+            parts: Vec::new(),
+            part_of: None,
+            bytes_between_nodes: 0,
+            cancel_requested: false,
         };
         self.start_job(job, &registered).await
     }
@@ -698,7 +765,11 @@ impl Pipelines {
         let inner = Arc::clone(&self.inner);
         let runner = tokio::spawn(async move {
             let id = job.id.clone();
-            let outcome = run(&inner, job, compiled, Arc::clone(&progress), cancelled).await;
+            let outcome = if job.parts.is_empty() {
+                run(&inner, job, compiled, Arc::clone(&progress), cancelled).await
+            } else {
+                run_parts(&inner, job, Arc::clone(&progress), cancelled).await
+            };
             let unsaved = match outcome {
                 Ok(end) => end,
                 Err(e) => {
@@ -744,9 +815,12 @@ impl Pipelines {
     }
 
     /// Jobs as of now (a linearizable read), most recent first; of one pipeline if named.
+    /// Parts of jobs are not listed: their job shows them.
     pub async fn jobs(&self, pipeline: Option<&str>) -> Result<Vec<JobRecord>, ApiError> {
         self.inner.control.read(|_| ()).await?;
-        self.jobs_local(pipeline)
+        let mut jobs = self.jobs_local(pipeline)?;
+        jobs.retain(|j| j.part_of.is_none());
+        Ok(jobs)
     }
 
     /// Jobs as this node has applied them, most recent first; of one pipeline if named.
@@ -820,10 +894,15 @@ impl Pipelines {
     /// those one node ran.
     pub fn figures(&self, name: &str, node: Option<u64>) -> Result<PipelineStats, ApiError> {
         let mut stats = PipelineStats::default();
+        // A job run in parts counts once overall (its figures are its parts' sum), and per
+        // node as the part each node ran.
         let jobs = self
             .jobs_local(Some(name))?
             .into_iter()
-            .filter(|j| node.is_none_or(|n| j.node == n));
+            .filter(|j| match node {
+                None => j.part_of.is_none(),
+                Some(n) => j.node == n && j.parts.is_empty(),
+            });
         for job in jobs.take(STATS_JOBS_MAX) {
             stats.jobs += 1;
             match job.state {
@@ -1065,10 +1144,13 @@ async fn run(
     progress: Arc<JobProgress>,
     mut cancelled: watch::Receiver<bool>,
 ) -> Result<Option<JobRecord>, ApiError> {
+    let between_nodes = Arc::new(AtomicU64::new(job.bytes_between_nodes));
     let source: Arc<dyn Source> = match &compiled.from {
         ExtractFrom::Tier(from) => Arc::new(TierSource {
             places: inner.places.clone(),
             from: from.clone(),
+            here_only: job.part_of.is_some(),
+            between_nodes: Arc::clone(&between_nodes),
         }),
         ExtractFrom::Dir(root) => Arc::new(DirSource::new(root.clone())),
         ExtractFrom::S3 { bucket, prefix } => {
@@ -1086,6 +1168,7 @@ async fn run(
     let sink: Arc<dyn Sink> = match &compiled.to {
         LoadTo::Tier(to) => Arc::new(TierSink {
             places: inner.places.clone(),
+            between_nodes: Arc::clone(&between_nodes),
             to: to.clone(),
             key_template: compiled.key_template.clone(),
             pipeline: job.pipeline.clone(),
@@ -1142,6 +1225,13 @@ async fn run(
             () = tokio::time::sleep(JOB_SAVE_INTERVAL) => {
                 job.stats = progress.snapshot();
                 job.dead_letters = progress.dead_letters();
+                job.bytes_between_nodes = between_nodes.load(Ordering::Relaxed);
+                if let Some(parent) = &job.part_of
+                    && parent_cancelled(inner, parent)
+                    && let Some(running) = lock(&inner.running).get(&job.id)
+                {
+                    let _ = running.cancel.send(true);
+                }
                 inner.provenance.flush().await?;
                 if let Err(e) = save_job(inner, &job).await {
                     warn!(job = %job.id, error = %e.message, "could not save the job's progress; it runs on");
@@ -1152,6 +1242,7 @@ async fn run(
     watcher.abort();
     job.stats = progress.snapshot();
     job.dead_letters = progress.dead_letters();
+    job.bytes_between_nodes = between_nodes.load(Ordering::Relaxed);
     let node_stopping = *inner.stop.borrow();
     match end {
         Ok(Ok(JobEnd::Finished)) => {
@@ -1180,7 +1271,143 @@ async fn run(
         job.ended_ms = Some(inner.clock.now_ms());
     }
     inner.provenance.flush().await?;
-    info!(job = %job.id, pipeline = %job.pipeline, state = job.state.name(), produced = job.stats.objects_out, skipped = job.stats.skipped, dead = job.stats.dead_lettered, "pipeline job ended");
+    info!(job = %job.id, pipeline = %job.pipeline, state = job.state.name(), produced = job.stats.objects_out, skipped = job.stats.skipped, dead = job.stats.dead_lettered, between_nodes = job.bytes_between_nodes, "pipeline job ended");
+    record_end(inner, job).await
+}
+
+/// Whether job `parent` has been asked to stop, as this node has applied it.
+fn parent_cancelled(inner: &Inner, parent: &str) -> bool {
+    inner
+        .control
+        .read_local(|s| s.jobs.get(parent).cloned())
+        .and_then(|entry| parse_job(&entry).ok())
+        .is_some_and(|p| p.cancel_requested || p.state.is_finished())
+}
+
+/// Runs a job made of parts: records each part (its node runs it; recording one twice is
+/// harmless), then follows them, summing their figures into this job's record every
+/// [`JOB_SAVE_INTERVAL`], until all have ended. Cancelling asks the parts to stop.
+async fn run_parts(
+    inner: &Inner,
+    mut job: JobRecord,
+    progress: Arc<JobProgress>,
+    mut cancelled: watch::Receiver<bool>,
+) -> Result<Option<JobRecord>, ApiError> {
+    for part in &job.parts {
+        start_part(inner, &job, part).await?;
+    }
+    let mut stop = inner.stop.clone();
+    let mut cancel_since: Option<tokio::time::Instant> = None;
+    loop {
+        // No `watch::Ref` is held past the select (it is not `Send`).
+        let stopping = tokio::select! {
+            () = tokio::time::sleep(JOB_SAVE_INTERVAL) => false,
+            _ = cancelled.wait_for(|c| *c), if !job.cancel_requested => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if stopping {
+            // The parts go on on their nodes; this job follows them again at the next start.
+            job.state = JobState::Interrupted;
+            return record_end(inner, job).await;
+        }
+        if *cancelled.borrow() && !job.cancel_requested {
+            info!(job = %job.id, "asking the job's parts to stop");
+            job.cancel_requested = true;
+            cancel_since = Some(tokio::time::Instant::now());
+        }
+        let entries: Vec<Option<JobEntry>> = inner.control.read_local(|s| {
+            job.parts
+                .iter()
+                .map(|p| s.jobs.get(&p.job).cloned())
+                .collect()
+        });
+        let mut stats = JobStats {
+            listing_done: true,
+            ..JobStats::default()
+        };
+        let mut dead_letters = Vec::new();
+        let mut between = 0;
+        for (part, entry) in job.parts.iter_mut().zip(entries) {
+            if let Some(record) = entry.as_ref().and_then(|e| parse_job(e).ok()) {
+                part.state = record.state;
+                part.error = record.error;
+                part.stats = record.stats;
+                part.bytes_between_nodes = record.bytes_between_nodes;
+                dead_letters.extend(record.dead_letters);
+            }
+            stats.absorb(&part.stats);
+            between += part.bytes_between_nodes;
+        }
+        job.stats = stats;
+        job.dead_letters = dead_letters;
+        job.bytes_between_nodes = between;
+        progress.restore(&job.stats, job.dead_letters.clone());
+        let all_ended = job.parts.iter().all(|p| p.state.is_finished());
+        let gave_up = cancel_since.is_some_and(|at| at.elapsed() >= PART_CANCEL_WAIT);
+        if all_ended || gave_up {
+            job.state = if job.cancel_requested {
+                JobState::Cancelled
+            } else if job.parts.iter().all(|p| p.state == JobState::Succeeded) {
+                JobState::Succeeded
+            } else {
+                JobState::Failed
+            };
+            let failed: Vec<String> = job
+                .parts
+                .iter()
+                .filter_map(|p| p.error.as_ref().map(|e| format!("node {}: {e}", p.node)))
+                .collect();
+            if !failed.is_empty() {
+                job.error = Some(failed.join("; "));
+            }
+            job.ended_ms = Some(inner.clock.now_ms());
+            info!(job = %job.id, pipeline = %job.pipeline, state = job.state.name(), parts = job.parts.len(), produced = job.stats.objects_out, between_nodes = job.bytes_between_nodes, "pipeline job ended");
+            return record_end(inner, job).await;
+        }
+        if let Err(e) = save_job(inner, &job).await {
+            warn!(job = %job.id, error = %e.message, "could not save the job's progress; it runs on");
+        }
+    }
+}
+
+/// Records one part of `job` for its node to run (that node's job keeper adopts it).
+async fn start_part(inner: &Inner, job: &JobRecord, part: &JobPart) -> Result<(), ApiError> {
+    let record = JobRecord {
+        id: part.job.clone(),
+        node: part.node,
+        request_id: None,
+        pipeline: job.pipeline.clone(),
+        pipeline_version: job.pipeline_version,
+        state: JobState::Running,
+        error: None,
+        stats: JobStats::default(),
+        dead_letters: Vec::new(),
+        inputs: None,
+        retry_of: None,
+        started_ms: inner.clock.now_ms(),
+        ended_ms: None,
+        parts: Vec::new(),
+        part_of: Some(job.id.clone()),
+        bytes_between_nodes: 0,
+        cancel_requested: false,
+    };
+    let start = Command::StartJob {
+        id: record.id.clone(),
+        node: record.node,
+        pipeline: record.pipeline.clone(),
+        request_id: None,
+        record_json: job_json(&record)?,
+    };
+    match inner.control.write(start).await? {
+        Response::Job { .. } => Ok(()),
+        Response::Refused { reason } => Err(ApiError::new(StatusCode::CONFLICT, reason)),
+        other => Err(internal(format!("unexpected control answer: {other:?}"))),
+    }
+}
+
+/// Records a job's last state, retrying a few times; answers the record if it could not be
+/// recorded (it waits in the outbox).
+async fn record_end(inner: &Inner, job: JobRecord) -> Result<Option<JobRecord>, ApiError> {
     let mut attempt = 1;
     while let Err(e) = save_job(inner, &job).await {
         if attempt >= FINAL_SAVE_ATTEMPTS {
