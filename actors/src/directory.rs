@@ -88,6 +88,11 @@ impl TierDirectory {
         }
     }
 
+    /// The names of this node's tiers, up or down, in name order.
+    pub fn names(&self) -> Vec<TierName> {
+        self.read().keys().cloned().collect()
+    }
+
     /// Every tier with its counts, or why it is down; a down tier never hides the others.
     pub async fn statuses(&self) -> Vec<(TierName, TierStatus)> {
         let entries: Vec<(TierName, TierEntry)> = self

@@ -479,3 +479,38 @@ pub struct JoinRequest {
     /// Its certificate request (PEM); its key stays with it.
     pub csr_pem: String,
 }
+
+/// One node's rebalancer, as `GET /v1/cluster/rebalance` reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebalanceStatus {
+    pub node: u64,
+    /// `idle` or `running`.
+    pub state: String,
+    /// The nodes its last pass placed objects over (empty: no tier is kept by several).
+    pub placed_by: Vec<u64>,
+    pub passes: u64,
+    /// Objects of this node looked at by the last pass.
+    pub scanned: u64,
+    /// Copies the last pass made on the objects' homes.
+    pub moved: u64,
+    pub bytes_moved: u64,
+    /// Objects the last pass deleted here once their homes had them.
+    pub removed: u64,
+    /// Objects the last pass could not place (a home down): tried again.
+    pub left_behind: u64,
+    pub last_error: Option<String>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+}
+
+/// Every member's rebalancer, and whether the cluster's objects are where the current
+/// member set places them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebalanceResponse {
+    pub members: Vec<RebalanceStatus>,
+    /// `node N: why`, for members that did not answer.
+    pub unreachable: Vec<String>,
+    /// Every member answered, is idle, placed its objects by the current member set and
+    /// left nothing behind.
+    pub done: bool,
+}

@@ -215,6 +215,21 @@ pub enum ClusterAction {
     },
     /// Take the node at --addr out of the cluster, then stop it.
     Leave,
+    /// Objects moving to the nodes the current member set places them on.
+    Rebalance {
+        #[command(subcommand)]
+        action: RebalanceAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RebalanceAction {
+    /// Each member's last pass over its objects, and whether all are placed; exits 0 once
+    /// every object is where the current member set places it.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -461,6 +476,21 @@ fn run_client(connection: &Connection, command: Command) -> Outcome {
             Command::Cluster {
                 action: ClusterAction::Status { json },
             } => print_cluster_status(&client.cluster_status().await?, json)?,
+            Command::Cluster {
+                action:
+                    ClusterAction::Rebalance {
+                        action: RebalanceAction::Status { json },
+                    },
+            } => {
+                let status = client.cluster_rebalance().await?;
+                print_rebalance(&status, json)?;
+                if !status.done {
+                    return Err(Failure::new(
+                        exit::FAILURE,
+                        "the rebalance is not finished".to_string(),
+                    ));
+                }
+            }
             Command::Cluster {
                 action: ClusterAction::Leave,
             } => {
@@ -915,6 +945,55 @@ pub fn human_bytes(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+fn print_rebalance(status: &crate::api::RebalanceResponse, json: bool) -> Outcome {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(status)
+                .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{}",
+        if status.done {
+            "every object is where the current member set places it"
+        } else {
+            "rebalancing"
+        }
+    );
+    println!(
+        "{:>4}  {:<7}  {:>6}  {:>8}  {:>7}  {:>10}  {:>7}  {:>11}  placed by",
+        "node", "state", "passes", "scanned", "moved", "bytes", "removed", "left behind"
+    );
+    for m in &status.members {
+        let placed_by: Vec<String> = m.placed_by.iter().map(u64::to_string).collect();
+        println!(
+            "{:>4}  {:<7}  {:>6}  {:>8}  {:>7}  {:>10}  {:>7}  {:>11}  {}",
+            m.node,
+            m.state,
+            m.passes,
+            m.scanned,
+            m.moved,
+            human_bytes(m.bytes_moved),
+            m.removed,
+            m.left_behind,
+            if placed_by.is_empty() {
+                "-".to_string()
+            } else {
+                placed_by.join(",")
+            }
+        );
+        if let Some(error) = &m.last_error {
+            eprintln!("letl: node {}: {error}", m.node);
+        }
+    }
+    for missing in &status.unreachable {
+        eprintln!("letl: no answer from {missing}");
+    }
+    Ok(())
 }
 
 fn print_cluster_status(status: &letl_raft::cluster::ClusterStatus, json: bool) -> Outcome {

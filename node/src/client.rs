@@ -638,6 +638,11 @@ impl Client {
             .await
     }
 
+    pub async fn cluster_rebalance(&self) -> Outcome<crate::api::RebalanceResponse> {
+        self.json(self.request(Method::GET, &self.url("cluster/rebalance")))
+            .await
+    }
+
     pub async fn cluster_token(&self, ttl: Option<String>) -> Outcome<crate::api::TokenResponse> {
         self.json(
             self.request(Method::POST, &self.url("cluster/token"))

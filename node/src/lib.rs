@@ -18,6 +18,7 @@ pub mod moves;
 pub mod node;
 pub mod pipelines;
 pub mod places;
+pub mod rebalance;
 pub mod server;
 pub mod service;
 pub mod tasks;

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::api::{RebalanceResponse, RebalanceStatus};
 use crate::error::ApiError;
 
 /// Chunks a replicated put keeps in flight towards each replica; the slowest sets the pace.
@@ -75,6 +76,8 @@ enum DataRequest {
         uri: String,
         kind: String,
     },
+    /// The node's rebalancer status.
+    RebalanceStatus,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -85,6 +88,8 @@ enum DataAnswer {
     Failed(WireError),
     /// The transform failed on the object (its bytes were found).
     TransformFailed(String),
+    /// A rebalancer status, as JSON.
+    Rebalance(String),
 }
 
 /// A [`StorageError`] as it crosses the network: the same kinds, I/O errors as their text.
@@ -292,6 +297,8 @@ struct Inner {
     replicas: usize,
     /// Nodes that lately failed to answer, and when.
     suspects: Mutex<BTreeMap<NodeId, Instant>>,
+    /// This node's rebalancer status (see `rebalance`).
+    rebalance: Arc<Mutex<RebalanceStatus>>,
 }
 
 impl Places {
@@ -303,6 +310,7 @@ impl Places {
                 cluster,
                 replicas,
                 suspects: Mutex::new(BTreeMap::new()),
+                rebalance: Arc::new(Mutex::new(RebalanceStatus::default())),
             }),
         }
     }
@@ -313,14 +321,76 @@ impl Places {
         self.inner.cluster.serve_data(Arc::new(PlacesHandler {
             directory: self.inner.directory.clone(),
             transforms,
+            rebalance: Arc::clone(&self.inner.rebalance),
         }));
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.inner.cluster
+    }
+
+    /// This node's rebalancer status, shared with the rebalancer that keeps it.
+    pub fn rebalance_status(&self) -> Arc<Mutex<RebalanceStatus>> {
+        Arc::clone(&self.inner.rebalance)
+    }
+
+    /// Every voter's rebalancer status, and whether objects are placed by the current
+    /// member set everywhere.
+    pub async fn rebalance(&self) -> RebalanceResponse {
+        let voters = self.inner.cluster.voters();
+        let me = self.me();
+        let asks = voters.iter().map(|&node| async move {
+            if node == me {
+                return Ok(self
+                    .inner
+                    .rebalance
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone());
+            }
+            let tier = TierName::new("rebalance").map_err(|e| e.to_string())?;
+            match self
+                .call(node, &tier, &DataRequest::RebalanceStatus, None)
+                .await
+            {
+                Ok((DataAnswer::Rebalance(json), _)) => {
+                    serde_json::from_str(&json).map_err(|e| e.to_string())
+                }
+                Ok((other, _)) => Err(Self::unexpected(&tier, node, &other).to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        let mut members = Vec::new();
+        let mut unreachable = Vec::new();
+        for (node, answer) in voters
+            .iter()
+            .zip(futures_util::future::join_all(asks).await)
+        {
+            match answer {
+                Ok(status) => members.push(status),
+                Err(e) => unreachable.push(format!("node {node}: {e}")),
+            }
+        }
+        let all: Vec<NodeId> = voters.iter().copied().collect();
+        let done = unreachable.is_empty()
+            && members.iter().all(|m| {
+                m.state == "idle"
+                    && m.passes > 0
+                    && m.left_behind == 0
+                    && (m.placed_by.is_empty() || m.placed_by == all)
+            });
+        RebalanceResponse {
+            members,
+            unreachable,
+            done,
+        }
     }
 
     pub fn directory(&self) -> &TierDirectory {
         &self.inner.directory
     }
 
-    fn me(&self) -> NodeId {
+    pub fn me(&self) -> NodeId {
         self.inner.cluster.node_id()
     }
 
@@ -403,6 +473,38 @@ impl Places {
             .map(|node| self.place(&uri.tier, node))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((places, homes))
+    }
+
+    /// The nodes that should hold `uri`, its home first; empty when its tier is served
+    /// wherever it is asked (a remote tier, or one kept by this node alone).
+    pub fn homes(&self, uri: &ObjectUri) -> Vec<NodeId> {
+        let holders = self.holders(&uri.tier);
+        if holders.is_empty() {
+            return Vec::new();
+        }
+        let mut order = rendezvous(&uri.key, holders);
+        order.truncate(self.inner.replicas);
+        order
+    }
+
+    /// `uri`'s metadata on node `node` only.
+    pub async fn head_on(&self, node: NodeId, uri: &ObjectUri) -> Result<ObjectMeta, StorageError> {
+        let place = self.place(&uri.tier, node)?;
+        Ok(self.look_at(&place, uri, false).await?.0)
+    }
+
+    /// Puts `uri` on node `node` only.
+    pub async fn put_on(
+        &self,
+        node: NodeId,
+        uri: &ObjectUri,
+        body: ByteStream,
+        declared_len: Option<u64>,
+        expected_hash: Option<ContentHash>,
+    ) -> Result<ObjectMeta, StorageError> {
+        let place = self.place(&uri.tier, node)?;
+        self.put_at(&place, uri, body, declared_len, expected_hash)
+            .await
     }
 
     /// The node that is `uri`'s home (where its transforms run).
@@ -939,6 +1041,7 @@ fn tokio_stream_of(
 struct PlacesHandler {
     directory: TierDirectory,
     transforms: Arc<TransformRegistry>,
+    rebalance: Arc<Mutex<RebalanceStatus>>,
 }
 
 impl PlacesHandler {
@@ -1006,6 +1109,16 @@ impl PlacesHandler {
                     .map(|(key, meta)| (key.to_string(), meta))
                     .collect();
                 (DataAnswer::Listed(entries), None)
+            }
+            DataRequest::RebalanceStatus => {
+                let status = self
+                    .rebalance
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let json = serde_json::to_string(&status)
+                    .map_err(|e| StorageError::Index(e.to_string()))?;
+                (DataAnswer::Rebalance(json), None)
             }
             DataRequest::GetTransformed { uri, kind } => {
                 let uri = ObjectUri::parse(&uri)?;

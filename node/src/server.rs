@@ -84,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/retry", post(retry_job))
         .route("/v1/node/shutdown", post(shutdown_node))
         .route("/v1/cluster/status", get(cluster_status))
+        .route("/v1/cluster/rebalance", get(cluster_rebalance))
         .route("/v1/cluster/token", post(cluster_token))
         .route("/v1/cluster/leave", post(cluster_leave))
         .route("/v1/cache", post(cache_put))
@@ -878,6 +879,10 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
         text,
     )
         .into_response()
+}
+
+async fn cluster_rebalance(State(state): State<AppState>) -> Json<crate::api::RebalanceResponse> {
+    Json(state.service.places().rebalance().await)
 }
 
 async fn cluster_status(State(state): State<AppState>) -> Json<letl_raft::cluster::ClusterStatus> {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use letl_tests::TestNode;
-use letl_tests::cluster::form;
+use letl_tests::cluster::{form, join, voters, wait_status};
 
 const OBJECTS: usize = 300;
 
@@ -227,4 +227,94 @@ fn with_two_replicas_every_object_is_on_two_nodes_and_survives_a_sigkill() {
     let listed = nodes[2].cli(&["ls", "ssd:/spread/"]);
     assert_eq!(listed.ok().lines().count(), count, "{}", listed.stdout);
     assert!(listed.stderr.contains("node 2"), "{}", listed.stderr);
+}
+
+/// The node rendezvous hashing places `key` on among `nodes` (the formula, restated here).
+fn placed_on(key: &str, nodes: &[u64]) -> u64 {
+    let score = |node: u64| {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(key.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(&node.to_be_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+        u64::from_be_bytes(first)
+    };
+    *nodes.iter().max_by_key(|&&n| score(n)).unwrap()
+}
+
+#[test]
+fn a_fourth_node_takes_its_share_and_every_object_stays_readable() {
+    let mut nodes = form(3, None);
+    let count = 120;
+    put_all(&nodes[0], count);
+    for (n, node) in nodes.iter().enumerate() {
+        for name in files_under(&node.tier_dir("ssd").join("spread")).into_keys() {
+            assert_eq!(
+                placed_on(&format!("spread/{name}"), &[1, 2, 3]),
+                n as u64 + 1
+            );
+        }
+    }
+
+    let token = nodes[0].cli(&["cluster", "token"]).ok().trim().to_string();
+    let mut fourth = TestNode::cluster_member();
+    join(&mut fourth, &nodes[0], &token);
+    nodes.push(fourth);
+    for node in &nodes {
+        wait_status(node, "four voters with their tiers", |s| {
+            voters(s) == 4
+                && s["members"].as_array().unwrap().iter().all(|m| {
+                    m["tiers"]
+                        .as_array()
+                        .is_some_and(|t| t.iter().any(|name| name == "ssd"))
+                })
+        });
+    }
+    // Reads go on while objects move.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut reads = 0;
+    loop {
+        read_back(&nodes[reads % 4], reads % count);
+        reads += 1;
+        let status = nodes[1].cli(&["cluster", "rebalance", "status", "--json"]);
+        if status.code == 0 {
+            let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+            assert_eq!(status["members"].as_array().unwrap().len(), 4, "{status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never rebalanced: {}",
+            status.stdout
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let human = nodes[0].cli(&["cluster", "rebalance", "status"]);
+    assert!(
+        human.ok().contains("every object is where"),
+        "{}",
+        human.stdout
+    );
+
+    // Each object is once on disk, on the node the four-node member set places it on.
+    let mut seen = BTreeMap::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for name in files_under(&node.tier_dir("ssd").join("spread")).into_keys() {
+            let key = format!("spread/{name}");
+            assert_eq!(placed_on(&key, &[1, 2, 3, 4]), n as u64 + 1, "{key}");
+            assert!(seen.insert(key, n).is_none(), "{name} twice");
+        }
+    }
+    assert_eq!(seen.len(), count);
+    let on_fourth = seen.values().filter(|&&n| n == 3).count();
+    assert!(
+        (15..=50).contains(&on_fourth),
+        "node 4 holds {on_fourth} of {count}"
+    );
+    for node in &nodes {
+        for i in 0..count {
+            read_back(node, i);
+        }
+    }
 }
