@@ -270,8 +270,17 @@ impl Letl {
                 )));
             }
         }
-        let exists = match self.places.check_tier(&destination.tier) {
-            Ok(()) => self.places.head(destination).await.is_ok(),
+        let looked = match self.places.check_tier(&destination.tier) {
+            Ok(()) => match self.places.head(destination).await {
+                Ok(_) => Ok(true),
+                Err(StorageError::NotFound { .. }) => Ok(false),
+                // Unknown (a holder down) is not "absent".
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let exists = match looked {
+            Ok(exists) => exists,
             Err(e) => {
                 self.release(&reservation).await;
                 return Err(e.into());

@@ -49,7 +49,7 @@ pub struct Transferred {
 /// Errors a tier gives before publishing anything, that the same request would meet again: a
 /// transfer ending in one is recorded as failed. Any other error (unavailable, I/O, index)
 /// leaves the transfer pending, to be finished or redone.
-fn is_clean_refusal(e: &StorageError) -> bool {
+pub(crate) fn is_clean_refusal(e: &StorageError) -> bool {
     matches!(
         e,
         StorageError::InvalidUri { .. }

@@ -24,6 +24,7 @@ use letl_actors::{TierDirectory, TierHandle};
 use letl_raft::NodeId;
 use letl_raft::cluster::Cluster;
 use letl_raft::data::{DATA_ANSWER_TIMEOUT, DATA_QUICK_ANSWER_TIMEOUT, DataHandler};
+use letl_raft::transport::TransportError;
 use letl_storage::codec::{decode_wire, encode_wire};
 use letl_storage::{
     ByteStream, ContentHash, KeyPrefix, ObjectKey, ObjectMeta, ObjectReader, ObjectUri,
@@ -518,17 +519,24 @@ impl Places {
         }
     }
 
-    /// Whether this node is where `uri`'s transforms run when it holds the object: it is the
-    /// object's home, or the object lives here although placed elsewhere (put under another
-    /// member set), so no other node takes it for its own.
-    pub fn processes_here(&self, uri: &ObjectUri) -> bool {
-        match self.ranked(uri) {
-            Ok((places, homes)) => {
-                matches!(places.first(), Some(Place::Here(_)))
-                    || !places[..homes].iter().any(|p| matches!(p, Place::Here(_)))
+    /// Whether this node runs the transforms of `uri`, which it holds: no node ranked above
+    /// it for the object holds it too (whatever the member set it was placed by). A node
+    /// that does not answer is taken not to hold it: its own part cannot run either.
+    pub async fn processes_here(&self, uri: &ObjectUri) -> bool {
+        let Ok((places, _)) = self.ranked(uri) else {
+            return true;
+        };
+        for place in &places {
+            match place {
+                Place::Here(_) => return true,
+                Place::There(_) => {
+                    if self.look_at(place, uri, false).await.is_ok() {
+                        return false;
+                    }
+                }
             }
-            Err(_) => true,
         }
+        true
     }
 
     /// This node's tier actor for `uri`, if this node is the object's only home.
@@ -554,7 +562,8 @@ impl Places {
             tier: tier.to_string(),
             reason: format!("node {node}: {reason}"),
         };
-        let timeout = if body.is_some() {
+        // A body to take in, or a transform to run, may take a while before the answer.
+        let timeout = if body.is_some() || matches!(request, DataRequest::GetTransformed { .. }) {
             DATA_ANSWER_TIMEOUT
         } else {
             DATA_QUICK_ANSWER_TIMEOUT
@@ -575,7 +584,13 @@ impl Places {
                 reply
             }
             Err(e) => {
-                suspects.insert(node, Instant::now());
+                // Only a node that does not answer is suspect (not one our body failed to).
+                if matches!(
+                    e,
+                    TransportError::Unreachable { .. } | TransportError::Timeout { .. }
+                ) {
+                    suspects.insert(node, Instant::now());
+                }
                 return Err(unavailable(e.to_string()));
             }
         };
@@ -658,37 +673,38 @@ impl Places {
             return Ok((meta, remote));
         }
         // One body, several receivers: each chunk goes to every replica through a bounded
-        // queue. A replica that fails ends the others' bodies in an error, never a clean end
-        // (which would publish a short object).
+        // queue. Only an explicit end marker ends a replica's body cleanly: a replica that
+        // fails, a body that fails, or this put abandoned half-way (its queues dropped) ends
+        // the others' bodies in an error, never in a short object.
         let mut senders = Vec::with_capacity(homes.len());
         let mut puts = Vec::with_capacity(homes.len());
         for place in homes {
-            let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(REPLICA_CHUNKS_IN_FLIGHT_MAX);
+            let (tx, rx) = mpsc::channel::<Piece>(REPLICA_CHUNKS_IN_FLIGHT_MAX);
             senders.push(tx);
-            let body: ByteStream = Box::pin(tokio_stream_of(rx));
+            let body: ByteStream = Box::pin(replica_body(rx));
             puts.push(self.put_at(place, uri, body, declared_len, expected_hash));
         }
         let pump = async move {
             let mut body = body;
-            while let Some(chunk) = body.next().await {
-                match chunk {
-                    Ok(chunk) => {
+            loop {
+                let piece = match body.next().await {
+                    Some(Ok(chunk)) => Piece::Data(chunk),
+                    Some(Err(e)) => Piece::Failed(e.to_string()),
+                    None => Piece::End,
+                };
+                let last = !matches!(piece, Piece::Data(_));
+                for tx in &senders {
+                    if tx.send(piece.clone()).await.is_err() {
+                        // That replica gave up: the others' bodies end in an error (a
+                        // dropped queue would too; this names why).
                         for tx in &senders {
-                            if tx.send(Ok(chunk.clone())).await.is_err() {
-                                for tx in &senders {
-                                    let _ = tx.try_send(Err(io::Error::other(REPLICA_ABORTED)));
-                                }
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let text = e.to_string();
-                        for tx in &senders {
-                            let _ = tx.send(Err(io::Error::other(text.clone()))).await;
+                            let _ = tx.send(Piece::Failed(REPLICA_ABORTED.to_string())).await;
                         }
                         return;
                     }
+                }
+                if last {
+                    return;
                 }
             }
         };
@@ -701,9 +717,19 @@ impl Places {
                     first.get_or_insert(meta);
                 }
                 Err(e) => {
-                    let secondary = e.to_string().contains(REPLICA_ABORTED);
-                    if failure.as_ref().is_none_or(|(s, _)| *s && !secondary) {
-                        failure = Some((secondary, e));
+                    // The error that says most about what happened: a failure of the
+                    // replica itself over the others' being aborted, and one that may have
+                    // left a copy (unavailable, I/O) over a clean refusal, which the mover
+                    // would record as final.
+                    let weight = if e.to_string().contains(REPLICA_ABORTED) {
+                        0
+                    } else if crate::moves::is_clean_refusal(&e) {
+                        1
+                    } else {
+                        2
+                    };
+                    if failure.as_ref().is_none_or(|(w, _)| *w < weight) {
+                        failure = Some((weight, e));
                     }
                 }
             }
@@ -900,38 +926,49 @@ impl Places {
         Ok(self.find(uri, false).await?.0)
     }
 
-    /// Deletes `uri` from every node that has it (with `expected_hash`: only where it still
-    /// has those bytes).
+    /// Deletes `uri` from its homes (with `expected_hash`: only where it still has those
+    /// bytes), and any copy of it on other nodes whatever its bytes: a copy left off its
+    /// homes is stale, and would come back into reads (and, by a rebalance, onto its homes)
+    /// once the homes' copies are gone. Only the homes' answers decide the outcome; a stale
+    /// copy on a node that does not answer is logged.
     pub async fn delete(
         &self,
         uri: &ObjectUri,
         expected_hash: Option<ContentHash>,
     ) -> Result<ObjectMeta, StorageError> {
-        let (places, _) = self.ranked(uri)?;
-        let request = DataRequest::Delete {
-            uri: uri.to_string(),
-            expected_hash,
-        };
-        let deletes = places.iter().map(|place| async {
+        let (places, homes) = self.ranked(uri)?;
+        let deletes = places.iter().enumerate().map(|(rank, place)| async move {
+            let expected_hash = if rank < homes { expected_hash } else { None };
             match place {
                 Place::Here(handle) => handle.delete(uri.key.clone(), expected_hash).await,
-                Place::There(node) => match self.call(*node, &uri.tier, &request, None).await? {
-                    (DataAnswer::Meta(meta), _) => Ok(meta),
-                    (other, _) => Err(Self::unexpected(&uri.tier, *node, &other)),
-                },
+                Place::There(node) => {
+                    let request = DataRequest::Delete {
+                        uri: uri.to_string(),
+                        expected_hash,
+                    };
+                    match self.call(*node, &uri.tier, &request, None).await? {
+                        (DataAnswer::Meta(meta), _) => Ok(meta),
+                        (other, _) => Err(Self::unexpected(&uri.tier, *node, &other)),
+                    }
+                }
             }
         });
         let mut deleted = None;
         let mut failure = None;
-        for outcome in futures_util::future::join_all(deletes).await {
+        for (rank, outcome) in futures_util::future::join_all(deletes)
+            .await
+            .into_iter()
+            .enumerate()
+        {
             match outcome {
                 Ok(meta) => {
                     deleted.get_or_insert(meta);
                 }
                 Err(StorageError::NotFound { .. }) => {}
-                Err(e) => {
+                Err(e) if rank < homes => {
                     failure.get_or_insert(e);
                 }
+                Err(e) => warn!(%uri, error = %e, "a stale copy off the object's homes may remain"),
             }
         }
         match (failure, deleted) {
@@ -1029,11 +1066,31 @@ impl Places {
 }
 
 /// A bounded queue's receiving end as a body.
-fn tokio_stream_of(
-    rx: mpsc::Receiver<io::Result<Bytes>>,
+/// What the replica tee sends each replica.
+#[derive(Clone, Debug)]
+enum Piece {
+    Data(Bytes),
+    /// The body is complete.
+    End,
+    Failed(String),
+}
+
+/// A replica's body from the tee: ends cleanly only at [`Piece::End`]; a queue closed
+/// without it (the put abandoned) is an error.
+fn replica_body(
+    rx: mpsc::Receiver<Piece>,
 ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send {
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+    futures_util::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(Piece::Data(chunk)) => Some((Ok(chunk), Some(rx))),
+            Some(Piece::End) => None,
+            Some(Piece::Failed(reason)) => Some((Err(io::Error::other(reason)), None)),
+            None => Some((
+                Err(io::Error::other("the put was abandoned before its end")),
+                None,
+            )),
+        }
     })
 }
 

@@ -32,6 +32,8 @@ pub const DATA_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DATA_QUICK_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The error code of a stream reset because its body failed.
 const BODY_FAILED: u32 = 1;
+/// How a request's own failed body is reported.
+const BODY_FAILED_TEXT: &str = "the body failed";
 
 /// An answer: its header (the node's encoding) and its body, which may be empty.
 pub struct DataReply {
@@ -102,9 +104,43 @@ fn body_of(recv: quinn::RecvStream, counters: Arc<DataCounters>) -> ByteStream {
     ))
 }
 
+/// A send stream that is reset when dropped before it was finished: quinn would finish it,
+/// and the peer would take a body cut short by a dropped task for a whole one.
+struct Sending {
+    stream: quinn::SendStream,
+    ended: bool,
+}
+
+impl Sending {
+    fn new(stream: quinn::SendStream) -> Self {
+        Self {
+            stream,
+            ended: false,
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        self.ended = true;
+        self.stream.finish().map_err(|e| e.to_string())
+    }
+
+    fn reset(&mut self) {
+        self.ended = true;
+        let _ = self.stream.reset(BODY_FAILED.into());
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = self.stream.reset(BODY_FAILED.into());
+        }
+    }
+}
+
 /// Sends `body` to the end, then finishes the stream; a failing body resets it.
 async fn send_body(
-    send: &mut quinn::SendStream,
+    send: &mut Sending,
     body: Option<ByteStream>,
     counters: &DataCounters,
 ) -> Result<(), String> {
@@ -115,11 +151,11 @@ async fn send_body(
                 Ok(Some(Ok(chunk))) => chunk,
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
-                    let _ = send.reset(BODY_FAILED.into());
-                    return Err(format!("the body failed: {e}"));
+                    send.reset();
+                    return Err(format!("{BODY_FAILED_TEXT}: {e}"));
                 }
                 Err(_) => {
-                    let _ = send.reset(BODY_FAILED.into());
+                    send.reset();
                     return Err(format!(
                         "the body sent nothing for {}s",
                         DATA_IDLE_TIMEOUT.as_secs()
@@ -127,13 +163,16 @@ async fn send_body(
                 }
             };
             let len = chunk.len() as u64;
-            match tokio::time::timeout(DATA_IDLE_TIMEOUT, send.write_chunk(chunk)).await {
+            match tokio::time::timeout(DATA_IDLE_TIMEOUT, send.stream.write_chunk(chunk)).await {
                 Ok(Ok(())) => {
                     counters.sent.fetch_add(len, Ordering::Relaxed);
                 }
-                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Err(e)) => {
+                    send.reset();
+                    return Err(e.to_string());
+                }
                 Err(_) => {
-                    let _ = send.reset(BODY_FAILED.into());
+                    send.reset();
                     return Err(format!(
                         "the peer took nothing for {}s",
                         DATA_IDLE_TIMEOUT.as_secs()
@@ -142,7 +181,7 @@ async fn send_body(
             }
         }
     }
-    send.finish().map_err(|e| e.to_string())
+    send.finish()
 }
 
 impl QuicTransport {
@@ -159,7 +198,7 @@ impl QuicTransport {
     ) -> Result<DataReply, TransportError> {
         let failed = |reason: String| TransportError::Exchange { to, reason };
         let connection = self.connection(to, addr, Channel::Data).await?;
-        let (mut send, mut recv) = match connection.open_bi().await {
+        let (send, mut recv) = match connection.open_bi().await {
             Ok(streams) => streams,
             Err(e) => {
                 self.forget(to, Channel::Data);
@@ -170,7 +209,8 @@ impl QuicTransport {
                 });
             }
         };
-        if let Err(e) = write_frame(&mut send, header).await {
+        let mut send = Sending::new(send);
+        if let Err(e) = write_frame(&mut send.stream, header).await {
             self.forget(to, Channel::Data);
             return Err(failed(e));
         }
@@ -200,8 +240,9 @@ impl QuicTransport {
             (header, sent)
         };
         let header = match (header, sent) {
+            // Our body failed: that is the reason, not the peer's account of the reset.
+            (_, Some(Err(e))) if e.starts_with(BODY_FAILED_TEXT) => return Err(failed(e)),
             (Ok(header), _) => header,
-            // The body failed first: that is the reason, not the reset answer.
             (Err(_), Some(Err(e))) => return Err(failed(e)),
             (Err(e), _) => return Err(failed(e)),
         };
@@ -224,13 +265,14 @@ pub(crate) async fn serve_data_connection(
     counters: Arc<DataCounters>,
 ) {
     loop {
-        let (mut send, mut recv) = match connection.accept_bi().await {
+        let (send, mut recv) = match connection.accept_bi().await {
             Ok(streams) => streams,
             Err(_) => return,
         };
         let handler = Arc::clone(&handler);
         let counters = Arc::clone(&counters);
         tokio::spawn(async move {
+            let mut send = Sending::new(send);
             let header = match read_frame(&mut recv).await {
                 Ok(header) => header,
                 Err(e) => {
@@ -240,13 +282,13 @@ pub(crate) async fn serve_data_connection(
             };
             let Some(handler) = handler.get().cloned() else {
                 // Not serving data yet: the caller reads a reset stream and tries elsewhere.
-                let _ = send.reset(BODY_FAILED.into());
+                send.reset();
                 return;
             };
             let (answer, body) = handler
                 .handle(header, body_of(recv, Arc::clone(&counters)))
                 .await;
-            if let Err(e) = write_frame(&mut send, &answer).await {
+            if let Err(e) = write_frame(&mut send.stream, &answer).await {
                 debug!(error = %e, "a data answer could not be sent");
                 return;
             }
@@ -382,6 +424,55 @@ mod tests {
             }
             Err(other) => panic!("unexpected: {other}"),
         }
+    }
+
+    /// Records how the request body it got ended.
+    struct Recorder(Arc<std::sync::Mutex<Option<String>>>);
+
+    #[async_trait::async_trait]
+    impl DataHandler for Recorder {
+        async fn handle(&self, _: Vec<u8>, mut body: ByteStream) -> (Vec<u8>, Option<ByteStream>) {
+            let mut ending = "a clean end".to_string();
+            while let Some(chunk) = body.next().await {
+                if let Err(e) = chunk {
+                    ending = format!("an error: {e}");
+                    break;
+                }
+            }
+            *self.0.lock().unwrap() = Some(ending);
+            (Vec::new(), None)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_midway_ends_its_body_in_an_error_there() {
+        let (one, two, addr) = pair();
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        two.serve(Arc::new(NoControl));
+        two.serve_data(Arc::new(Recorder(Arc::clone(&seen))));
+        let one = Arc::new(one);
+        let caller = Arc::clone(&one);
+        let call = tokio::spawn(async move {
+            let first = futures_util::stream::iter(vec![Ok(Bytes::from_static(b"half"))]);
+            let body = first.chain(futures_util::stream::pending());
+            caller
+                .data_call(2, &addr, b"put", Some(Box::pin(body)), DATA_ANSWER_TIMEOUT)
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        call.abort();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let ending = loop {
+            if let Some(ending) = seen.lock().unwrap().clone() {
+                break ending;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the body never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(ending.starts_with("an error"), "{ending}");
     }
 
     #[tokio::test]

@@ -67,7 +67,7 @@ impl TierSource {
             for (key, meta) in page {
                 start_after = Some(key.clone());
                 let uri = ObjectUri::new(self.from.tier.clone(), key.clone());
-                if self.places.processes_here(&uri) {
+                if self.places.processes_here(&uri).await {
                     inputs.push(self.input(&key, &meta));
                     if inputs.len() == limit {
                         return Ok(inputs);

@@ -1297,7 +1297,8 @@ async fn run_parts(
         start_part(inner, &job, part).await?;
     }
     let mut stop = inner.stop.clone();
-    let mut cancel_since: Option<tokio::time::Instant> = None;
+    // A job resumed after its cancel was asked for waits for its parts afresh.
+    let mut cancel_since = job.cancel_requested.then(tokio::time::Instant::now);
     loop {
         // No `watch::Ref` is held past the select (it is not `Send`).
         let stopping = tokio::select! {
@@ -1345,6 +1346,16 @@ async fn run_parts(
         let all_ended = job.parts.iter().all(|p| p.state.is_finished());
         let gave_up = cancel_since.is_some_and(|at| at.elapsed() >= PART_CANCEL_WAIT);
         if all_ended || gave_up {
+            for part in job.parts.iter_mut().filter(|p| !p.state.is_finished()) {
+                // A part whose node did not stop it in time is ended here, so it blocks no
+                // later run (its node, if it comes back, does not resume an ended part).
+                part.state = JobState::Cancelled;
+                part.error = Some(format!(
+                    "node {} did not stop it within {PART_CANCEL_WAIT:?}",
+                    part.node
+                ));
+                end_part(inner, &job.id, part).await;
+            }
             job.state = if job.cancel_requested {
                 JobState::Cancelled
             } else if job.parts.iter().all(|p| p.state == JobState::Succeeded) {
@@ -1367,6 +1378,22 @@ async fn run_parts(
         if let Err(e) = save_job(inner, &job).await {
             warn!(job = %job.id, error = %e.message, "could not save the job's progress; it runs on");
         }
+    }
+}
+
+/// Records a part as ended on behalf of its node.
+async fn end_part(inner: &Inner, job: &str, part: &JobPart) {
+    let Some(entry) = inner.control.read_local(|s| s.jobs.get(&part.job).cloned()) else {
+        return;
+    };
+    let Ok(mut record) = parse_job(&entry) else {
+        return;
+    };
+    record.state = part.state.clone();
+    record.error = part.error.clone();
+    record.ended_ms = Some(inner.clock.now_ms());
+    if let Err(e) = save_job(inner, &record).await {
+        warn!(job, part = %part.job, error = %e.message, "could not record a part as ended");
     }
 }
 
