@@ -21,6 +21,11 @@
 //! - `raft`: 3 nodes on loopback; `LETL_BENCH_COMMANDS` (default 10,000) control-plane commands,
 //!   mount/unmount pairs, from 4 concurrent clients (client i sends to node i mod 3, so two
 //!   of three go through a follower); p50/p99 latency as each client sees it, and commits/s.
+//! - `data-plane`: `LETL_BENCH_MIB` between two endpoints over the data plane against a raw
+//!   quinn sender and receiver (same certificates and settings); then an md5 pipeline over
+//!   `LETL_BENCH_MIB` in 4 MiB objects spread on 3 nodes, and the bytes it sent between them.
+
+mod data_plane;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -100,8 +105,14 @@ fn main() -> anyhow::Result<()> {
         Some("move") => tier_move(),
         Some("pipeline") => pipeline(),
         Some("raft") => raft(),
+        Some("data-plane") => {
+            let mib = env_number("LETL_BENCH_MIB", 1024)?;
+            let runs = usize::try_from(env_number("LETL_BENCH_RUNS", 5)?)?;
+            data_plane::transfer(mib << 20, runs)?;
+            data_plane::spread_md5(mib << 20)
+        }
         Some(other) => {
-            bail!("unknown scenario `{other}`: use put-get, s3, move, pipeline or raft")
+            bail!("unknown scenario `{other}`: use put-get, s3, move, pipeline, raft or data-plane")
         }
     }
 }
