@@ -18,8 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::places::Places;
 use letl_storage::{
-    Clock, MoveLog, MoveRecord, MoveState, ObjectMeta, ObjectReader, ObjectUri, StorageError,
-    check_request_id,
+    Clock, MoveLog, MoveRecord, MoveState, ObjectMeta, ObjectUri, StorageError, check_request_id,
 };
 use tracing::{info, warn};
 
@@ -231,11 +230,11 @@ impl Mover {
             Some((from, _)) => from.local_file(source.key.clone()).await?,
             None => None,
         };
-        let (size, hash, mut reader) = match &local {
-            Some(file) => (file.size, file.hash, None),
+        let (size, hash) = match &local {
+            Some(file) => (file.size, file.hash),
             None => {
-                let (meta, reader) = self.places.get(&source).await?;
-                (meta.size, meta.hash, Some(reader))
+                let meta = self.places.head(&source).await?;
+                (meta.size, meta.hash)
             }
         };
         let now = self.clock.now_ms();
@@ -264,7 +263,7 @@ impl Mover {
         }
         let copied = match copied {
             Some(linked) => linked,
-            None => self.stream_copy(&record, reader.take()).await,
+            None => self.stream_copy(&record).await,
         };
         let copied = match copied {
             Ok(copied) => copied,
@@ -296,22 +295,15 @@ impl Mover {
     }
 
     /// Streams the source's bytes to the destination, which publishes them only if they hash
-    /// to the recorded hash. `reader`: the source, if already opened.
-    async fn stream_copy(
-        &self,
-        record: &MoveRecord,
-        reader: Option<ObjectReader>,
-    ) -> Result<ObjectMeta, StorageError> {
-        let reader = match reader {
-            Some(reader) => reader,
-            None => self.places.get(&record.source).await?.1,
-        };
+    /// to the recorded hash. The node holding the source sends them straight to the
+    /// destination's homes.
+    async fn stream_copy(&self, record: &MoveRecord) -> Result<ObjectMeta, StorageError> {
         self.places
-            .put(
+            .copy(
+                &record.source,
                 &record.destination,
-                reader.body,
-                Some(record.size),
-                Some(record.hash),
+                record.size,
+                record.hash,
             )
             .await
     }
@@ -372,16 +364,9 @@ impl Mover {
         if record.state == MoveState::Copying {
             let landed = matches!(self.places.head(&record.destination).await, Ok(m) if m.hash == record.hash);
             if !landed {
-                match self.places.get(&record.source).await {
-                    Ok((meta, reader)) if meta.hash == record.hash => {
-                        self.places
-                            .put(
-                                &record.destination,
-                                reader.body,
-                                Some(meta.size),
-                                Some(meta.hash),
-                            )
-                            .await?;
+                match self.places.head(&record.source).await {
+                    Ok(meta) if meta.hash == record.hash => {
+                        self.stream_copy(record).await?;
                     }
                     Ok(_) | Err(StorageError::NotFound { .. }) => {
                         let reason = "interrupted, and its source changed or vanished before the copy landed";

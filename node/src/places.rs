@@ -39,6 +39,9 @@ use crate::error::ApiError;
 
 /// Chunks a replicated put keeps in flight towards each replica; the slowest sets the pace.
 const REPLICA_CHUNKS_IN_FLIGHT_MAX: usize = 8;
+/// A copy run by the node that holds its source answers within this long (it streams the
+/// whole object first; a peer that dies is noticed sooner, by the connection's idle timeout).
+const REMOTE_COPY_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
 /// A node that did not answer is asked last, for reads, for this long.
 const SUSPECT_FOR: Duration = Duration::from_secs(10);
 /// What a replica's body ends with when another replica of the same put failed.
@@ -79,6 +82,14 @@ enum DataRequest {
     },
     /// The node's rebalancer status.
     RebalanceStatus,
+    /// Copy `source`, held by the node asked, to `destination` (wherever that belongs), if the
+    /// source has `hash`: the bytes go from there straight to the destination's homes.
+    CopyTo {
+        source: String,
+        destination: String,
+        size: u64,
+        hash: ContentHash,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -323,6 +334,7 @@ impl Places {
             directory: self.inner.directory.clone(),
             transforms,
             rebalance: Arc::clone(&self.inner.rebalance),
+            places: Arc::downgrade(&self.inner),
         }));
     }
 
@@ -488,6 +500,90 @@ impl Places {
         order
     }
 
+    /// Copies `source` (of `size` bytes and `hash`) to `destination` from the node that
+    /// holds it: the bytes stream from there to the destination's homes, not through here.
+    /// A source that is not there, or has other bytes, is `NotFound` or a `Conflict`.
+    pub async fn copy(
+        &self,
+        source: &ObjectUri,
+        destination: &ObjectUri,
+        size: u64,
+        hash: ContentHash,
+    ) -> Result<ObjectMeta, StorageError> {
+        let (mut places, _) = self.ranked(source)?;
+        places.sort_by_key(|place| matches!(place, Place::There(node) if self.suspected(*node)));
+        let mut unreachable = Vec::new();
+        for place in &places {
+            let outcome = match place {
+                Place::Here(_) => self.copy_here(source, destination, size, hash).await,
+                Place::There(node) => {
+                    let request = DataRequest::CopyTo {
+                        source: source.to_string(),
+                        destination: destination.to_string(),
+                        size,
+                        hash,
+                    };
+                    match self.call(*node, &source.tier, &request, None).await {
+                        Ok((DataAnswer::Meta(meta), _)) => Ok(meta),
+                        Ok((other, _)) => Err(Self::unexpected(&source.tier, *node, &other)),
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            match outcome {
+                // Not on that node: the next may hold it.
+                Err(StorageError::NotFound { ref tier, ref key })
+                    if *tier == source.tier.as_str() && *key == source.key.as_str() => {}
+                // That holder did not answer (the call made it a suspect): ask the next.
+                Err(e @ StorageError::Unavailable { .. }) if matches!(place, Place::There(node) if self.suspected(*node)) =>
+                {
+                    unreachable.push(e.to_string());
+                }
+                other => return other,
+            }
+        }
+        Err(if unreachable.is_empty() {
+            StorageError::NotFound {
+                tier: source.tier.to_string(),
+                key: source.key.to_string(),
+            }
+        } else {
+            StorageError::Unavailable {
+                tier: source.tier.to_string(),
+                reason: format!(
+                    "`{}` is on no node that answered ({})",
+                    source.key,
+                    unreachable.join("; ")
+                ),
+            }
+        })
+    }
+
+    /// The copy, run here, of a source this node holds.
+    async fn copy_here(
+        &self,
+        source: &ObjectUri,
+        destination: &ObjectUri,
+        size: u64,
+        hash: ContentHash,
+    ) -> Result<ObjectMeta, StorageError> {
+        let (meta, reader) = self
+            .inner
+            .directory
+            .get(&source.tier)?
+            .get(source.key.clone())
+            .await?;
+        if meta.hash != hash {
+            return Err(StorageError::Conflict {
+                tier: source.tier.to_string(),
+                key: source.key.to_string(),
+                reason: format!("it changed: it now has {}, not {hash}", meta.hash),
+            });
+        }
+        self.put(destination, reader.body, Some(size), Some(hash))
+            .await
+    }
+
     /// `uri`'s metadata on node `node` only.
     pub async fn head_on(&self, node: NodeId, uri: &ObjectUri) -> Result<ObjectMeta, StorageError> {
         let place = self.place(&uri.tier, node)?;
@@ -563,7 +659,9 @@ impl Places {
             reason: format!("node {node}: {reason}"),
         };
         // A body to take in, or a transform to run, may take a while before the answer.
-        let timeout = if body.is_some() || matches!(request, DataRequest::GetTransformed { .. }) {
+        let timeout = if matches!(request, DataRequest::CopyTo { .. }) {
+            REMOTE_COPY_TIMEOUT
+        } else if body.is_some() || matches!(request, DataRequest::GetTransformed { .. }) {
             DATA_ANSWER_TIMEOUT
         } else {
             DATA_QUICK_ANSWER_TIMEOUT
@@ -1099,6 +1197,9 @@ struct PlacesHandler {
     directory: TierDirectory,
     transforms: Arc<TransformRegistry>,
     rebalance: Arc<Mutex<RebalanceStatus>>,
+    /// For copies this node streams to other nodes (weak: the handler lives in the
+    /// transport that `Places` holds).
+    places: std::sync::Weak<Inner>,
 }
 
 impl PlacesHandler {
@@ -1166,6 +1267,25 @@ impl PlacesHandler {
                     .map(|(key, meta)| (key.to_string(), meta))
                     .collect();
                 (DataAnswer::Listed(entries), None)
+            }
+            DataRequest::CopyTo {
+                source,
+                destination,
+                size,
+                hash,
+            } => {
+                let source = ObjectUri::parse(&source)?;
+                let destination = ObjectUri::parse(&destination)?;
+                let places = self
+                    .places
+                    .upgrade()
+                    .map(|inner| Places { inner })
+                    .ok_or_else(|| StorageError::Unavailable {
+                        tier: destination.tier.to_string(),
+                        reason: "this node is stopping".to_string(),
+                    })?;
+                let meta = places.copy_here(&source, &destination, size, hash).await?;
+                (DataAnswer::Meta(meta), None)
             }
             DataRequest::RebalanceStatus => {
                 let status = self

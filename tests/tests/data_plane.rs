@@ -192,13 +192,51 @@ fn objects_put_through_one_node_spread_over_three_and_are_served_through_every_n
     assert_eq!(status, 404);
     read_back(&nodes[0], 1);
 
-    // A copy between tiers through a node that holds neither end lands where it belongs.
-    let copied = nodes[0].cli(&["cp", "ssd:/spread/obj-001", "hdd:/copies/obj-001"]);
-    copied.ok();
+    // A copy and a move through a node that holds neither end: the bytes go from the source's
+    // node straight to the destination's, never through node 1.
+    let i = (1..OBJECTS)
+        .step_by(2)
+        .find(|i| {
+            placed_on(&format!("spread/obj-{i:03}"), &[1, 2, 3]) != 1
+                && placed_on(&format!("copies/obj-{i:03}"), &[1, 2, 3]) != 1
+                && placed_on(&format!("moved/obj-{i:03}"), &[1, 2, 3]) != 1
+        })
+        .unwrap();
+    let received = || -> u64 {
+        let (_, text) = nodes[0].http("GET", "/metrics", b"");
+        text.lines()
+            .find_map(|l| l.strip_prefix("letl_data_plane_bytes_received_total "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = received();
+    let source = format!("ssd:/spread/obj-{i:03}");
+    nodes[0]
+        .cli(&["cp", &source, &format!("hdd:/copies/obj-{i:03}")])
+        .ok();
+    nodes[0]
+        .cli(&[
+            "mv",
+            &format!("hdd:/copies/obj-{i:03}"),
+            &format!("hdd:/moved/obj-{i:03}"),
+        ])
+        .ok();
+    assert_eq!(received(), before, "object bytes went through node 1");
     for node in &nodes {
-        let (status, body) = node.http("GET", "/v1/objects/hdd/copies/obj-001", b"");
-        assert_eq!((status, body), (200, content(1)));
+        let (status, body) = node.http("GET", &format!("/v1/objects/hdd/moved/obj-{i:03}"), b"");
+        assert_eq!((status, body), (200, content(i)));
+        let (status, _) = node.http("GET", &format!("/v1/objects/hdd/copies/obj-{i:03}"), b"");
+        assert_eq!(status, 404);
     }
+    let on_disk = |dir: &str| -> usize {
+        nodes
+            .iter()
+            .map(|n| files_under(&n.tier_dir("hdd").join(dir)).len())
+            .sum()
+    };
+    assert_eq!((on_disk("copies"), on_disk("moved")), (0, 1));
 }
 
 #[test]
