@@ -117,7 +117,11 @@ pub async fn start(
     let places = Places::new(directory.clone(), deps.cluster.clone(), deps.replicas);
     let transforms = Arc::new(crate::transforms::registry());
     places.serve(Arc::clone(&transforms));
-    crate::rebalance::Rebalancer::start(places.clone(), Arc::clone(&deps.clock), stop_rx.clone());
+    let rebalancer = crate::rebalance::Rebalancer::start(
+        places.clone(),
+        Arc::clone(&deps.clock),
+        stop_rx.clone(),
+    );
     let mover = Mover::new(places.clone(), deps.moves, Arc::clone(&deps.clock));
     mover
         .resume()
@@ -163,6 +167,7 @@ pub async fn start(
         pipelines: pipelines.clone(),
         stopper: Arc::clone(&stopper),
         cluster: deps.cluster.clone(),
+        rebalancer,
         cache: cache.clone(),
         cache_limits: deps.cache,
         token: Arc::from(deps.token),

@@ -433,7 +433,7 @@ impl Places {
         published
     }
 
-    fn is_local_backend(&self, handle: &TierHandle) -> bool {
+    pub fn is_local_backend(&self, handle: &TierHandle) -> bool {
         self.inner
             .cluster
             .read_local(|state| {
@@ -491,7 +491,13 @@ impl Places {
     /// The nodes that should hold `uri`, its home first; empty when its tier is served
     /// wherever it is asked (a remote tier, or one kept by this node alone).
     pub fn homes(&self, uri: &ObjectUri) -> Vec<NodeId> {
-        let holders = self.holders(&uri.tier);
+        self.homes_without(uri, None)
+    }
+
+    /// [`Self::homes`] as if node `without` kept none of the tier (it is leaving).
+    pub fn homes_without(&self, uri: &ObjectUri, without: Option<NodeId>) -> Vec<NodeId> {
+        let mut holders = self.holders(&uri.tier);
+        holders.retain(|&node| Some(node) != without);
         if holders.is_empty() {
             return Vec::new();
         }

@@ -10,6 +10,7 @@
 //! objects behind (a home down) is tried again.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ pub struct Rebalancer {
     places: Places,
     status: Arc<Mutex<RebalanceStatus>>,
     clock: Arc<dyn Clock>,
+    /// Set while this node empties itself to leave: the periodic passes wait.
+    draining: Arc<AtomicBool>,
 }
 
 fn lock(status: &Mutex<RebalanceStatus>) -> std::sync::MutexGuard<'_, RebalanceStatus> {
@@ -51,6 +54,7 @@ impl Rebalancer {
             places,
             status,
             clock,
+            draining: Arc::new(AtomicBool::new(false)),
         };
         tokio::spawn(this.clone().keep(stop));
         this
@@ -72,14 +76,16 @@ impl Rebalancer {
         let mut last_pass: Option<tokio::time::Instant> = None;
         loop {
             // Placement follows the committed member set, not a lagging view of it.
-            if self.places.cluster().read(|_| ()).await.is_ok() {
+            if !self.draining.load(Ordering::Acquire)
+                && self.places.cluster().read(|_| ()).await.is_ok()
+            {
                 let signature = self.signature();
                 let changed = placed_by.as_ref() != Some(&signature);
                 let retry = lock(&self.status).left_behind > 0
                     && last_pass.is_none_or(|at| at.elapsed() >= REBALANCE_RETRY_INTERVAL);
                 if changed || retry {
                     last_pass = Some(tokio::time::Instant::now());
-                    self.pass(&signature, &stop).await;
+                    self.pass(&signature, &stop, false).await;
                     placed_by = Some(signature);
                 }
             }
@@ -93,7 +99,50 @@ impl Rebalancer {
         }
     }
 
-    async fn pass(&self, signature: &Signature, stop: &watch::Receiver<bool>) {
+    /// Moves every object of this node to the other nodes that keep its tier, as if this one
+    /// kept none, before it leaves the cluster. Refused if this node is the last to keep a
+    /// tier it has objects on; an error if objects were left behind (a home down).
+    pub async fn drain(&self) -> Result<(), String> {
+        let me = self.places.me();
+        let mut signature = Signature::new();
+        for tier in self.places.directory().names() {
+            let Ok(handle) = self.places.directory().get(&tier) else {
+                continue;
+            };
+            if !self.places.is_local_backend(&handle) {
+                continue;
+            }
+            let mut others = self.places.holders(&tier);
+            others.retain(|&n| n != me);
+            if others.is_empty() {
+                let held = handle
+                    .list(KeyPrefix::new("").map_err(|e| e.to_string())?, None, 1)
+                    .await;
+                if matches!(held, Ok(page) if !page.is_empty()) {
+                    return Err(format!(
+                        "node {me} is the last to keep tier `{tier}`; its objects would have nowhere to go"
+                    ));
+                }
+                continue;
+            }
+            signature.insert(tier.to_string(), others);
+        }
+        self.draining.store(true, Ordering::Release);
+        let (_, stop) = watch::channel(false);
+        self.pass(&signature, &stop, true).await;
+        let status = lock(&self.status).clone();
+        if status.left_behind > 0 {
+            self.draining.store(false, Ordering::Release);
+            return Err(format!(
+                "{} objects could not be moved off node {me} yet ({}); try again",
+                status.left_behind,
+                status.last_error.unwrap_or_default()
+            ));
+        }
+        Ok(())
+    }
+
+    async fn pass(&self, signature: &Signature, stop: &watch::Receiver<bool>, leaving: bool) {
         {
             let mut status = lock(&self.status);
             status.state = "running".to_string();
@@ -113,7 +162,7 @@ impl Rebalancer {
             let Ok(tier) = TierName::new(tier.clone()) else {
                 continue;
             };
-            if let Err(e) = self.tier_pass(&tier, stop).await {
+            if let Err(e) = self.tier_pass(&tier, stop, leaving).await {
                 warn!(%tier, error = %e, "rebalancing a tier stopped");
                 let mut status = lock(&self.status);
                 status.left_behind += 1;
@@ -136,10 +185,12 @@ impl Rebalancer {
     }
 
     /// One pass over this node's objects of `tier`.
+    /// `leaving`: placed as if this node kept nothing.
     async fn tier_pass(
         &self,
         tier: &TierName,
         stop: &watch::Receiver<bool>,
+        leaving: bool,
     ) -> Result<(), StorageError> {
         let handle = self.places.directory().get(tier)?;
         let me = self.places.me();
@@ -156,7 +207,7 @@ impl Rebalancer {
                 after = Some(key.clone());
                 lock(&self.status).scanned += 1;
                 let uri = ObjectUri::new(tier.clone(), key.clone());
-                let homes = self.places.homes(&uri);
+                let homes = self.places.homes_without(&uri, leaving.then_some(me));
                 let mut everywhere = !homes.is_empty();
                 for &home in homes.iter().filter(|&&h| h != me) {
                     match self.places.head_on(home, &uri).await {

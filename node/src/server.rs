@@ -37,6 +37,7 @@ pub struct AppState {
     pub pipelines: crate::pipelines::Pipelines,
     pub stopper: Arc<crate::node::Stopper>,
     pub cluster: letl_raft::cluster::Cluster,
+    pub rebalancer: crate::rebalance::Rebalancer,
     pub cache: letl_actors::cache::CacheHandle,
     pub cache_limits: letl_actors::cache::CacheLimits,
     pub token: Arc<str>,
@@ -928,7 +929,17 @@ async fn cluster_join(
 }
 
 async fn cluster_leave(State(state): State<AppState>) -> Result<StatusCode, ApiError> {
+    // Objects go to the nodes that stay first; what was written here meanwhile follows once
+    // the others no longer place objects here.
+    let drained = |e: String| ApiError {
+        transient: true,
+        ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)
+    };
+    state.rebalancer.drain().await.map_err(drained)?;
     state.cluster.leave().await?;
+    if let Err(e) = state.rebalancer.drain().await {
+        tracing::warn!(error = %e, "objects written during the leave stay on this node");
+    }
     tracing::info!(node = state.cluster.node_id(), "left the cluster; stopping");
     state.stopper.stop();
     Ok(StatusCode::NO_CONTENT)

@@ -355,4 +355,24 @@ fn a_fourth_node_takes_its_share_and_every_object_stays_readable() {
             read_back(node, i);
         }
     }
+
+    // Node 4 leaves: its objects go back to the three, before it goes.
+    let left = nodes[3].cli(&["cluster", "leave"]);
+    assert!(left.ok().contains("left the cluster"), "{}", left.stdout);
+    nodes[3].wait();
+    let mut seen = BTreeMap::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for name in files_under(&node.tier_dir("ssd").join("spread")).into_keys() {
+            let key = format!("spread/{name}");
+            assert!(n < 3, "{key} stayed on the node that left");
+            assert_eq!(placed_on(&key, &[1, 2, 3]), n as u64 + 1, "{key}");
+            assert!(seen.insert(key, n).is_none(), "{name} twice");
+        }
+    }
+    assert_eq!(seen.len(), count);
+    for node in &nodes[..3] {
+        for i in 0..count {
+            read_back(node, i);
+        }
+    }
 }
