@@ -170,6 +170,26 @@ impl TierHandle {
             body,
             declared_len,
             expected_hash,
+            only_new: false,
+        };
+        self.call(|reply| TierMsg::Put(request, reply)).await
+    }
+
+    /// A put that is refused (`Conflict`) if the tier holds `key` already when it would be
+    /// published.
+    pub async fn put_new(
+        &self,
+        key: ObjectKey,
+        body: ByteStream,
+        declared_len: Option<u64>,
+        expected_hash: Option<ContentHash>,
+    ) -> Result<ObjectMeta, StorageError> {
+        let request = PutRequest {
+            key,
+            body,
+            declared_len,
+            expected_hash,
+            only_new: true,
         };
         self.call(|reply| TierMsg::Put(request, reply)).await
     }

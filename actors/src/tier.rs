@@ -52,6 +52,9 @@ pub struct PutRequest {
     pub declared_len: Option<u64>,
     /// Refuse to publish unless the bytes hash to this (copies and moves check their source).
     pub expected_hash: Option<ContentHash>,
+    /// Refuse to replace an object already there (a rebalance copy never overwrites a
+    /// version written since); checked when the put is published.
+    pub only_new: bool,
 }
 
 impl fmt::Debug for PutRequest {
@@ -86,6 +89,7 @@ pub enum TierMsg {
         key: ObjectKey,
         result: Result<Staged, StorageError>,
         expected_hash: Option<ContentHash>,
+        only_new: bool,
         reply: Reply<ObjectMeta>,
     },
     /// Would a put of this key and length be accepted now? Changes nothing.
@@ -234,9 +238,12 @@ impl Actor for TierActor {
                 key,
                 result,
                 expected_hash,
+                only_new,
                 reply,
             } => {
-                let outcome = state.finish_put(&key, result, expected_hash).await;
+                let outcome = state
+                    .finish_put(&key, result, expected_hash, only_new)
+                    .await;
                 state.reply_after_flush(reply, outcome);
             }
             TierMsg::CheckPut {
@@ -326,6 +333,7 @@ impl TierState {
             body,
             declared_len,
             expected_hash,
+            only_new,
         } = request;
         if self.puts_in_flight.contains(&key) {
             let _ = reply.send(Err(self.put_in_progress(&key)));
@@ -351,6 +359,7 @@ impl TierState {
                 key,
                 result,
                 expected_hash,
+                only_new,
                 reply,
             };
             if let Err(MessagingErr::SendErr(TierMsg::Staged { result, reply, .. })) =
@@ -373,6 +382,7 @@ impl TierState {
         key: &ObjectKey,
         staged: Result<Staged, StorageError>,
         expected_hash: Option<ContentHash>,
+        only_new: bool,
     ) -> Result<ObjectMeta, StorageError> {
         self.puts_in_flight.remove(key);
         let staged = staged?;
@@ -394,6 +404,14 @@ impl TierState {
                 return Err(e);
             }
         };
+        if only_new && previous.is_some() {
+            self.spec.backend.abort(staged).await;
+            return Err(StorageError::Conflict {
+                tier: self.name.to_string(),
+                key: key.to_string(),
+                reason: "it already holds a version, which stays".to_string(),
+            });
+        }
         let (size, hash) = (staged.size, staged.hash);
         let committed = self.spec.backend.commit(staged).await?;
         let now = self.spec.clock.now_ms();
@@ -475,7 +493,7 @@ impl TierState {
             .await?;
         match staged {
             Some(staged) => self
-                .finish_put(key, Ok(staged), Some(file.hash))
+                .finish_put(key, Ok(staged), Some(file.hash), false)
                 .await
                 .map(Some),
             None => Ok(None),

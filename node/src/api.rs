@@ -488,6 +488,9 @@ pub struct RebalanceStatus {
     pub state: String,
     /// The nodes its last pass placed objects over (empty: no tier is kept by several).
     pub placed_by: Vec<u64>,
+    /// The same, per tier: the nodes objects of each tier were placed on.
+    #[serde(default)]
+    pub placed_by_tier: std::collections::BTreeMap<String, Vec<u64>>,
     pub passes: u64,
     /// Objects of this node looked at by the last pass.
     pub scanned: u64,

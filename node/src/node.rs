@@ -151,6 +151,13 @@ pub async fn start(
         deps.source_s3.clone(),
     );
     pipelines.resume();
+    let provenance = pipelines.clone();
+    places.set_provenance(Arc::new(move |output: &str| {
+        let record = provenance.provenance_of(output).map_err(|e| e.message)?;
+        record
+            .map(|r| serde_json::to_string(&r).map_err(|e| e.to_string()))
+            .transpose()
+    }));
     let letl = Letl::new(
         places.clone(),
         mover.clone(),

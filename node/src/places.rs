@@ -54,6 +54,8 @@ enum DataRequest {
         uri: String,
         declared_len: Option<u64>,
         expected_hash: Option<ContentHash>,
+        /// Refused if the node holds the object already (see `TierHandle::put_new`).
+        only_new: bool,
     },
     CheckPut {
         uri: String,
@@ -82,6 +84,10 @@ enum DataRequest {
     },
     /// The node's rebalancer status.
     RebalanceStatus,
+    /// The provenance this node recorded for an output object, if any (JSON).
+    Provenance {
+        output: String,
+    },
     /// Copy `source`, held by the node asked, to `destination` (wherever that belongs), if the
     /// source has `hash`: the bytes go from there straight to the destination's homes.
     CopyTo {
@@ -102,6 +108,8 @@ enum DataAnswer {
     TransformFailed(String),
     /// A rebalancer status, as JSON.
     Rebalance(String),
+    /// A provenance record, as JSON, if the node has one.
+    Provenance(Option<String>),
 }
 
 /// A [`StorageError`] as it crosses the network: the same kinds, I/O errors as their text.
@@ -302,7 +310,6 @@ pub struct Places {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     directory: TierDirectory,
     cluster: Cluster,
@@ -311,7 +318,21 @@ struct Inner {
     suspects: Mutex<BTreeMap<NodeId, Instant>>,
     /// This node's rebalancer status (see `rebalance`).
     rebalance: Arc<Mutex<RebalanceStatus>>,
+    /// Looks up this node's provenance records (set once the pipelines are up).
+    provenance: std::sync::OnceLock<ProvenanceLookup>,
 }
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Places")
+            .field("node", &self.cluster.node_id())
+            .field("replicas", &self.replicas)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An output object's provenance record, as JSON, from this node's records.
+pub type ProvenanceLookup = Arc<dyn Fn(&str) -> Result<Option<String>, String> + Send + Sync>;
 
 impl Places {
     pub fn new(directory: TierDirectory, cluster: Cluster, replicas: usize) -> Self {
@@ -323,6 +344,7 @@ impl Places {
                 replicas,
                 suspects: Mutex::new(BTreeMap::new()),
                 rebalance: Arc::new(Mutex::new(RebalanceStatus::default())),
+                provenance: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -336,6 +358,46 @@ impl Places {
             rebalance: Arc::clone(&self.inner.rebalance),
             places: Arc::downgrade(&self.inner),
         }));
+    }
+
+    /// Sets how other nodes' provenance questions are answered here (the first call wins).
+    pub fn set_provenance(&self, lookup: ProvenanceLookup) {
+        let _ = self.inner.provenance.set(lookup);
+    }
+
+    /// The provenance records other voters hold for `output` (JSON each): a pipeline's part
+    /// records what it produced on the node that ran it.
+    pub async fn provenance_elsewhere(&self, output: &str) -> Vec<String> {
+        let me = self.me();
+        let tier = TierName::new("provenance").ok();
+        let asks = self
+            .inner
+            .cluster
+            .voters()
+            .into_iter()
+            .filter(|&node| node != me && !self.suspected(node))
+            .map(|node| {
+                let tier = tier.clone();
+                async move {
+                    let tier = tier?;
+                    let request = DataRequest::Provenance {
+                        output: output.to_string(),
+                    };
+                    match self.call(node, &tier, &request, None).await {
+                        Ok((DataAnswer::Provenance(record), _)) => record,
+                        Ok(_) => None,
+                        Err(e) => {
+                            debug!(node, error = %e, "a node did not say what it produced");
+                            None
+                        }
+                    }
+                }
+            });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     pub fn cluster(&self) -> &Cluster {
@@ -384,13 +446,22 @@ impl Places {
                 Err(e) => unreachable.push(format!("node {node}: {e}")),
             }
         }
-        let all: Vec<NodeId> = voters.iter().copied().collect();
+        // Each member placed its objects by what the current member set gives its tiers.
         let done = unreachable.is_empty()
             && members.iter().all(|m| {
+                let tiers: Vec<TierName> = self.inner.cluster.read_local(|s| {
+                    s.tiers
+                        .get(&m.node)
+                        .into_iter()
+                        .flatten()
+                        .filter(|t| t.backend != "s3")
+                        .filter_map(|t| TierName::new(t.name.clone()).ok())
+                        .collect()
+                });
                 m.state == "idle"
                     && m.passes > 0
                     && m.left_behind == 0
-                    && (m.placed_by.is_empty() || m.placed_by == all)
+                    && m.placed_by_tier == crate::rebalance::signature_of(self, tiers)
             });
         RebalanceResponse {
             members,
@@ -410,27 +481,47 @@ impl Places {
     /// The nodes that keep objects of `tier` on local storage, as this node sees the control
     /// state: voters that published a non-S3 tier of that name. Empty: serve it here.
     pub fn holders(&self, tier: &TierName) -> Vec<NodeId> {
+        self.split_keepers(tier).0
+    }
+
+    /// Every node that may hold objects of `tier`: [`Self::holders`] and the nodes emptying
+    /// themselves to leave, which still serve what they hold.
+    pub fn keepers(&self, tier: &TierName) -> Vec<NodeId> {
+        let (mut placing, draining) = self.split_keepers(tier);
+        placing.extend(draining);
+        placing
+    }
+
+    /// The voters keeping `tier` locally: those objects are placed on, and those draining.
+    fn split_keepers(&self, tier: &TierName) -> (Vec<NodeId>, Vec<NodeId>) {
         let voters = self.inner.cluster.voters();
         let name = tier.as_str();
-        let published = self.inner.cluster.read_local(|state| {
-            state
+        let (published, draining) = self.inner.cluster.read_local(|state| {
+            let published = state
                 .tiers
                 .iter()
                 .filter(|(node, _)| voters.contains(node))
                 .filter(|(_, tiers)| tiers.iter().any(|t| t.name == name && t.backend != "s3"))
                 .map(|(node, _)| *node)
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            (published, state.draining.clone())
         });
         if published.len() == 1 && published[0] == self.me() {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
         // A remote tier here is served here, even if other nodes keep one of that name locally.
         if let Ok(handle) = self.inner.directory.get(tier)
             && !self.is_local_backend(&handle)
         {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
-        published
+        let (leaving, placing): (Vec<NodeId>, Vec<NodeId>) =
+            published.iter().partition(|node| draining.contains(node));
+        if placing.is_empty() {
+            // Every keeper is leaving: they keep their objects.
+            return (published, Vec::new());
+        }
+        (placing, leaving)
     }
 
     pub fn is_local_backend(&self, handle: &TierHandle) -> bool {
@@ -447,7 +538,8 @@ impl Places {
             .unwrap_or(true)
     }
 
-    fn suspected(&self, node: NodeId) -> bool {
+    /// Whether `node` lately failed to answer.
+    pub fn suspected(&self, node: NodeId) -> bool {
         self.inner
             .suspects
             .lock()
@@ -458,7 +550,7 @@ impl Places {
 
     /// Whether some node keeps `tier` (this one, or one that published it).
     pub fn check_tier(&self, tier: &TierName) -> Result<(), StorageError> {
-        if self.holders(tier).is_empty() {
+        if self.keepers(tier).is_empty() {
             self.inner.directory.get(tier)?;
         }
         Ok(())
@@ -475,12 +567,14 @@ impl Places {
     /// Where the copies of `uri` belong (the first is its home), then every other node with
     /// its tier, in rendezvous order.
     fn ranked(&self, uri: &ObjectUri) -> Result<(Vec<Place>, usize), StorageError> {
-        let holders = self.holders(&uri.tier);
-        if holders.is_empty() {
+        let (placing, draining) = self.split_keepers(&uri.tier);
+        if placing.is_empty() {
             return Ok((vec![Place::Here(self.inner.directory.get(&uri.tier)?)], 1));
         }
-        let order = rendezvous(&uri.key, holders);
+        let mut order = rendezvous(&uri.key, placing);
         let homes = self.inner.replicas.min(order.len());
+        // Nodes leaving still hold objects until they have moved them: asked after the rest.
+        order.extend(rendezvous(&uri.key, draining));
         let places = order
             .into_iter()
             .map(|node| self.place(&uri.tier, node))
@@ -491,13 +585,7 @@ impl Places {
     /// The nodes that should hold `uri`, its home first; empty when its tier is served
     /// wherever it is asked (a remote tier, or one kept by this node alone).
     pub fn homes(&self, uri: &ObjectUri) -> Vec<NodeId> {
-        self.homes_without(uri, None)
-    }
-
-    /// [`Self::homes`] as if node `without` kept none of the tier (it is leaving).
-    pub fn homes_without(&self, uri: &ObjectUri, without: Option<NodeId>) -> Vec<NodeId> {
-        let mut holders = self.holders(&uri.tier);
-        holders.retain(|&node| Some(node) != without);
+        let holders = self.holders(&uri.tier);
         if holders.is_empty() {
             return Vec::new();
         }
@@ -544,6 +632,14 @@ impl Places {
                 Err(e @ StorageError::Unavailable { .. }) if matches!(place, Place::There(node) if self.suspected(*node)) =>
                 {
                     unreachable.push(e.to_string());
+                }
+                // After a holder that did not answer (its copy may have landed), a refusal
+                // from another is not the final word.
+                Err(e) if !unreachable.is_empty() && crate::moves::is_clean_refusal(&e) => {
+                    return Err(StorageError::Unavailable {
+                        tier: source.tier.to_string(),
+                        reason: format!("{e}, after: {}", unreachable.join("; ")),
+                    });
                 }
                 other => return other,
             }
@@ -596,8 +692,8 @@ impl Places {
         Ok(self.look_at(&place, uri, false).await?.0)
     }
 
-    /// Puts `uri` on node `node` only.
-    pub async fn put_on(
+    /// Puts `uri` on node `node` only, unless that node holds it already (`Conflict`).
+    pub async fn put_new_on(
         &self,
         node: NodeId,
         uri: &ObjectUri,
@@ -606,8 +702,30 @@ impl Places {
         expected_hash: Option<ContentHash>,
     ) -> Result<ObjectMeta, StorageError> {
         let place = self.place(&uri.tier, node)?;
-        self.put_at(&place, uri, body, declared_len, expected_hash)
+        self.put_at(&place, uri, body, declared_len, expected_hash, true)
             .await
+    }
+
+    /// Deletes `uri` on node `node` only (with `expected_hash`: only if it has those bytes).
+    pub async fn delete_on(
+        &self,
+        node: NodeId,
+        uri: &ObjectUri,
+        expected_hash: Option<ContentHash>,
+    ) -> Result<ObjectMeta, StorageError> {
+        match self.place(&uri.tier, node)? {
+            Place::Here(handle) => handle.delete(uri.key.clone(), expected_hash).await,
+            Place::There(node) => {
+                let request = DataRequest::Delete {
+                    uri: uri.to_string(),
+                    expected_hash,
+                };
+                match self.call(node, &uri.tier, &request, None).await? {
+                    (DataAnswer::Meta(meta), _) => Ok(meta),
+                    (other, _) => Err(Self::unexpected(&uri.tier, node, &other)),
+                }
+            }
+        }
     }
 
     /// The node that is `uri`'s home (where its transforms run).
@@ -631,6 +749,8 @@ impl Places {
         for place in &places {
             match place {
                 Place::Here(_) => return true,
+                // Lately silent: taken not to hold it without waiting for it again.
+                Place::There(node) if self.suspected(*node) => {}
                 Place::There(_) => {
                     if self.look_at(place, uri, false).await.is_ok() {
                         return false;
@@ -721,8 +841,14 @@ impl Places {
         body: ByteStream,
         declared_len: Option<u64>,
         expected_hash: Option<ContentHash>,
+        only_new: bool,
     ) -> Result<ObjectMeta, StorageError> {
         match place {
+            Place::Here(handle) if only_new => {
+                handle
+                    .put_new(uri.key.clone(), body, declared_len, expected_hash)
+                    .await
+            }
             Place::Here(handle) => {
                 handle
                     .put(uri.key.clone(), body, declared_len, expected_hash)
@@ -733,6 +859,7 @@ impl Places {
                     uri: uri.to_string(),
                     declared_len,
                     expected_hash,
+                    only_new,
                 };
                 match self.call(*node, &uri.tier, &request, Some(body)).await? {
                     (DataAnswer::Meta(meta), _) => Ok(meta),
@@ -772,7 +899,7 @@ impl Places {
             .count();
         if let [only] = homes {
             let meta = self
-                .put_at(only, uri, body, declared_len, expected_hash)
+                .put_at(only, uri, body, declared_len, expected_hash, false)
                 .await?;
             return Ok((meta, remote));
         }
@@ -786,7 +913,7 @@ impl Places {
             let (tx, rx) = mpsc::channel::<Piece>(REPLICA_CHUNKS_IN_FLIGHT_MAX);
             senders.push(tx);
             let body: ByteStream = Box::pin(replica_body(rx));
-            puts.push(self.put_at(place, uri, body, declared_len, expected_hash));
+            puts.push(self.put_at(place, uri, body, declared_len, expected_hash, false));
         }
         let pump = async move {
             let mut body = body;
@@ -839,7 +966,13 @@ impl Places {
             }
         }
         match (failure, first) {
-            (Some((_, e)), _) => Err(e),
+            // Some copies are published: not a clean refusal, whatever the others said (a
+            // mover must leave such a transfer pending, not record it failed).
+            (Some((_, e)), Some(_)) => Err(StorageError::Unavailable {
+                tier: uri.tier.to_string(),
+                reason: format!("{uri} is on some of its homes only: {e}"),
+            }),
+            (Some((_, e)), None) => Err(e),
             (None, Some(meta)) => Ok((meta, remote)),
             (None, None) => Err(StorageError::Index(format!(
                 "{uri} had no home to put it on"
@@ -1031,48 +1164,67 @@ impl Places {
     }
 
     /// Deletes `uri` from its homes (with `expected_hash`: only where it still has those
-    /// bytes), and any copy of it on other nodes whatever its bytes: a copy left off its
-    /// homes is stale, and would come back into reads (and, by a rebalance, onto its homes)
-    /// once the homes' copies are gone. Only the homes' answers decide the outcome; a stale
-    /// copy on a node that does not answer is logged.
+    /// bytes), then any copy of it on other nodes. A copy off the homes while a home held a
+    /// version is stale and goes whatever its bytes (else it would come back into reads, and
+    /// by a rebalance onto the homes); with no version on the homes, the copies elsewhere are
+    /// the object, and `expected_hash` applies to them. Only the homes' answers, or the other
+    /// copies' when the homes had none, decide the outcome; a node that does not answer for a
+    /// stale copy is logged.
     pub async fn delete(
         &self,
         uri: &ObjectUri,
         expected_hash: Option<ContentHash>,
     ) -> Result<ObjectMeta, StorageError> {
         let (places, homes) = self.ranked(uri)?;
-        let deletes = places.iter().enumerate().map(|(rank, place)| async move {
-            let expected_hash = if rank < homes { expected_hash } else { None };
-            match place {
-                Place::Here(handle) => handle.delete(uri.key.clone(), expected_hash).await,
-                Place::There(node) => {
-                    let request = DataRequest::Delete {
-                        uri: uri.to_string(),
-                        expected_hash,
-                    };
-                    match self.call(*node, &uri.tier, &request, None).await? {
-                        (DataAnswer::Meta(meta), _) => Ok(meta),
-                        (other, _) => Err(Self::unexpected(&uri.tier, *node, &other)),
+        let delete_at = |place: &Place, expected_hash: Option<ContentHash>| {
+            let place = place.clone();
+            async move {
+                match place {
+                    Place::Here(handle) => handle.delete(uri.key.clone(), expected_hash).await,
+                    Place::There(node) => {
+                        let request = DataRequest::Delete {
+                            uri: uri.to_string(),
+                            expected_hash,
+                        };
+                        match self.call(node, &uri.tier, &request, None).await? {
+                            (DataAnswer::Meta(meta), _) => Ok(meta),
+                            (other, _) => Err(Self::unexpected(&uri.tier, node, &other)),
+                        }
                     }
                 }
             }
-        });
+        };
         let mut deleted = None;
         let mut failure = None;
-        for (rank, outcome) in futures_util::future::join_all(deletes)
-            .await
-            .into_iter()
-            .enumerate()
-        {
+        let mut home_held = false;
+        let at_homes = places[..homes].iter().map(|p| delete_at(p, expected_hash));
+        for outcome in futures_util::future::join_all(at_homes).await {
+            match outcome {
+                Ok(meta) => {
+                    home_held = true;
+                    deleted.get_or_insert(meta);
+                }
+                Err(StorageError::NotFound { .. }) => {}
+                Err(e) => {
+                    home_held |= matches!(e, StorageError::Conflict { .. });
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        let others_hash = if home_held { None } else { expected_hash };
+        let elsewhere = places[homes..].iter().map(|p| delete_at(p, others_hash));
+        for outcome in futures_util::future::join_all(elsewhere).await {
             match outcome {
                 Ok(meta) => {
                     deleted.get_or_insert(meta);
                 }
                 Err(StorageError::NotFound { .. }) => {}
-                Err(e) if rank < homes => {
+                Err(e) if home_held => {
+                    warn!(%uri, error = %e, "a stale copy off the object's homes may remain");
+                }
+                Err(e) => {
                     failure.get_or_insert(e);
                 }
-                Err(e) => warn!(%uri, error = %e, "a stale copy off the object's homes may remain"),
             }
         }
         match (failure, deleted) {
@@ -1094,7 +1246,7 @@ impl Places {
         start_after: Option<ObjectKey>,
         limit: usize,
     ) -> Result<Listing, StorageError> {
-        let holders = self.holders(tier);
+        let holders = self.keepers(tier);
         if holders.is_empty() {
             let entries = self
                 .inner
@@ -1219,12 +1371,19 @@ impl PlacesHandler {
                 uri,
                 declared_len,
                 expected_hash,
+                only_new,
             } => {
                 let uri = ObjectUri::parse(&uri)?;
                 let handle = self.directory.get(&uri.tier)?;
-                let meta = handle
-                    .put(uri.key, body, declared_len, expected_hash)
-                    .await?;
+                let meta = if only_new {
+                    handle
+                        .put_new(uri.key, body, declared_len, expected_hash)
+                        .await?
+                } else {
+                    handle
+                        .put(uri.key, body, declared_len, expected_hash)
+                        .await?
+                };
                 (DataAnswer::Meta(meta), None)
             }
             DataRequest::CheckPut { uri, declared_len } => {
@@ -1292,6 +1451,17 @@ impl PlacesHandler {
                     })?;
                 let meta = places.copy_here(&source, &destination, size, hash).await?;
                 (DataAnswer::Meta(meta), None)
+            }
+            DataRequest::Provenance { output } => {
+                let lookup = self
+                    .places
+                    .upgrade()
+                    .and_then(|inner| inner.provenance.get().cloned());
+                let record = match lookup {
+                    Some(lookup) => lookup(&output).map_err(StorageError::Index)?,
+                    None => None,
+                };
+                (DataAnswer::Provenance(record), None)
             }
             DataRequest::RebalanceStatus => {
                 let status = self

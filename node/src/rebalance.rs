@@ -1,20 +1,23 @@
 //! Moving objects to the nodes they belong on once the member set has changed.
 //!
-//! Each node runs one rebalancer. When the nodes that keep its tiers change (a node joined, or
-//! published its tiers), it makes a pass over its own objects: each object goes to the homes
-//! the current member set gives it (a copy the destination verifies against the object's
-//! hash), and only once every home has it is the copy here deleted, and only if it still has
-//! the bytes that were copied. A home that already holds another version keeps it: it was
-//! written under the new placement. Reads meanwhile find objects wherever they are (they ask
-//! every holder after the homes), so nothing is unreachable during a pass. A pass that left
-//! objects behind (a home down) is tried again.
+//! Each node runs one rebalancer. When the nodes that keep its tiers change (a node joined,
+//! published its tiers, or is leaving), it makes a pass over its own objects: each object goes
+//! to the homes the current member set gives it, by a put that the destination verifies
+//! against the object's hash and refuses if it holds the key already (a version written there
+//! since stays). Only once every home has a version is the copy here deleted, and only if it
+//! still has the bytes that were copied; if it was deleted meanwhile, the copy just made is
+//! taken back. Reads find objects wherever they are during a pass (they ask every keeper
+//! after the homes). A pass that left objects behind (a home down) is tried again.
+//!
+//! A node leaves in three steps: it is marked draining in the control plane, so no object is
+//! placed on it while it still serves what it holds; it moves everything out; then it is
+//! removed (see `server::cluster_leave`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use letl_raft::NodeId;
+use letl_raft::{Command, NodeId, Response};
 use letl_storage::{Clock, KeyPrefix, LIST_PAGE_ENTRIES_MAX, ObjectUri, StorageError, TierName};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -27,9 +30,9 @@ pub const REBALANCE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// A pass that left objects behind is tried again after this long.
 pub const REBALANCE_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The nodes keeping each of this node's tiers that are kept by several: what placement
-/// depends on.
-type Signature = BTreeMap<String, Vec<NodeId>>;
+/// For each of this node's tiers kept by several nodes, the nodes objects are placed on: what
+/// placement depends on.
+pub type Signature = BTreeMap<String, Vec<NodeId>>;
 
 /// This node's rebalancer: its task and its status.
 #[derive(Clone, Debug)]
@@ -37,12 +40,45 @@ pub struct Rebalancer {
     places: Places,
     status: Arc<Mutex<RebalanceStatus>>,
     clock: Arc<dyn Clock>,
-    /// Set while this node empties itself to leave: the periodic passes wait.
-    draining: Arc<AtomicBool>,
+    /// One pass at a time: the periodic ones and a drain.
+    passes: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn lock(status: &Mutex<RebalanceStatus>) -> std::sync::MutexGuard<'_, RebalanceStatus> {
     status.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The signature `places` gives `tiers` now.
+pub fn signature_of(places: &Places, tiers: impl IntoIterator<Item = TierName>) -> Signature {
+    let mut signature = Signature::new();
+    for tier in tiers {
+        if places.keepers(&tier).len() > 1 {
+            signature.insert(tier.to_string(), places.holders(&tier));
+        }
+    }
+    signature
+}
+
+/// Marks a pass ended however it ends: a pass dropped half-way (its request cancelled)
+/// counts as having left objects behind, so it is tried again.
+struct PassEnd<'a> {
+    status: &'a Mutex<RebalanceStatus>,
+    clock: &'a dyn Clock,
+    finished: bool,
+}
+
+impl Drop for PassEnd<'_> {
+    fn drop(&mut self) {
+        let mut status = lock(self.status);
+        status.state = "idle".to_string();
+        status.finished_ms = Some(self.clock.now_ms());
+        if self.finished {
+            status.passes += 1;
+        } else {
+            status.left_behind += 1;
+            status.last_error = Some("the pass was cut short".to_string());
+        }
+    }
 }
 
 impl Rebalancer {
@@ -50,25 +86,19 @@ impl Rebalancer {
     pub fn start(places: Places, clock: Arc<dyn Clock>, stop: watch::Receiver<bool>) -> Self {
         let status = places.rebalance_status();
         lock(&status).node = places.me();
+        lock(&status).state = "idle".to_string();
         let this = Self {
             places,
             status,
             clock,
-            draining: Arc::new(AtomicBool::new(false)),
+            passes: Arc::new(tokio::sync::Mutex::new(())),
         };
         tokio::spawn(this.clone().keep(stop));
         this
     }
 
     fn signature(&self) -> Signature {
-        let mut signature = Signature::new();
-        for tier in self.places.directory().names() {
-            let holders = self.places.holders(&tier);
-            if holders.len() > 1 {
-                signature.insert(tier.to_string(), holders);
-            }
-        }
-        signature
+        signature_of(&self.places, self.places.directory().names())
     }
 
     async fn keep(self, mut stop: watch::Receiver<bool>) {
@@ -76,16 +106,17 @@ impl Rebalancer {
         let mut last_pass: Option<tokio::time::Instant> = None;
         loop {
             // Placement follows the committed member set, not a lagging view of it.
-            if !self.draining.load(Ordering::Acquire)
-                && self.places.cluster().read(|_| ()).await.is_ok()
-            {
+            if self.places.cluster().read(|_| ()).await.is_ok() {
                 let signature = self.signature();
                 let changed = placed_by.as_ref() != Some(&signature);
                 let retry = lock(&self.status).left_behind > 0
                     && last_pass.is_none_or(|at| at.elapsed() >= REBALANCE_RETRY_INTERVAL);
                 if changed || retry {
                     last_pass = Some(tokio::time::Instant::now());
-                    self.pass(&signature, &stop, false).await;
+                    let _one = self.passes.lock().await;
+                    // Taken again under the lock: a drain may have changed it.
+                    let signature = self.signature();
+                    self.pass(&signature, &stop).await;
                     placed_by = Some(signature);
                 }
             }
@@ -99,12 +130,12 @@ impl Rebalancer {
         }
     }
 
-    /// Moves every object of this node to the other nodes that keep its tier, as if this one
-    /// kept none, before it leaves the cluster. Refused if this node is the last to keep a
-    /// tier it has objects on; an error if objects were left behind (a home down).
+    /// Empties this node before it leaves: marks it draining in the control plane (no object
+    /// is placed on it any more; it still serves what it holds), then moves every object to
+    /// its homes. Refused if this node is the last to keep a tier it has objects on; an error
+    /// if objects were left behind (a home down): try again.
     pub async fn drain(&self) -> Result<(), String> {
         let me = self.places.me();
-        let mut signature = Signature::new();
         for tier in self.places.directory().names() {
             let Ok(handle) = self.places.directory().get(&tier) else {
                 continue;
@@ -115,37 +146,58 @@ impl Rebalancer {
             let mut others = self.places.holders(&tier);
             others.retain(|&n| n != me);
             if others.is_empty() {
+                let root = KeyPrefix::new("").map_err(|e| e.to_string())?;
                 let held = handle
-                    .list(KeyPrefix::new("").map_err(|e| e.to_string())?, None, 1)
-                    .await;
-                if matches!(held, Ok(page) if !page.is_empty()) {
+                    .list(root, None, 1)
+                    .await
+                    .map_err(|e| format!("cannot tell whether tier `{tier}` holds objects: {e}"))?;
+                if !held.is_empty() {
                     return Err(format!(
                         "node {me} is the last to keep tier `{tier}`; its objects would have nowhere to go"
                     ));
                 }
-                continue;
             }
-            signature.insert(tier.to_string(), others);
         }
-        self.draining.store(true, Ordering::Release);
+        let mark = Command::SetDraining {
+            node: me,
+            draining: true,
+        };
+        match self.places.cluster().write(mark).await {
+            Ok(Response::Done) => {}
+            Ok(other) => return Err(format!("the control plane answered {other:?}")),
+            Err(e) => return Err(e.to_string()),
+        }
+        // Everything committed before is applied here: the placement without this node.
+        self.places
+            .cluster()
+            .read(|_| ())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.pass_now().await
+    }
+
+    /// One pass now, by the current placement; an error if it left objects behind.
+    pub async fn pass_now(&self) -> Result<(), String> {
+        let _one = self.passes.lock().await;
         let (_, stop) = watch::channel(false);
-        self.pass(&signature, &stop, true).await;
+        self.pass(&self.signature(), &stop).await;
         let status = lock(&self.status).clone();
         if status.left_behind > 0 {
-            self.draining.store(false, Ordering::Release);
             return Err(format!(
-                "{} objects could not be moved off node {me} yet ({}); try again",
+                "{} objects could not be moved off node {} yet ({}); try again",
                 status.left_behind,
+                self.places.me(),
                 status.last_error.unwrap_or_default()
             ));
         }
         Ok(())
     }
 
-    async fn pass(&self, signature: &Signature, stop: &watch::Receiver<bool>, leaving: bool) {
+    async fn pass(&self, signature: &Signature, stop: &watch::Receiver<bool>) {
         {
             let mut status = lock(&self.status);
             status.state = "running".to_string();
+            status.placed_by_tier = signature.clone();
             status.placed_by = signature.values().flatten().copied().collect();
             status.placed_by.sort_unstable();
             status.placed_by.dedup();
@@ -158,39 +210,42 @@ impl Rebalancer {
             status.started_ms = Some(self.clock.now_ms());
             status.finished_ms = None;
         }
+        let mut end = PassEnd {
+            status: &self.status,
+            clock: self.clock.as_ref(),
+            finished: false,
+        };
         for tier in signature.keys() {
             let Ok(tier) = TierName::new(tier.clone()) else {
                 continue;
             };
-            if let Err(e) = self.tier_pass(&tier, stop, leaving).await {
+            if let Err(e) = self.tier_pass(&tier, stop).await {
                 warn!(%tier, error = %e, "rebalancing a tier stopped");
                 let mut status = lock(&self.status);
                 status.left_behind += 1;
                 status.last_error = Some(format!("{tier}: {e}"));
             }
         }
-        let mut status = lock(&self.status);
-        status.state = "idle".to_string();
-        status.passes += 1;
-        status.finished_ms = Some(self.clock.now_ms());
-        if status.moved > 0 || status.removed > 0 || status.left_behind > 0 {
-            info!(
-                scanned = status.scanned,
-                moved = status.moved,
-                removed = status.removed,
-                left_behind = status.left_behind,
-                "rebalance pass done"
-            );
+        {
+            let status = lock(&self.status);
+            if status.moved > 0 || status.removed > 0 || status.left_behind > 0 {
+                info!(
+                    scanned = status.scanned,
+                    moved = status.moved,
+                    removed = status.removed,
+                    left_behind = status.left_behind,
+                    "rebalance pass done"
+                );
+            }
         }
+        end.finished = !*stop.borrow();
     }
 
     /// One pass over this node's objects of `tier`.
-    /// `leaving`: placed as if this node kept nothing.
     async fn tier_pass(
         &self,
         tier: &TierName,
         stop: &watch::Receiver<bool>,
-        leaving: bool,
     ) -> Result<(), StorageError> {
         let handle = self.places.directory().get(tier)?;
         let me = self.places.me();
@@ -207,9 +262,16 @@ impl Rebalancer {
                 after = Some(key.clone());
                 lock(&self.status).scanned += 1;
                 let uri = ObjectUri::new(tier.clone(), key.clone());
-                let homes = self.places.homes_without(&uri, leaving.then_some(me));
+                let homes = self.places.homes(&uri);
                 let mut everywhere = !homes.is_empty();
+                let mut copied_to = Vec::new();
                 for &home in homes.iter().filter(|&&h| h != me) {
+                    if self.places.suspected(home) {
+                        // Lately silent: the next pass tries it, without a timeout per object.
+                        everywhere = false;
+                        self.left_behind(&uri, home, "lately did not answer");
+                        continue;
+                    }
                     match self.places.head_on(home, &uri).await {
                         // The same bytes, or a version written there since: it stays.
                         Ok(_) => {}
@@ -224,7 +286,7 @@ impl Rebalancer {
                                     });
                                 }
                                 self.places
-                                    .put_on(
+                                    .put_new_on(
                                         home,
                                         &uri,
                                         reader.body,
@@ -235,28 +297,49 @@ impl Rebalancer {
                             };
                             match copied.await {
                                 Ok(_) => {
+                                    copied_to.push(home);
                                     let mut status = lock(&self.status);
                                     status.moved += 1;
                                     status.bytes_moved += meta.size;
                                 }
+                                // A version arrived there meanwhile (put_new refuses to
+                                // replace it): it stays.
+                                Err(StorageError::Conflict {
+                                    ref tier, ref key, ..
+                                }) if *tier == uri.tier.as_str() && *key == uri.key.as_str() => {}
                                 Err(e) => {
                                     everywhere = false;
-                                    self.left_behind(&uri, home, &e);
+                                    self.left_behind(&uri, home, &e.to_string());
                                 }
                             }
                         }
                         Err(e) => {
                             everywhere = false;
-                            self.left_behind(&uri, home, &e);
+                            self.left_behind(&uri, home, &e.to_string());
                         }
                     }
                 }
                 if everywhere && !homes.contains(&me) {
                     match handle.delete(key.clone(), Some(meta.hash)).await {
                         Ok(_) => lock(&self.status).removed += 1,
-                        // Gone, or rewritten here since: nothing more to do with it.
-                        Err(StorageError::NotFound { .. } | StorageError::Conflict { .. }) => {}
-                        Err(e) => self.left_behind(&uri, me, &e),
+                        // Deleted meanwhile (a delete that asked every keeper): the copies
+                        // just made would bring it back, so they go too.
+                        Err(StorageError::NotFound { .. }) => {
+                            for &home in &copied_to {
+                                if let Err(e) =
+                                    self.places.delete_on(home, &uri, Some(meta.hash)).await
+                                {
+                                    self.left_behind(
+                                        &uri,
+                                        home,
+                                        &format!("taking back a copy of a deleted object: {e}"),
+                                    );
+                                }
+                            }
+                        }
+                        // Rewritten here since: nothing more to do with it now.
+                        Err(StorageError::Conflict { .. }) => {}
+                        Err(e) => self.left_behind(&uri, me, &e.to_string()),
                     }
                 }
             }
@@ -266,10 +349,10 @@ impl Rebalancer {
         }
     }
 
-    fn left_behind(&self, uri: &ObjectUri, node: NodeId, e: &StorageError) {
-        warn!(%uri, node, error = %e, "an object stays where it is for now");
+    fn left_behind(&self, uri: &ObjectUri, node: NodeId, why: &str) {
+        warn!(%uri, node, error = why, "an object stays where it is for now");
         let mut status = lock(&self.status);
         status.left_behind += 1;
-        status.last_error = Some(format!("{uri} (node {node}): {e}"));
+        status.last_error = Some(format!("{uri} (node {node}): {why}"));
     }
 }

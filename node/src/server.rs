@@ -298,11 +298,23 @@ async fn stat_object(
     let uri = object_uri(path)?;
     let meta = state.service.head(&uri).await?;
     let mut info = ObjectInfo::new(&uri, &meta);
-    // Provenance describes this object only while its bytes are what was produced.
+    // Provenance describes this object only while its bytes are what was produced. The
+    // node that ran the producing pipeline part keeps it: here, or another node.
+    let hash = meta.hash.to_string();
     info.provenance = state
         .pipelines
         .provenance_of(&uri.to_string())?
-        .filter(|p| p.output_hash == meta.hash.to_string());
+        .filter(|p| p.output_hash == hash);
+    if info.provenance.is_none() {
+        info.provenance = state
+            .service
+            .places()
+            .provenance_elsewhere(&uri.to_string())
+            .await
+            .iter()
+            .filter_map(|json| serde_json::from_str::<crate::pipelines::io::Provenance>(json).ok())
+            .find(|p| p.output_hash == hash);
+    }
     Ok(Json(info))
 }
 
@@ -929,16 +941,18 @@ async fn cluster_join(
 }
 
 async fn cluster_leave(State(state): State<AppState>) -> Result<StatusCode, ApiError> {
-    // Objects go to the nodes that stay first; what was written here meanwhile follows once
-    // the others no longer place objects here.
+    // The node is marked draining (nothing more is placed on it) and its objects go to the
+    // nodes that stay; only then is it removed. A failed drain leaves it draining: run the
+    // leave again.
     let drained = |e: String| ApiError {
         transient: true,
         ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)
     };
     state.rebalancer.drain().await.map_err(drained)?;
     state.cluster.leave().await?;
-    if let Err(e) = state.rebalancer.drain().await {
-        tracing::warn!(error = %e, "objects written during the leave stay on this node");
+    // A put that was on its way when the node was marked draining may have landed here.
+    if let Err(e) = state.rebalancer.pass_now().await {
+        tracing::error!(error = %e, "objects that reached this node during its leave stay on it");
     }
     tracing::info!(node = state.cluster.node_id(), "left the cluster; stopping");
     state.stopper.stop();

@@ -70,6 +70,9 @@ impl Claim {
     }
 }
 
+/// How a save of an ended job's progress is refused (the end of the reason).
+pub const JOB_ENDED: &str = "has ended";
+
 /// Everything the control plane replicates (cluster membership itself is raft's own).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlState {
@@ -87,6 +90,9 @@ pub struct ControlState {
     pub next_node_id: NodeId,
     /// The job each request id started (a request id starts one job, for ever).
     pub job_requests: BTreeMap<String, String>,
+    /// Nodes emptying themselves to leave: no object is placed on them any more, though they
+    /// still serve what they hold.
+    pub draining: std::collections::BTreeSet<NodeId>,
 }
 
 /// A change to the control state.
@@ -150,6 +156,11 @@ pub enum Command {
         pipeline: String,
         request_id: Option<String>,
         record_json: String,
+    },
+    /// Marks a node as emptying itself to leave (or no longer).
+    SetDraining {
+        node: NodeId,
+        draining: bool,
     },
 }
 
@@ -248,7 +259,7 @@ impl Command {
                 ..
             } => text("token", token_hash).and_then(|()| text("seal_key", seal_key)),
             Self::AdmitNode { token_hash, .. } => text("token", token_hash),
-            Self::Noop => Ok(()),
+            Self::Noop | Self::SetDraining { .. } => Ok(()),
         }
     }
 }
@@ -371,6 +382,10 @@ impl ControlState {
                 record_json,
                 finished,
             } => match self.jobs.get_mut(&id) {
+                // An ended job stays ended: a late save of its progress does not reopen it.
+                Some(entry) if entry.finished && !finished => Response::Refused {
+                    reason: format!("job `{id}` {JOB_ENDED}"),
+                },
                 Some(entry) => {
                     entry.record_json = record_json;
                     entry.finished = finished;
@@ -478,6 +493,14 @@ impl ControlState {
                 },
             },
             Command::Noop => Response::Done,
+            Command::SetDraining { node, draining } => {
+                if draining {
+                    self.draining.insert(node);
+                } else {
+                    self.draining.remove(&node);
+                }
+                Response::Done
+            }
         }
     }
 }
@@ -594,6 +617,17 @@ mod tests {
     }
 
     #[test]
+    fn a_node_is_marked_draining_and_back() {
+        let mut state = ControlState::default();
+        let mark = |draining| Command::SetDraining { node: 3, draining };
+        assert_eq!(state.apply(mark(true)), Response::Done);
+        assert!(state.draining.contains(&3));
+        assert_eq!(state.apply(mark(true)), Response::Done);
+        assert_eq!(state.apply(mark(false)), Response::Done);
+        assert!(state.draining.is_empty());
+    }
+
+    #[test]
     fn a_request_id_starts_one_job_for_ever() {
         let mut state = ControlState::default();
         let start = |id: &str, request: Option<&str>| Command::StartJob {
@@ -613,6 +647,16 @@ mod tests {
             finished: true,
         };
         assert_eq!(state.apply(put), Response::Done);
+        assert!(state.jobs["j1"].finished);
+        // A late save of its progress does not reopen it.
+        let late = Command::PutJob {
+            id: "j1".to_string(),
+            record_json: "{\"id\":\"j1\"}".to_string(),
+            finished: false,
+        };
+        assert!(
+            matches!(state.apply(late), Response::Refused { reason } if reason.ends_with(JOB_ENDED))
+        );
         assert!(state.jobs["j1"].finished);
         // The same request id again: the first job, with its latest record; no second job.
         assert_eq!(

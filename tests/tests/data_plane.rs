@@ -158,6 +158,18 @@ fn objects_put_through_one_node_spread_over_three_and_are_served_through_every_n
             );
         }
     }
+    // An output's provenance shows through every node, whichever node produced it.
+    for node in &nodes {
+        let stat: serde_json::Value = serde_json::from_str(
+            node.cli(&["stat", "hdd:/spread-md5/obj-150", "--json"])
+                .ok(),
+        )
+        .unwrap();
+        assert_eq!(
+            stat["provenance"]["source"], "ssd:/spread/obj-150",
+            "{stat}"
+        );
+    }
     // A run again touches nothing: each node skips what it produced.
     let again = run_and_wait(&nodes[1], "spread-md5");
     assert_eq!(again["stats"]["skipped"], OBJECTS as u64, "{again}");
@@ -309,11 +321,25 @@ fn a_fourth_node_takes_its_share_and_every_object_stays_readable() {
                 })
         });
     }
-    // Reads go on while objects move.
+    // Writes, deletes and reads go on while objects move: 100..110 are rewritten and
+    // 110..120 deleted through node 2, at once.
+    let expected = |i: usize| match i {
+        100..110 => Some(format!("rewritten {i}\n")),
+        110..120 => None,
+        _ => Some(content(i)),
+    };
+    for i in 100..120 {
+        let path = format!("/v1/objects/ssd/spread/obj-{i:03}");
+        let (status, body) = match expected(i) {
+            Some(text) => nodes[1].http("PUT", &path, text.as_bytes()),
+            None => nodes[1].http("DELETE", &path, b""),
+        };
+        assert!(status == 200 || status == 201, "{i}: {status} {body}");
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut reads = 0;
     loop {
-        read_back(&nodes[reads % 4], reads % count);
+        read_back(&nodes[reads % 4], reads % 100);
         reads += 1;
         let status = nodes[1].cli(&["cluster", "rebalance", "status", "--json"]);
         if status.code == 0 {
@@ -334,45 +360,40 @@ fn a_fourth_node_takes_its_share_and_every_object_stays_readable() {
         "{}",
         human.stdout
     );
-
-    // Each object is once on disk, on the node the four-node member set places it on.
-    let mut seen = BTreeMap::new();
-    for (n, node) in nodes.iter().enumerate() {
-        for name in files_under(&node.tier_dir("ssd").join("spread")).into_keys() {
-            let key = format!("spread/{name}");
-            assert_eq!(placed_on(&key, &[1, 2, 3, 4]), n as u64 + 1, "{key}");
-            assert!(seen.insert(key, n).is_none(), "{name} twice");
+    let check_all = |nodes: &[TestNode], members: &[u64]| {
+        // Each object is once on disk, with the bytes last written, on the node the member
+        // set places it on; deleted ones are nowhere.
+        let mut seen = BTreeMap::new();
+        for (n, node) in nodes.iter().enumerate() {
+            for (name, text) in files_under(&node.tier_dir("ssd").join("spread")) {
+                let key = format!("spread/{name}");
+                let i: usize = name.trim_start_matches("obj-").parse().unwrap();
+                assert!(members.contains(&(n as u64 + 1)), "{key} on node {}", n + 1);
+                assert_eq!(placed_on(&key, members), n as u64 + 1, "{key}");
+                assert_eq!(Some(text), expected(i), "{key} on node {}", n + 1);
+                assert!(seen.insert(key, n).is_none(), "{name} twice");
+            }
         }
-    }
-    assert_eq!(seen.len(), count);
+        assert_eq!(seen.len(), count - 10);
+        for node in nodes.iter().filter(|n| n.is_running()) {
+            for i in 0..count {
+                let (status, body) =
+                    node.http("GET", &format!("/v1/objects/ssd/spread/obj-{i:03}"), b"");
+                match expected(i) {
+                    Some(text) => assert_eq!((status, body), (200, text), "{i}"),
+                    None => assert_eq!(status, 404, "{i} was deleted"),
+                }
+            }
+        }
+        seen
+    };
+    let seen = check_all(&nodes, &[1, 2, 3, 4]);
     let on_fourth = seen.values().filter(|&&n| n == 3).count();
-    assert!(
-        (15..=50).contains(&on_fourth),
-        "node 4 holds {on_fourth} of {count}"
-    );
-    for node in &nodes {
-        for i in 0..count {
-            read_back(node, i);
-        }
-    }
+    assert!((15..=50).contains(&on_fourth), "node 4 holds {on_fourth}");
 
     // Node 4 leaves: its objects go back to the three, before it goes.
     let left = nodes[3].cli(&["cluster", "leave"]);
     assert!(left.ok().contains("left the cluster"), "{}", left.stdout);
     nodes[3].wait();
-    let mut seen = BTreeMap::new();
-    for (n, node) in nodes.iter().enumerate() {
-        for name in files_under(&node.tier_dir("ssd").join("spread")).into_keys() {
-            let key = format!("spread/{name}");
-            assert!(n < 3, "{key} stayed on the node that left");
-            assert_eq!(placed_on(&key, &[1, 2, 3]), n as u64 + 1, "{key}");
-            assert!(seen.insert(key, n).is_none(), "{name} twice");
-        }
-    }
-    assert_eq!(seen.len(), count);
-    for node in &nodes[..3] {
-        for i in 0..count {
-            read_back(node, i);
-        }
-    }
+    check_all(&nodes, &[1, 2, 3]);
 }

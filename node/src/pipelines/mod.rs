@@ -565,7 +565,8 @@ impl Pipelines {
         let ExtractFrom::Tier(from) = &compiled.from else {
             return Ok(Vec::new());
         };
-        let holders = self.inner.places.holders(&from.tier);
+        // Nodes leaving still hold objects: they run a part too.
+        let holders = self.inner.places.keepers(&from.tier);
         if holders.len() < 2 {
             return Ok(Vec::new());
         }
@@ -1389,6 +1390,9 @@ async fn end_part(inner: &Inner, job: &str, part: &JobPart) {
     let Ok(mut record) = parse_job(&entry) else {
         return;
     };
+    if entry.finished {
+        return;
+    }
     record.state = part.state.clone();
     record.error = part.error.clone();
     record.ended_ms = Some(inner.clock.now_ms());
@@ -1457,6 +1461,11 @@ async fn save_job(inner: &Inner, job: &JobRecord) -> Result<(), ApiError> {
     };
     match inner.control.write(put).await? {
         Response::Done => Ok(()),
+        // Ended for good already (its parent gave up on it): nothing more to record.
+        Response::Refused { reason } if reason.ends_with(letl_raft::state::JOB_ENDED) => {
+            info!(job = %job.id, "the job had been ended elsewhere; its last state is not recorded");
+            Ok(())
+        }
         Response::Refused { reason } => Err(internal(reason)),
         other => Err(internal(format!("unexpected control answer: {other:?}"))),
     }
