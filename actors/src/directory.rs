@@ -165,14 +165,8 @@ impl TierHandle {
         declared_len: Option<u64>,
         expected_hash: Option<ContentHash>,
     ) -> Result<ObjectMeta, StorageError> {
-        let request = PutRequest {
-            key,
-            body,
-            declared_len,
-            expected_hash,
-            only_new: false,
-        };
-        self.call(|reply| TierMsg::Put(request, reply)).await
+        self.put_checked(key, body, declared_len, expected_hash, false)
+            .await
     }
 
     /// A put that is refused (`Conflict`) if the tier holds `key` already when it would be
@@ -184,12 +178,24 @@ impl TierHandle {
         declared_len: Option<u64>,
         expected_hash: Option<ContentHash>,
     ) -> Result<ObjectMeta, StorageError> {
+        self.put_checked(key, body, declared_len, expected_hash, true)
+            .await
+    }
+
+    async fn put_checked(
+        &self,
+        key: ObjectKey,
+        body: ByteStream,
+        declared_len: Option<u64>,
+        expected_hash: Option<ContentHash>,
+        only_new: bool,
+    ) -> Result<ObjectMeta, StorageError> {
         let request = PutRequest {
             key,
             body,
             declared_len,
             expected_hash,
-            only_new: true,
+            only_new,
         };
         self.call(|reply| TierMsg::Put(request, reply)).await
     }

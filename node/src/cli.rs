@@ -947,14 +947,17 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// `value` as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> Outcome {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
 fn print_rebalance(status: &crate::api::RebalanceResponse, json: bool) -> Outcome {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(status)
-                .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?
-        );
-        return Ok(());
+        return print_json(status);
     }
     println!(
         "{}",
@@ -998,12 +1001,7 @@ fn print_rebalance(status: &crate::api::RebalanceResponse, json: bool) -> Outcom
 
 fn print_cluster_status(status: &letl_raft::cluster::ClusterStatus, json: bool) -> Outcome {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(status)
-                .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?
-        );
-        return Ok(());
+        return print_json(status);
     }
     let show = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     println!(
