@@ -538,6 +538,35 @@ impl Places {
             .unwrap_or(true)
     }
 
+    /// The places of `uri` in the order reads ask them: its homes, then other keepers, with
+    /// nodes that lately did not answer last (a dead holder costs one timeout, not one per
+    /// read).
+    fn read_order(&self, uri: &ObjectUri) -> Result<Vec<Place>, StorageError> {
+        let (mut places, _) = self.ranked(uri)?;
+        places.sort_by_key(|place| matches!(place, Place::There(node) if self.suspected(*node)));
+        Ok(places)
+    }
+
+    /// What a read of `uri` that found it nowhere answers: not found, or unavailable if some
+    /// nodes did not answer (`unreachable`).
+    fn found_nowhere(uri: &ObjectUri, unreachable: &[String]) -> StorageError {
+        if unreachable.is_empty() {
+            StorageError::NotFound {
+                tier: uri.tier.to_string(),
+                key: uri.key.to_string(),
+            }
+        } else {
+            StorageError::Unavailable {
+                tier: uri.tier.to_string(),
+                reason: format!(
+                    "`{}` is on no node that answered ({})",
+                    uri.key,
+                    unreachable.join("; ")
+                ),
+            }
+        }
+    }
+
     /// Whether `node` lately failed to answer.
     pub fn suspected(&self, node: NodeId) -> bool {
         self.inner
@@ -604,8 +633,7 @@ impl Places {
         size: u64,
         hash: ContentHash,
     ) -> Result<ObjectMeta, StorageError> {
-        let (mut places, _) = self.ranked(source)?;
-        places.sort_by_key(|place| matches!(place, Place::There(node) if self.suspected(*node)));
+        let places = self.read_order(source)?;
         let mut unreachable = Vec::new();
         for place in &places {
             let outcome = match place {
@@ -644,21 +672,7 @@ impl Places {
                 other => return other,
             }
         }
-        Err(if unreachable.is_empty() {
-            StorageError::NotFound {
-                tier: source.tier.to_string(),
-                key: source.key.to_string(),
-            }
-        } else {
-            StorageError::Unavailable {
-                tier: source.tier.to_string(),
-                reason: format!(
-                    "`{}` is on no node that answered ({})",
-                    source.key,
-                    unreachable.join("; ")
-                ),
-            }
-        })
+        Err(Self::found_nowhere(source, &unreachable))
     }
 
     /// The copy, run here, of a source this node holds.
@@ -1045,10 +1059,7 @@ impl Places {
         uri: &ObjectUri,
         open: bool,
     ) -> Result<(ObjectMeta, Option<ObjectReader>, bool), StorageError> {
-        let (mut places, _) = self.ranked(uri)?;
-        // Nodes that lately did not answer go last: a dead holder costs one timeout, not one
-        // per read.
-        places.sort_by_key(|place| matches!(place, Place::There(node) if self.suspected(*node)));
+        let places = self.read_order(uri)?;
         let mut unreachable = Vec::new();
         for place in &places {
             match self.look_at(place, uri, open).await {
@@ -1063,21 +1074,7 @@ impl Places {
                 Err(e) => return Err(e),
             }
         }
-        if unreachable.is_empty() {
-            Err(StorageError::NotFound {
-                tier: uri.tier.to_string(),
-                key: uri.key.to_string(),
-            })
-        } else {
-            Err(StorageError::Unavailable {
-                tier: uri.tier.to_string(),
-                reason: format!(
-                    "`{}` is on no node that answered ({})",
-                    uri.key,
-                    unreachable.join("; ")
-                ),
-            })
-        }
+        Err(Self::found_nowhere(uri, &unreachable))
     }
 
     pub async fn get(&self, uri: &ObjectUri) -> Result<(ObjectMeta, ObjectReader), StorageError> {
@@ -1104,8 +1101,7 @@ impl Places {
         kind: &str,
         transform: Arc<dyn Transform>,
     ) -> Result<ByteStream, ApiError> {
-        let (mut places, _) = self.ranked(uri)?;
-        places.sort_by_key(|place| matches!(place, Place::There(node) if self.suspected(*node)));
+        let places = self.read_order(uri)?;
         let transform_failed =
             |message: String| ApiError::new(axum::http::StatusCode::BAD_GATEWAY, message);
         let mut unreachable = Vec::new();
@@ -1141,22 +1137,7 @@ impl Places {
                 e => return Err(e.into()),
             }
         }
-        Err(if unreachable.is_empty() {
-            StorageError::NotFound {
-                tier: uri.tier.to_string(),
-                key: uri.key.to_string(),
-            }
-        } else {
-            StorageError::Unavailable {
-                tier: uri.tier.to_string(),
-                reason: format!(
-                    "`{}` is on no node that answered ({})",
-                    uri.key,
-                    unreachable.join("; ")
-                ),
-            }
-        }
-        .into())
+        Err(Self::found_nowhere(uri, &unreachable).into())
     }
 
     pub async fn head(&self, uri: &ObjectUri) -> Result<ObjectMeta, StorageError> {

@@ -164,6 +164,31 @@ pub struct JobRecord {
     pub cancel_requested: bool,
 }
 
+impl JobRecord {
+    /// A job just started, with nothing done yet.
+    fn starting(id: String, node: u64, pipeline: &str, version: u64, now_ms: u64) -> Self {
+        Self {
+            id,
+            node,
+            request_id: None,
+            pipeline: pipeline.to_string(),
+            pipeline_version: version,
+            state: JobState::Running,
+            error: None,
+            stats: JobStats::default(),
+            dead_letters: Vec::new(),
+            inputs: None,
+            retry_of: None,
+            started_ms: now_ms,
+            ended_ms: None,
+            parts: Vec::new(),
+            part_of: None,
+            bytes_between_nodes: 0,
+            cancel_requested: false,
+        }
+    }
+}
+
 /// One node's part of a job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobPart {
@@ -534,23 +559,15 @@ impl Pipelines {
         let id = format!("j{}", &new_request_id(self.inner.clock.now_ms())[1..]);
         let parts = self.parts_for(&id, &registered)?;
         let job = JobRecord {
-            id,
-            node: self.inner.control.node_id(),
             request_id: request_id.clone(),
-            pipeline: name.to_string(),
-            pipeline_version: registered.version,
-            state: JobState::Running,
-            error: None,
-            stats: JobStats::default(),
-            dead_letters: Vec::new(),
-            inputs: None,
-            retry_of: None,
-            started_ms: self.inner.clock.now_ms(),
-            ended_ms: None,
             parts,
-            part_of: None,
-            bytes_between_nodes: 0,
-            cancel_requested: false,
+            ..JobRecord::starting(
+                id,
+                self.inner.control.node_id(),
+                name,
+                registered.version,
+                self.inner.clock.now_ms(),
+            )
         };
         self.start_job(job, &registered).await
     }
@@ -624,23 +641,15 @@ impl Pipelines {
         }
         self.check_can_start(&old.pipeline).await?;
         let job = JobRecord {
-            id: format!("j{}", &new_request_id(self.inner.clock.now_ms())[1..]),
-            node: self.inner.control.node_id(),
-            request_id: None,
-            pipeline: old.pipeline.clone(),
-            pipeline_version: registered.version,
-            state: JobState::Running,
-            error: None,
-            stats: JobStats::default(),
-            dead_letters: Vec::new(),
             inputs: Some(old.dead_letters.iter().map(|d| d.input.clone()).collect()),
             retry_of: Some(old.id.clone()),
-            started_ms: self.inner.clock.now_ms(),
-            ended_ms: None,
-            parts: Vec::new(),
-            part_of: None,
-            bytes_between_nodes: 0,
-            cancel_requested: false,
+            ..JobRecord::starting(
+                format!("j{}", &new_request_id(self.inner.clock.now_ms())[1..]),
+                self.inner.control.node_id(),
+                &old.pipeline,
+                registered.version,
+                self.inner.clock.now_ms(),
+            )
         };
         self.start_job(job, &registered).await
     }
@@ -1404,23 +1413,14 @@ async fn end_part(inner: &Inner, job: &str, part: &JobPart) {
 /// Records one part of `job` for its node to run (that node's job keeper adopts it).
 async fn start_part(inner: &Inner, job: &JobRecord, part: &JobPart) -> Result<(), ApiError> {
     let record = JobRecord {
-        id: part.job.clone(),
-        node: part.node,
-        request_id: None,
-        pipeline: job.pipeline.clone(),
-        pipeline_version: job.pipeline_version,
-        state: JobState::Running,
-        error: None,
-        stats: JobStats::default(),
-        dead_letters: Vec::new(),
-        inputs: None,
-        retry_of: None,
-        started_ms: inner.clock.now_ms(),
-        ended_ms: None,
-        parts: Vec::new(),
         part_of: Some(job.id.clone()),
-        bytes_between_nodes: 0,
-        cancel_requested: false,
+        ..JobRecord::starting(
+            part.job.clone(),
+            part.node,
+            &job.pipeline,
+            job.pipeline_version,
+            inner.clock.now_ms(),
+        )
     };
     let start = Command::StartJob {
         id: record.id.clone(),
