@@ -78,3 +78,22 @@ pub fn form(size: usize, config: Option<&str>) -> Vec<TestNode> {
     }
     nodes
 }
+
+/// Runs an idempotent command (a read, a run under a request id) until it succeeds: right
+/// after an election or a restart, the cluster answers "try again" (exit 1, HTTP 503) for a
+/// moment. Any other failure, or one lasting past [`SETTLE_TIMEOUT`], fails the test.
+#[track_caller]
+pub fn settled_ok(node: &TestNode, args: &[&str]) -> String {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let run = node.cli(args);
+        if run.code == 0 {
+            return run.stdout;
+        }
+        assert!(
+            run.code == 1 && Instant::now() < deadline,
+            "{args:?} failed: {run:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -11,13 +11,13 @@
 use std::time::Instant;
 
 use letl_tests::TestNode;
-use letl_tests::cluster::{join, status, voters, wait_status};
+use letl_tests::cluster::{join, settled_ok, status, voters, wait_status};
 
 const SPEC: &str = "name = \"covid-md5\"\n[extract]\nfrom = \"ssd:/covid/\"\n[[transform]]\nkind = \"md5\"\n[load]\nto = \"hdd:/covid-md5/\"\n";
 
 fn show(node: &TestNode) -> serde_json::Value {
-    let run = node.cli(&["pipeline", "show", "covid-md5"]);
-    serde_json::from_str(run.ok()).unwrap_or_else(|_| panic!("show json: {}", run.stdout))
+    let shown = settled_ok(node, &["pipeline", "show", "covid-md5"]);
+    serde_json::from_str(&shown).unwrap_or_else(|_| panic!("show json: {shown}"))
 }
 
 #[test]
@@ -75,20 +75,22 @@ fn three_nodes_keep_registrations_and_mounts_through_a_leader_kill_and_refuse_wi
     nodes[0]
         .cli(&["put", input.to_str().unwrap(), "ssd:/covid/a.fa"])
         .ok();
-    let first = nodes[0]
-        .cli(&[
+    // A request id makes the run safe to repeat while the new cluster settles.
+    let first = settled_ok(
+        &nodes[0],
+        &[
             "pipeline",
             "run",
             "covid-md5",
             "--request-id",
             "run-1",
             "--wait",
-        ])
-        .ok()
-        .lines()
-        .next()
-        .unwrap()
-        .to_string();
+        ],
+    )
+    .lines()
+    .next()
+    .unwrap()
+    .to_string();
     let again = nodes[2]
         .cli(&["pipeline", "run", "covid-md5", "--request-id", "run-1"])
         .ok()
