@@ -223,7 +223,11 @@ const PUBLISH_TIERS_PAUSE: Duration = Duration::from_secs(1);
 
 /// Publishes this node's tiers in the control plane (`letl cluster status` shows them), unless
 /// it holds them already; retried while the cluster has no quorum.
-async fn publish_tiers(cluster: Cluster, tiers: Vec<TierEntry>, mut stop: watch::Receiver<bool>) {
+pub async fn publish_tiers(
+    cluster: Cluster,
+    tiers: Vec<TierEntry>,
+    mut stop: watch::Receiver<bool>,
+) {
     let node = cluster.node_id();
     for attempt in 1..=PUBLISH_TIERS_ATTEMPTS {
         let current = cluster.read(|s| s.tiers.get(&node).cloned()).await;

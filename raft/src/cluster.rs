@@ -131,6 +131,19 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
 }
 
+/// What [`Cluster::start`] runs on.
+#[derive(Debug)]
+pub struct ClusterParts {
+    /// Where the identity is saved once a join completes, and a leave is marked.
+    pub dir: PathBuf,
+    pub identity: Identity,
+    pub db: RaftDb,
+    pub transport: Arc<QuicTransport>,
+    /// The addresses this node gives the cluster.
+    pub advertise: NodeInfo,
+    pub clock: Arc<dyn Clock>,
+}
+
 /// This node's handle on the control plane.
 #[derive(Clone, Debug)]
 pub struct Cluster {
@@ -250,14 +263,11 @@ impl Cluster {
             Some(identity) => identity,
             None => found(&settings.dir, &settings.name)?,
         };
-        let id = identity.node_id;
         let raft_dir = settings.dir.join("raft");
         let db = tokio::task::spawn_blocking(move || RaftDb::open(&raft_dir))
             .await
             .map_err(failed)?
             .map_err(|e| failed(format!("opening the raft database: {e}")))?;
-        let fresh = db.is_empty().map_err(failed)?;
-        let (log, machine) = db.stores().map_err(failed)?;
         let transport = Arc::new(
             QuicTransport::bind(settings.quic_listen, &identity.tls())
                 .map_err(|e| failed(format!("quic on {}: {e}", settings.quic_listen)))?,
@@ -271,6 +281,32 @@ impl Cluster {
         {
             advertise.quic = quic.to_string();
         }
+        Self::start(ClusterParts {
+            dir: settings.dir,
+            identity,
+            db,
+            transport,
+            advertise,
+            clock: settings.clock,
+        })
+        .await
+    }
+
+    /// Runs this node's control plane on parts the caller built (`open` builds them from a
+    /// directory; the simulator from memory and its simulated network).
+    pub async fn start(parts: ClusterParts) -> Result<Self, ClusterError> {
+        let ClusterParts {
+            dir,
+            identity,
+            db,
+            transport,
+            advertise,
+            clock,
+        } = parts;
+        let id = identity.node_id;
+        let quic = transport.local_addr().map_err(failed)?;
+        let fresh = db.is_empty().map_err(failed)?;
+        let (log, machine) = db.stores().map_err(failed)?;
         let contacts = Contacts::default();
         let config = crate::raft_config(&identity.cluster).map_err(failed)?;
         let raft = Raft::new(
@@ -293,7 +329,7 @@ impl Cluster {
         let cluster = Self {
             inner: Arc::new(Inner {
                 id,
-                dir: settings.dir,
+                dir,
                 identity: Mutex::new(identity),
                 advertise: advertise.clone(),
                 raft,
@@ -301,7 +337,7 @@ impl Cluster {
                 machine,
                 transport,
                 contacts,
-                clock: settings.clock,
+                clock,
                 tasks: Mutex::new(vec![server]),
             }),
         };
@@ -389,6 +425,12 @@ impl Cluster {
     /// Reads this node's state as applied so far (may lag the leader).
     pub fn read_local<T>(&self, f: impl FnOnce(&ControlState) -> T) -> T {
         self.inner.machine.read(f)
+    }
+
+    /// Reads this node's applied state with the index it was applied up to (the simulator
+    /// compares nodes at equal indexes).
+    pub fn read_applied<T>(&self, f: impl FnOnce(&ControlState) -> T) -> (u64, T) {
+        self.inner.machine.read_applied(f)
     }
 
     /// Sends `rpc` to the leader (this node, or over QUIC), following "not the leader" hints.

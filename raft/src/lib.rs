@@ -13,12 +13,15 @@ use serde::{Deserialize, Serialize};
 pub mod cluster;
 pub mod data;
 pub mod identity;
+mod kv;
 pub mod network;
+pub mod runtime;
 pub mod state;
 pub mod store;
 pub mod tls;
 pub mod transport;
 
+pub use kv::MemoryDb;
 pub use state::{Claim, Command, ControlState, Held, JobEntry, PipelineEntry, Response, TierEntry};
 
 /// A node's numeric id in the cluster. The single-node default is node 1.
@@ -48,6 +51,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = NodeInfo,
         SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = runtime::LetlRuntime,
 );
 
 /// Most entries in one append: each command is at most about 1 MiB

@@ -1,4 +1,4 @@
-//! The sled-backed raft storage: a log store (entries under big-endian u64 keys, plus vote,
+//! The raft storage (sled on disk, or memory: see `kv`): a log store (entries under big-endian u64 keys, plus vote,
 //! committed and purged ids) and a state machine that applies commands in memory and persists
 //! a snapshot of itself, from which it restarts (openraft replays committed entries after it).
 
@@ -10,6 +10,8 @@ use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::kv::{Db, KeyRange, MemoryDb, Op, Tree};
 
 use letl_storage::codec::{decode_stored, encode_stored};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -38,23 +40,12 @@ fn log_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
-/// Flushes on a blocking thread: sled 0.34's `flush_async` can deadlock when several run at
-/// once.
-async fn flush(db: &sled::Db) -> Result<(), String> {
-    let db = db.clone();
-    match tokio::task::spawn_blocking(move || db.flush()).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(format!("the flush task failed: {e}")),
-    }
-}
-
 /// Appends a log store's flusher holds at once (their writers wait for room beyond this).
 const FLUSH_QUEUE_MAX: usize = 1024;
 
 /// An append waiting until the log is on disk.
 struct FlushRequest {
-    db: sled::Db,
+    db: Db,
     done: LogFlushed<TypeConfig>,
 }
 
@@ -76,7 +67,7 @@ fn start_flusher() -> std::io::Result<tokio::sync::mpsc::Sender<FlushRequest>> {
                         Err(_) => break,
                     }
                 }
-                let flushed = waiting[0].db.flush().map(|_| ()).map_err(|e| e.to_string());
+                let flushed = waiting[0].db.flush_blocking();
                 for request in waiting {
                     request
                         .done
@@ -90,58 +81,72 @@ fn start_flusher() -> std::io::Result<tokio::sync::mpsc::Sender<FlushRequest>> {
 /// The raft database of one node (its own sled database, apart from the object index).
 #[derive(Clone, Debug)]
 pub struct RaftDb {
-    db: sled::Db,
+    db: Db,
 }
 
 impl RaftDb {
     pub fn open(dir: &Path) -> Result<Self, sled::Error> {
         Ok(Self {
-            db: sled::Config::new().path(dir).open()?,
+            db: Db::Sled(sled::Config::new().path(dir).open()?),
         })
     }
 
     /// A database that lives in memory only (unit tests).
     pub fn temporary() -> Result<Self, sled::Error> {
         Ok(Self {
-            db: sled::Config::new().temporary(true).open()?,
+            db: Db::Sled(sled::Config::new().temporary(true).open()?),
         })
+    }
+
+    /// A database in `memory`, which outlives this handle: a node opened on it again finds
+    /// its vote, log and snapshot (the simulator's restarted hosts).
+    pub fn memory(memory: MemoryDb) -> Self {
+        Self {
+            db: Db::Memory(memory),
+        }
     }
 
     /// The log store and the state machine over this database.
     pub fn stores(&self) -> Result<(LogStore, StateMachineStore), RaftStorageError> {
         let tree = |name: &str| {
             self.db
-                .open_tree(name)
+                .tree(name)
                 .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, e))
+        };
+        // A memory log is durable once written: its appends complete at once.
+        let flusher = match &self.db {
+            Db::Sled(_) => Some(
+                start_flusher().map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?,
+            ),
+            Db::Memory(_) => None,
         };
         let log = LogStore {
             db: self.db.clone(),
             log: tree("raft-log")?,
             meta: tree("raft-meta")?,
             committed: Arc::new(Mutex::new(None)),
-            flusher: start_flusher()
-                .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?,
+            flusher,
         };
         let machine = StateMachineStore::open(self.db.clone(), tree("raft-machine")?)?;
         Ok((log, machine))
     }
 
     /// Whether this database holds any raft state (a vote or a log).
-    pub fn is_empty(&self) -> Result<bool, sled::Error> {
-        Ok(self.db.open_tree("raft-meta")?.is_empty() && self.db.open_tree("raft-log")?.is_empty())
+    pub fn is_empty(&self) -> Result<bool, String> {
+        Ok(self.db.tree("raft-meta")?.is_empty() && self.db.tree("raft-log")?.is_empty())
     }
 }
 
-/// The raft log in sled.
+/// The raft log.
 #[derive(Clone, Debug)]
 pub struct LogStore {
-    db: sled::Db,
-    log: sled::Tree,
-    meta: sled::Tree,
+    db: Db,
+    log: Tree,
+    meta: Tree,
     /// The last committed id openraft saved: for status.
     committed: Arc<Mutex<Option<LogId>>>,
-    /// Makes appends durable, several per flush.
-    flusher: tokio::sync::mpsc::Sender<FlushRequest>,
+    /// Makes appends durable, several per flush (none for a memory log).
+    flusher: Option<tokio::sync::mpsc::Sender<FlushRequest>>,
 }
 
 impl LogStore {
@@ -151,7 +156,7 @@ impl LogStore {
         subject: ErrorSubject<NodeId>,
     ) -> Result<Option<T>, RaftStorageError> {
         self.meta
-            .get(key)
+            .get(key.as_bytes())
             .map_err(|e| io_error(subject.clone(), ErrorVerb::Read, e))?
             .map(|v| decode_stored(&v).map_err(|e| io_error(subject, ErrorVerb::Read, e)))
             .transpose()
@@ -166,11 +171,21 @@ impl LogStore {
         let bytes =
             encode_stored(value).map_err(|e| io_error(subject.clone(), ErrorVerb::Write, e))?;
         self.meta
-            .insert(key, bytes)
+            .insert(key.as_bytes(), bytes)
             .map_err(|e| io_error(subject.clone(), ErrorVerb::Write, e))?;
-        flush(&self.db)
+        self.db
+            .flush()
             .await
             .map_err(|e| io_error(subject, ErrorVerb::Write, e))
+    }
+
+    /// Removes the log entries between `start` and `end`, in one batch.
+    fn remove(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Result<(), RaftStorageError> {
+        let write = |e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e);
+        let doomed = self.log.range((start, end)).map_err(write)?;
+        self.log
+            .apply(doomed.into_iter().map(|(key, _)| Op::Remove(key)).collect())
+            .map_err(write)
     }
 
     /// The last committed log id this node knows of.
@@ -184,19 +199,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, RaftStorageError> {
-        let start = match range.start_bound() {
-            Bound::Included(i) => Bound::Included(log_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(log_key(*i)),
+        let bound = |b: Bound<&u64>| match b {
+            Bound::Included(i) => Bound::Included(log_key(*i).to_vec()),
+            Bound::Excluded(i) => Bound::Excluded(log_key(*i).to_vec()),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let end = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(log_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(log_key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
+        let keys: KeyRange = (bound(range.start_bound()), bound(range.end_bound()));
         let mut entries = Vec::new();
-        for item in self.log.range::<[u8; 8], _>((start, end)) {
-            let (_, value) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        let found = self
+            .log
+            .range(keys)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        for (_, value) in found {
             entries.push(
                 decode_stored(&value)
                     .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?,
@@ -213,10 +227,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged: Option<LogId> = self.get_meta(PURGED, ErrorSubject::Logs)?;
         let last_entry = match self
             .log
-            .last()
+            .last_value()
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
         {
-            Some((_, value)) => Some(
+            Some(value) => Some(
                 decode_stored::<Entry>(&value)
                     .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
                     .log_id,
@@ -252,7 +266,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = encode_stored(&committed)
             .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
         self.meta
-            .insert(COMMITTED, bytes)
+            .insert(COMMITTED.as_bytes(), bytes)
             .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
         Ok(())
     }
@@ -273,21 +287,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = sled::Batch::default();
+        let mut batch = Vec::new();
         for entry in entries {
             let value = encode_stored(&entry)
                 .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-            batch.insert(&log_key(entry.log_id.index), value);
+            batch.push(Op::Insert(log_key(entry.log_id.index).to_vec(), value));
         }
         self.log
-            .apply_batch(batch)
+            .apply(batch)
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         // The callback says the entries are durable: the flusher calls it after its flush.
+        let Some(flusher) = &self.flusher else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
         let request = FlushRequest {
             db: self.db.clone(),
             done: callback,
         };
-        self.flusher.send(request).await.map_err(|_| {
+        flusher.send(request).await.map_err(|_| {
             io_error(
                 ErrorSubject::Logs,
                 ErrorVerb::Write,
@@ -297,15 +315,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(log_key(log_id.index)..) {
-            let (key, _) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-            batch.remove(key);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        flush(&self.db)
+        self.remove(
+            Bound::Included(log_key(log_id.index).to_vec()),
+            Bound::Unbounded,
+        )?;
+        self.db
+            .flush()
             .await
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))
     }
@@ -314,19 +329,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The purged id is saved first: a crash between the two leaves entries that
         // get_log_state ignores, never a gap.
         self.put_meta(PURGED, &log_id, ErrorSubject::Logs).await?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=log_key(log_id.index)) {
-            let (key, _) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-            batch.remove(key);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        Ok(())
+        self.remove(
+            Bound::Unbounded,
+            Bound::Included(log_key(log_id.index).to_vec()),
+        )
     }
 }
 
-/// A snapshot as kept in sled.
+/// A snapshot as kept in the database.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
@@ -346,8 +356,8 @@ struct Machine {
 /// The control state machine.
 #[derive(Clone, Debug)]
 pub struct StateMachineStore {
-    db: sled::Db,
-    tree: sled::Tree,
+    db: Db,
+    tree: Tree,
     machine: Arc<Mutex<Machine>>,
     /// Held while a snapshot is compared with the saved one and saved.
     saving: Arc<Mutex<()>>,
@@ -356,10 +366,10 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    fn open(db: sled::Db, tree: sled::Tree) -> Result<Self, RaftStorageError> {
+    fn open(db: Db, tree: Tree) -> Result<Self, RaftStorageError> {
         let mut machine = Machine::default();
         if let Some(stored) = tree
-            .get(SNAPSHOT)
+            .get(SNAPSHOT.as_bytes())
             .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?
         {
             let stored: StoredSnapshot = decode_stored(&stored)
@@ -388,6 +398,15 @@ impl StateMachineStore {
         f(&self.lock().state)
     }
 
+    /// Reads the applied state and the last applied index together.
+    pub fn read_applied<T>(&self, f: impl FnOnce(&ControlState) -> T) -> (u64, T) {
+        let machine = self.lock();
+        (
+            machine.last_applied.map_or(0, |id| id.index),
+            f(&machine.state),
+        )
+    }
+
     /// The last applied log id.
     pub fn last_applied(&self) -> Option<LogId> {
         self.lock().last_applied
@@ -408,7 +427,7 @@ impl StateMachineStore {
             let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(current) = self
                 .tree
-                .get(SNAPSHOT)
+                .get(SNAPSHOT.as_bytes())
                 .map_err(|e| io_error(subject(), ErrorVerb::Read, e))?
             {
                 let current: StoredSnapshot =
@@ -418,10 +437,11 @@ impl StateMachineStore {
                 }
             }
             self.tree
-                .insert(SNAPSHOT, bytes)
+                .insert(SNAPSHOT.as_bytes(), bytes)
                 .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
         }
-        flush(&self.db)
+        self.db
+            .flush()
             .await
             .map_err(|e| io_error(subject(), ErrorVerb::Write, e))
     }
@@ -537,7 +557,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
         let Some(bytes) = self
             .tree
-            .get(SNAPSHOT)
+            .get(SNAPSHOT.as_bytes())
             .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?
         else {
             return Ok(None);
@@ -573,5 +593,34 @@ mod tests {
     #[test]
     fn the_sled_store_passes_openraft_suite() {
         Suite::test_all(Builder).unwrap();
+    }
+
+    struct MemoryBuilder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, ()> for MemoryBuilder {
+        async fn build(&self) -> Result<((), LogStore, StateMachineStore), RaftStorageError> {
+            let (log, machine) = RaftDb::memory(MemoryDb::default()).stores()?;
+            Ok(((), log, machine))
+        }
+    }
+
+    #[test]
+    fn the_memory_store_passes_openraft_suite() {
+        Suite::test_all(MemoryBuilder).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_memory_database_outlives_its_stores() {
+        let memory = MemoryDb::default();
+        let db = RaftDb::memory(memory.clone());
+        assert!(db.is_empty().unwrap());
+        let (mut log, _) = db.stores().unwrap();
+        let vote = openraft::Vote::new(3, 2);
+        log.save_vote(&vote).await.unwrap();
+        drop(log);
+        let again = RaftDb::memory(memory);
+        assert!(!again.is_empty().unwrap());
+        let (mut log, _) = again.stores().unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
     }
 }
