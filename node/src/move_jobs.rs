@@ -2,7 +2,7 @@
 //! as one job, with progress.
 //!
 //! Creating a job lists its source once into a durable item list (see
-//! [`letl_storage::SledMoveJobs`]); the job then hands item after item to the [`Mover`] under
+//! [`letl_storage::DbMoveJobs`]); the job then hands item after item to the [`Mover`] under
 //! the item's own request id (`<job id>#<n>`), a few at a time, retrying an item a few times
 //! when a tier is unavailable. Progress is saved as items finish: the job's counts cover the
 //! items before the oldest one not yet finished. A node stopped or killed mid-job resumes it at
@@ -18,8 +18,8 @@ use axum::http::StatusCode;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use letl_storage::{
-    Clock, LIST_PAGE_ENTRIES_MAX, MOVE_JOB_FAILURES_KEPT, MOVE_JOB_OBJECTS_MAX, MoveJob,
-    MoveJobFailure, MoveJobItem, MoveJobState, ObjectKey, ObjectUri, PrefixUri, SledMoveJobs,
+    Clock, DbMoveJobs, LIST_PAGE_ENTRIES_MAX, MOVE_JOB_FAILURES_KEPT, MOVE_JOB_OBJECTS_MAX,
+    MoveJob, MoveJobFailure, MoveJobItem, MoveJobState, ObjectKey, ObjectUri, PrefixUri,
     check_request_id,
 };
 use tokio::sync::{Semaphore, watch};
@@ -53,7 +53,7 @@ pub struct MoveJobs {
 struct Inner {
     places: Places,
     mover: Mover,
-    store: SledMoveJobs,
+    store: DbMoveJobs,
     clock: Arc<dyn Clock>,
     /// Set when the node stops: no job starts, runners start no new item and save.
     stop: watch::Receiver<bool>,
@@ -98,7 +98,7 @@ impl MoveJobs {
     pub fn new(
         places: Places,
         mover: Mover,
-        store: SledMoveJobs,
+        store: DbMoveJobs,
         clock: Arc<dyn Clock>,
         stop: watch::Receiver<bool>,
     ) -> Self {

@@ -103,10 +103,41 @@ fn crash_point(point: &str) {
     }
 }
 
+thread_local! {
+    /// The state of this thread's seeded id generator, once [`seed_request_ids`] set it.
+    static SEEDED_IDS: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// From now on, ids made on this thread ([`new_request_id`]: request ids callers did not give,
+/// job ids) come from a generator seeded with `seed`: the simulator runs every node on one
+/// thread, and a run must replay from its seed.
+pub fn seed_request_ids(seed: u64) {
+    SEEDED_IDS.with(|state| state.set(Some(seed)));
+}
+
+/// Eight bytes for an id: from the seeded generator (splitmix64) if this thread has one, else
+/// from the operating system.
+fn id_bytes() -> [u8; 8] {
+    SEEDED_IDS.with(|state| match state.get() {
+        Some(current) => {
+            let next = current.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            state.set(Some(next));
+            let mut z = next;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)).to_be_bytes()
+        }
+        None => {
+            let mut bytes = [0u8; 8];
+            let _ = getrandom::fill(&mut bytes);
+            bytes
+        }
+    })
+}
+
 /// A request id for callers that gave none: unique enough, and says when it was made.
 pub(crate) fn new_request_id(now_ms: u64) -> String {
-    let mut bytes = [0u8; 8];
-    let _ = getrandom::fill(&mut bytes);
+    let bytes = id_bytes();
     format!(
         "t{now_ms}-{}",
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()

@@ -20,9 +20,7 @@ use anyhow::Context;
 use letl_actors::{RestartPolicy, SupervisorArgs, SupervisorHandle, TierDirectory, TierSpec};
 use letl_raft::cluster::{Cluster, ClusterError, ClusterSettings};
 use letl_raft::{Command, NodeInfo, Response, TierEntry};
-use letl_storage::{
-    Clock, FsTier, IndexDb, MoveLog, S3Tier, SledMoveJobs, SystemClock, TierBackend,
-};
+use letl_storage::{Clock, DbMoveJobs, FsTier, IndexDb, MoveLog, S3Tier, SystemClock, TierBackend};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -40,16 +38,17 @@ use crate::service::ObjectService;
 /// File in the data dir holding the address the node listens on (useful with `--http :0`).
 pub const HTTP_ADDR_FILE: &str = "http.addr";
 
-/// What a node runs on, built by the caller.
+/// What a node runs on, built by the caller. `L` is where HTTP connections come from: a TCP
+/// listener, or the simulator's.
 #[derive(Debug)]
-pub struct NodeDeps {
-    pub listener: TcpListener,
+pub struct NodeDeps<L = TcpListener> {
+    pub listener: L,
     pub tiers: Vec<TierSpec>,
     pub token: String,
     /// The durable record of copies and moves (see `moves`).
     pub moves: Arc<dyn MoveLog>,
     /// Jobs that copy or move whole prefixes (see `move_jobs`).
-    pub move_jobs: SledMoveJobs,
+    pub move_jobs: DbMoveJobs,
     /// Pipeline jobs and provenance.
     pub pipelines: PipelineStores,
     /// The replicated control plane: registrations and mounts.
@@ -71,10 +70,14 @@ pub struct NodeDeps {
 }
 
 /// Runs a node until `shutdown` resolves, then stops it cleanly.
-pub async fn start(
-    deps: NodeDeps,
+pub async fn start<L>(
+    deps: NodeDeps<L>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let directory = TierDirectory::default();
     let published: Vec<TierEntry> = deps
         .tiers
@@ -151,9 +154,9 @@ pub async fn start(
         deps.source_s3.clone(),
     );
     pipelines.resume();
-    let provenance = pipelines.clone();
+    let provenance = pipelines.provenance_lookup();
     places.set_provenance(Arc::new(move |output: &str| {
-        let record = provenance.provenance_of(output).map_err(|e| e.message)?;
+        let record = provenance(output).map_err(|e| e.message)?;
         record
             .map(|r| serde_json::to_string(&r).map_err(|e| e.to_string()))
             .transpose()
@@ -181,7 +184,7 @@ pub async fn start(
         metrics: Arc::new(Metrics::default()),
     };
     let addr = deps.listener.local_addr()?;
-    info!(%addr, "listening for http");
+    info!(?addr, "listening for http");
 
     let mut server_stop = stop_rx.clone();
     let server = axum::serve(deps.listener, router(state)).with_graceful_shutdown(async move {

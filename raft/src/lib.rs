@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 pub mod cluster;
 pub mod data;
 pub mod identity;
-mod kv;
 pub mod network;
 pub mod runtime;
 pub mod state;
@@ -21,7 +20,6 @@ pub mod store;
 pub mod tls;
 pub mod transport;
 
-pub use kv::MemoryDb;
 pub use state::{Claim, Command, ControlState, Held, JobEntry, PipelineEntry, Response, TierEntry};
 
 /// A node's numeric id in the cluster. The single-node default is node 1.

@@ -1,4 +1,4 @@
-//! The raft storage (sled on disk, or memory: see `kv`): a log store (entries under big-endian u64 keys, plus vote,
+//! The raft storage (sled on disk, or memory: see `letl_storage::kv`): a log store (entries under big-endian u64 keys, plus vote,
 //! committed and purged ids) and a state machine that applies commands in memory and persists
 //! a snapshot of itself, from which it restarts (openraft replays committed entries after it).
 
@@ -11,7 +11,8 @@ use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::kv::{Db, KeyRange, MemoryDb, Op, Tree};
+use letl_storage::StorageError;
+use letl_storage::kv::{Db, KeyRange, MemoryDb, Op, Tree};
 
 use letl_storage::codec::{decode_stored, encode_stored};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -67,7 +68,7 @@ fn start_flusher() -> std::io::Result<tokio::sync::mpsc::Sender<FlushRequest>> {
                         Err(_) => break,
                     }
                 }
-                let flushed = waiting[0].db.flush_blocking();
+                let flushed = waiting[0].db.flush_blocking().map_err(|e| e.to_string());
                 for request in waiting {
                     request
                         .done
@@ -85,16 +86,14 @@ pub struct RaftDb {
 }
 
 impl RaftDb {
-    pub fn open(dir: &Path) -> Result<Self, sled::Error> {
-        Ok(Self {
-            db: Db::Sled(sled::Config::new().path(dir).open()?),
-        })
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        Ok(Self { db: Db::open(dir)? })
     }
 
-    /// A database that lives in memory only (unit tests).
-    pub fn temporary() -> Result<Self, sled::Error> {
+    /// A database removed when dropped (unit tests).
+    pub fn temporary() -> Result<Self, StorageError> {
         Ok(Self {
-            db: Db::Sled(sled::Config::new().temporary(true).open()?),
+            db: Db::temporary()?,
         })
     }
 
@@ -132,7 +131,7 @@ impl RaftDb {
     }
 
     /// Whether this database holds any raft state (a vote or a log).
-    pub fn is_empty(&self) -> Result<bool, String> {
+    pub fn is_empty(&self) -> Result<bool, StorageError> {
         Ok(self.db.tree("raft-meta")?.is_empty() && self.db.tree("raft-log")?.is_empty())
     }
 }
@@ -181,11 +180,14 @@ impl LogStore {
 
     /// Removes the log entries between `start` and `end`, in one batch.
     fn remove(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Result<(), RaftStorageError> {
-        let write = |e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e);
-        let doomed = self.log.range((start, end)).map_err(write)?;
-        self.log
-            .apply(doomed.into_iter().map(|(key, _)| Op::Remove(key)).collect())
-            .map_err(write)
+        let write = |e: StorageError| io_error(ErrorSubject::Logs, ErrorVerb::Write, e);
+        let doomed = self
+            .log
+            .range((start, end))
+            .map(|item| item.map(|(key, _)| Op::Remove(key)))
+            .collect::<Result<Vec<Op>, StorageError>>()
+            .map_err(write)?;
+        self.log.apply(doomed).map_err(write)
     }
 
     /// The last committed log id this node knows of.
@@ -206,11 +208,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         let keys: KeyRange = (bound(range.start_bound()), bound(range.end_bound()));
         let mut entries = Vec::new();
-        let found = self
-            .log
-            .range(keys)
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-        for (_, value) in found {
+        for item in self.log.range(keys) {
+            let (_, value) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             entries.push(
                 decode_stored(&value)
                     .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?,

@@ -7,12 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::FutureExt;
-use letl_raft::MemoryDb;
 use letl_raft::identity::Identity;
+use letl_storage::MemoryDb;
 use letl_storage::{
-    BackendObject, ByteStream, CapacityGauge, Clock, Committed, KeyPrefix, MemoryIndex, MemoryTier,
-    ObjectKey, ObjectReader, PutLimits, Result, Staged, StorageError, TierBackend, TierDescription,
-    TierName,
+    BackendObject, ByteStream, CapacityGauge, Clock, Committed, KeyPrefix, MemoryTier, ObjectKey,
+    ObjectReader, PutLimits, Result, Staged, StorageError, TierBackend, TierDescription, TierName,
 };
 
 /// The planted bugs the simulator must find (see `--plant`).
@@ -164,9 +163,11 @@ impl TierBackend for SimTier {
 /// Everything of one node that outlives its host's crashes.
 #[derive(Debug)]
 pub struct Disk {
+    /// The raft log, vote and snapshot.
     pub raft: MemoryDb,
-    pub tier: Arc<SimTier>,
-    pub index: Arc<MemoryIndex>,
+    /// The node's database: tier indexes, move log, move jobs, provenance.
+    pub db: MemoryDb,
+    pub tiers: Vec<Arc<SimTier>>,
     /// The cluster directory: the identity, rewritten once a join completes.
     pub cluster_dir: PathBuf,
     /// The identity the node starts with before it saved one.
@@ -174,6 +175,19 @@ pub struct Disk {
 }
 
 impl Disk {
+    /// The host crashed: what its disks had not made durable is lost.
+    pub fn crash(&self) {
+        self.tiers.iter().for_each(|t| t.crash());
+    }
+
+    pub fn set_write_errors(&self, on: bool) {
+        self.tiers.iter().for_each(|t| t.set_write_errors(on));
+    }
+
+    pub fn set_full(&self, on: bool) {
+        self.tiers.iter().for_each(|t| t.set_full(on));
+    }
+
     /// The identity as last saved, else the first one.
     pub fn identity(&self) -> Identity {
         match Identity::load(&self.cluster_dir) {

@@ -4,6 +4,7 @@
 
 pub mod disk;
 pub mod host;
+pub mod http;
 pub mod run;
 pub mod udp;
 

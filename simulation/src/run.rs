@@ -9,15 +9,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
+use hyper::Method;
+use letl_node::api::{JobInfo, ObjectInfo};
 use letl_raft::identity::Identity;
-use letl_raft::{Command, NodeId, NodeInfo, Response};
-use letl_storage::{ContentHash, MemoryIndex, TierName};
+use letl_raft::{NodeId, NodeInfo};
+use letl_storage::{ContentHash, TierName};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use tokio::sync::oneshot;
 
 use crate::disk::{Disk, Plant, SimTier};
-use crate::host::{self, HostSpec, Probe, QUIC_PORT, Registry, Request, SimClock, TIER};
+use crate::host::{self, HostSpec, Probe, QUIC_PORT, Registry, SimClock};
+use crate::http::{self, Answer};
 
 /// Simulated time advanced per step.
 const TICK: Duration = Duration::from_millis(5);
@@ -44,8 +47,10 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 const KEYS_PER_WORKER: u32 = 12;
 /// Request ids the workers share (so that several nodes take the same one).
 const REQUEST_IDS: u32 = 6;
-/// Reads of an object after healing before it counts as lost to reads.
-const FINAL_READ_ATTEMPTS: u32 = 10;
+/// Times a move is tried under its request id before it is left in doubt until healing.
+const MOVE_ATTEMPTS: u32 = 4;
+/// The tiers every simulated node keeps.
+const TIERS: [&str; 2] = ["ssd", "hdd"];
 
 /// What one run does.
 #[derive(Clone, Debug)]
@@ -102,37 +107,43 @@ impl Shared {
         lock(&self.trace).push(format!("{at:>8} {}", line.into()));
     }
 
+    /// An event seen from outside the hosts (the fault schedule), at simulated time `at`.
+    fn event_at(&self, at: Duration, line: String) {
+        lock(&self.trace).push(format!("{:>8} {line}", at.as_millis()));
+    }
+
     fn violation(&self, what: impl Into<String>) {
         let what = what.into();
         self.event(format!("VIOLATION {what}"));
         lock(&self.violations).push(what);
     }
 
-    /// Sends one request to `node` and waits for its answer, bounded.
-    async fn ask<T>(
+    /// One HTTP request to `node`, as the CLI would send it.
+    async fn http(
         &self,
         node: NodeId,
-        timeout: Duration,
-        request: impl FnOnce(oneshot::Sender<T>) -> Request,
-    ) -> Result<T, String> {
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Answer, String> {
+        let ip = turmoil::lookup(host_name(node));
+        http::call(ip, method, path, body, REQUEST_TIMEOUT).await
+    }
+
+    async fn probe(&self, node: NodeId) -> Result<Probe, String> {
         let queue = lock(&self.registry).get(&node).cloned();
         let Some(queue) = queue else {
             return Err(format!("node {node} has not started"));
         };
         let (tx, rx) = oneshot::channel();
-        if queue.send(request(tx)).await.is_err() {
+        if queue.send(tx).await.is_err() {
             return Err(format!("node {node} is down"));
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(_)) => Err(format!("node {node} went down during the request")),
-            Err(_) => Err(format!("node {node} did not answer within {timeout:?}")),
+        match tokio::time::timeout(PROBE_TIMEOUT, rx).await {
+            Ok(Ok(probe)) => Ok(probe),
+            Ok(Err(_)) => Err(format!("node {node} went down during the probe")),
+            Err(_) => Err(format!("node {node} did not answer the probe")),
         }
-    }
-
-    async fn probe(&self, node: NodeId) -> Result<Probe, String> {
-        self.ask(node, PROBE_TIMEOUT, |reply| Request::Probe { reply })
-            .await
     }
 }
 
@@ -144,29 +155,54 @@ fn host_name(node: NodeId) -> String {
     format!("n{node}")
 }
 
-/// What each key may hold: the values of writes whose outcome is known, plus those that
+/// What each object may hold: the values of writes whose outcome is known, plus those that
 /// may or may not have happened (failed or timed out). `None` is "no object".
 #[derive(Debug, Default)]
 struct Model {
-    keys: BTreeMap<String, BTreeSet<Option<String>>>,
+    objects: BTreeMap<String, BTreeSet<Option<String>>>,
     /// The job each request id started, as answered.
     jobs: BTreeMap<String, String>,
+    /// Moves whose outcome is unknown: replayed (same request id) after healing.
+    moves_in_doubt: Vec<PendingMove>,
+}
+
+#[derive(Clone, Debug)]
+struct PendingMove {
+    /// The node that took it, and holds its record.
+    node: NodeId,
+    request_id: String,
+    source: String,
+    destination: String,
+    /// What the source may have held.
+    moved: BTreeSet<Option<String>>,
 }
 
 impl Model {
-    fn possible(&mut self, key: &str) -> &mut BTreeSet<Option<String>> {
-        self.keys
-            .entry(key.to_string())
+    fn possible(&mut self, uri: &str) -> &mut BTreeSet<Option<String>> {
+        self.objects
+            .entry(uri.to_string())
             .or_insert_with(|| BTreeSet::from([None]))
+    }
+
+    fn in_doubt(&self, uri: &str) -> bool {
+        self.moves_in_doubt
+            .iter()
+            .any(|m| m.source == uri || m.destination == uri)
+    }
+
+    /// A move that happened: the destination holds what the source held, the source nothing.
+    fn moved(&mut self, source: &str, destination: &str, moved: &BTreeSet<Option<String>>) {
+        *self.possible(destination) = moved.iter().filter(|v| v.is_some()).cloned().collect();
+        *self.possible(source) = BTreeSet::from([None]);
     }
 }
 
 /// Runs one seed.
 pub fn run(options: &Options) -> Outcome {
     letl_raft::runtime::seed_election_rng(options.seed);
+    letl_node::moves::seed_request_ids(options.seed);
     let shared = Arc::new(Shared::default());
     let model = Arc::new(Mutex::new(Model::default()));
-    let dirs = tempfile::tempdir().map_err(|e| e.to_string());
     let mut sim = turmoil::Builder::new()
         .simulation_duration(SIM_DURATION_MAX)
         .tick_duration(TICK)
@@ -176,12 +212,11 @@ pub fn run(options: &Options) -> Outcome {
         .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_S))
         .rng_seed(options.seed)
         .build();
-
-    let dirs = match dirs {
+    let dirs = match tempfile::tempdir() {
         Ok(dirs) => dirs,
         Err(e) => return failed_to_start(options.seed, format!("a temporary directory: {e}")),
     };
-    let disks = match build_disks(&mut sim, options, &shared, dirs.path()) {
+    let disks = match build_hosts(&mut sim, options, &shared, dirs.path()) {
         Ok(disks) => disks,
         Err(e) => return failed_to_start(options.seed, e),
     };
@@ -256,7 +291,7 @@ fn failed_to_start(seed: u64, why: String) -> Outcome {
 }
 
 /// Registers the hosts; node 1 founds the cluster, the others join through it.
-fn build_disks(
+fn build_hosts(
     sim: &mut turmoil::Sim<'_>,
     options: &Options,
     shared: &Arc<Shared>,
@@ -264,7 +299,6 @@ fn build_disks(
 ) -> Result<BTreeMap<NodeId, Arc<Disk>>, String> {
     let founder = Identity::found("sim", 1).map_err(|e| e.to_string())?;
     let ca = founder.ca().map_err(|e| e.to_string())?;
-    let tier = TierName::new(TIER).map_err(|e| e.to_string())?;
     let mut disks = BTreeMap::new();
     let mut first: Option<NodeInfo> = None;
     for node in 1..=options.nodes {
@@ -285,14 +319,19 @@ fn build_disks(
         };
         let cluster_dir = dirs.join(host_name(node));
         std::fs::create_dir_all(&cluster_dir).map_err(|e| e.to_string())?;
-        let disk = Arc::new(Disk {
-            raft: letl_raft::MemoryDb::default(),
-            tier: Arc::new(SimTier::new(
-                tier.clone(),
+        let mut tiers = Vec::new();
+        for name in TIERS {
+            let name = TierName::new(name).map_err(|e| e.to_string())?;
+            tiers.push(Arc::new(SimTier::new(
+                name,
                 Arc::new(SimClock),
                 options.plant,
-            )),
-            index: Arc::new(MemoryIndex::default()),
+            )));
+        }
+        let disk = Arc::new(Disk {
+            raft: letl_storage::MemoryDb::default(),
+            db: letl_storage::MemoryDb::default(),
+            tiers,
             cluster_dir,
             identity,
         });
@@ -316,7 +355,7 @@ fn build_disks(
         if node == 1 {
             first = Some(NodeInfo {
                 quic: std::net::SocketAddr::new(ip, QUIC_PORT).to_string(),
-                http: std::net::SocketAddr::new(ip, 80).to_string(),
+                http: std::net::SocketAddr::new(ip, http::HTTP_PORT).to_string(),
             });
         }
         disks.insert(node, disk);
@@ -401,7 +440,111 @@ fn compare(
     }
 }
 
-/// One workload worker: a seeded sequence of operations on its own keys and the shared
+/// `ssd:/w0/k3` → `/v1/objects/ssd/w0/k3`.
+fn object_path(uri: &str) -> String {
+    let (tier, key) = uri.split_once(":/").unwrap_or((uri, ""));
+    format!("/v1/objects/{tier}/{key}")
+}
+
+/// Pipeline `name`, fed by worker `n`'s objects: identity, from its keys on ssd to
+/// `hdd:/out<n>/`.
+fn pipeline_spec(name: &str, n: u32, threshold: u32, mounted: bool) -> String {
+    serde_json::json!({
+        "name": name,
+        "mounted": mounted,
+        "extract": {"from": format!("ssd:/w{n}/")},
+        "transform": [{"kind": "identity"}],
+        "load": {"to": format!("hdd:/out{n}/")},
+        "scaling": {"threshold": threshold},
+    })
+    .to_string()
+}
+
+/// Reads `uri` through `node`: the hash of its bytes, `None` if it does not exist.
+async fn read(shared: &Shared, node: NodeId, uri: &str) -> Result<Option<String>, String> {
+    let answer = shared
+        .http(node, Method::GET, &object_path(uri), Bytes::new())
+        .await?;
+    match answer.status {
+        200 => Ok(Some(ContentHash::of(&answer.body).to_string())),
+        404 => Ok(None),
+        status => Err(format!("{status} {}", answer.text())),
+    }
+}
+
+/// Checks a read against the model.
+fn check_read(
+    shared: &Shared,
+    model: &Mutex<Model>,
+    node: NodeId,
+    uri: &str,
+    read: &Option<String>,
+) {
+    let mut model = lock(model);
+    let possible = model.possible(uri);
+    if !possible.contains(read) {
+        shared.violation(format!(
+            "get {uri} through node {node} read {}, expected one of {}",
+            shown(read),
+            possible.iter().map(shown).collect::<Vec<_>>().join(", ")
+        ));
+    }
+}
+
+/// How a move request ended.
+#[derive(Debug)]
+enum Moved {
+    Done,
+    /// Refused, with the reason: nothing changed.
+    Refused(String),
+}
+
+impl std::fmt::Display for Moved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Done => f.write_str("moved"),
+            Self::Refused(reason) => write!(f, "refused: {reason}"),
+        }
+    }
+}
+
+/// Moves `source` to `destination` under `request_id` through `node`; `Err` if the outcome
+/// is unknown.
+async fn move_once(
+    shared: &Shared,
+    node: NodeId,
+    request_id: &str,
+    source: &str,
+    destination: &str,
+) -> Result<Moved, String> {
+    let body = serde_json::json!({
+        "source": source,
+        "destination": destination,
+        "request_id": request_id,
+    });
+    let answer = shared
+        .http(
+            node,
+            Method::POST,
+            "/v1/move",
+            Bytes::from(body.to_string()),
+        )
+        .await?;
+    match answer.status {
+        200..=299 => Ok(Moved::Done),
+        // The request id's move failed before (recorded: nothing moved).
+        409 if answer.text().contains("failed earlier") => {
+            Ok(Moved::Refused(format!("409 {}", answer.text())))
+        }
+        // Another conflict: the request id is held by another node (which took the move and
+        // keeps its record), so this one cannot say what became of it.
+        409 => Err(format!("409 {}", answer.text())),
+        status @ 400..=499 => Ok(Moved::Refused(format!("{status} {}", answer.text()))),
+        status => Err(format!("{status} {}", answer.text())),
+    }
+}
+
+/// One workload worker: a seeded sequence of operations on its own objects and the shared
 /// request ids, each checked against the model.
 async fn worker(shared: Arc<Shared>, model: Arc<Mutex<Model>>, options: Options, w: u32) {
     let mut rng = StdRng::seed_from_u64(
@@ -411,8 +554,14 @@ async fn worker(shared: Arc<Shared>, model: Arc<Mutex<Model>>, options: Options,
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..300))).await;
         let node = rng.gen_range(1..=options.nodes);
         let key = format!("w{w}/k{}", rng.gen_range(0..KEYS_PER_WORKER));
+        let tier = if rng.gen_bool(0.75) { "ssd" } else { "hdd" };
+        let uri = format!("{tier}:/{key}");
+        let other = format!("{}:/{key}", if tier == "ssd" { "hdd" } else { "ssd" });
+        if lock(&model).in_doubt(&uri) || lock(&model).in_doubt(&other) {
+            continue;
+        }
         let roll = rng.gen_range(0..100);
-        if roll < 40 {
+        if roll < 35 {
             let size = if rng.gen_bool(0.05) {
                 rng.gen_range(64 << 10..512 << 10)
             } else {
@@ -421,83 +570,102 @@ async fn worker(shared: Arc<Shared>, model: Arc<Mutex<Model>>, options: Options,
             let mut data = vec![0u8; size];
             rng.fill_bytes(&mut data);
             let expected = ContentHash::of(&data).to_string();
-            let data = Bytes::from(data);
             let answer = shared
-                .ask(node, REQUEST_TIMEOUT, |reply| Request::Put {
-                    key: key.clone(),
-                    data,
-                    reply,
-                })
+                .http(node, Method::PUT, &object_path(&uri), Bytes::from(data))
                 .await
-                .and_then(|r| r);
+                .and_then(|a| match a.status {
+                    201 => a.json::<ObjectInfo>().map(|info| info.hash),
+                    status => Err(format!("{status} {}", a.text())),
+                });
             let mut model = lock(&model);
             match &answer {
                 Ok(hash) if *hash == expected => {
-                    *model.possible(&key) = BTreeSet::from([Some(expected.clone())]);
+                    *model.possible(&uri) = BTreeSet::from([Some(expected.clone())]);
                 }
                 Ok(hash) => shared.violation(format!(
-                    "put {key} through node {node} answered {hash}, not the hash of its bytes {expected}"
+                    "put {uri} through node {node} answered {hash}, not the hash of its bytes {expected}"
                 )),
                 Err(_) => {
-                    model.possible(&key).insert(Some(expected.clone()));
+                    model.possible(&uri).insert(Some(expected.clone()));
                 }
             }
             shared.event(format!(
-                "w{w} put n{node} {key} {size} {} -> {}",
+                "w{w} put n{node} {uri} {size} {} -> {}",
                 short(&expected),
                 outcome(&answer.map(|h| short(&h)))
             ));
-        } else if roll < 72 {
-            let answer = shared
-                .ask(node, REQUEST_TIMEOUT, |reply| Request::Get {
-                    key: key.clone(),
-                    reply,
-                })
-                .await
-                .and_then(|r| r);
-            if let Ok(read) = &answer {
-                let mut model = lock(&model);
-                let possible = model.possible(&key);
-                if !possible.contains(read) {
-                    shared.violation(format!(
-                        "get {key} through node {node} read {}, expected one of {}",
-                        shown(read),
-                        possible.iter().map(shown).collect::<Vec<_>>().join(", ")
-                    ));
-                }
+        } else if roll < 60 {
+            let answer = read(&shared, node, &uri).await;
+            if let Ok(found) = &answer {
+                check_read(&shared, &model, node, &uri, found);
             }
             shared.event(format!(
-                "w{w} get n{node} {key} -> {}",
+                "w{w} get n{node} {uri} -> {}",
                 outcome(&answer.map(|r| shown(&r)))
             ));
-        } else if roll < 82 {
+        } else if roll < 68 {
             let answer = shared
-                .ask(node, REQUEST_TIMEOUT, |reply| Request::Delete {
-                    key: key.clone(),
-                    reply,
-                })
+                .http(node, Method::DELETE, &object_path(&uri), Bytes::new())
                 .await
-                .and_then(|r| r);
+                .and_then(|a| match a.status {
+                    200..=299 => Ok(true),
+                    404 => Ok(false),
+                    status => Err(format!("{status} {}", a.text())),
+                });
             let mut model = lock(&model);
             match answer {
-                Ok(_) => *model.possible(&key) = BTreeSet::from([None]),
+                Ok(_) => *model.possible(&uri) = BTreeSet::from([None]),
                 Err(_) => {
-                    model.possible(&key).insert(None);
+                    model.possible(&uri).insert(None);
                 }
             }
-            shared.event(format!("w{w} delete n{node} {key} -> {}", outcome(&answer)));
-        } else if roll < 92 {
+            shared.event(format!("w{w} delete n{node} {uri} -> {}", outcome(&answer)));
+        } else if roll < 80 {
+            // A move to the other tier, retried under its request id until it is settled.
+            let moved = lock(&model).possible(&uri).clone();
+            if moved.contains(&None) {
+                continue;
+            }
+            let request_id = format!("m-w{w}-{op}");
+            let mut answer = Err(String::new());
+            // Retried through the same node: the node that takes a request id keeps its record.
+            for _ in 0..MOVE_ATTEMPTS {
+                answer = move_once(&shared, node, &request_id, &uri, &other).await;
+                shared.event(format!(
+                    "w{w} move n{node} {request_id} {uri} -> {other} -> {}",
+                    outcome(&answer)
+                ));
+                if answer.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let mut model = lock(&model);
+            match answer {
+                Ok(Moved::Done) => model.moved(&uri, &other, &moved),
+                Ok(Moved::Refused(_)) => {}
+                Err(_) => model.moves_in_doubt.push(PendingMove {
+                    node,
+                    request_id,
+                    source: uri,
+                    destination: other,
+                    moved,
+                }),
+            }
+        } else if roll < 90 {
             let request = format!("r{}", rng.gen_range(0..REQUEST_IDS));
-            let id = format!("job-w{w}-{op}");
-            let command = Command::StartJob {
-                id: id.clone(),
-                node,
-                pipeline: "sim".to_string(),
-                request_id: Some(request.clone()),
-                record_json: "{}".to_string(),
-            };
-            let answer = write(&shared, node, command).await;
-            if let Ok(Response::Job { id: started, .. }) = &answer {
+            let name = format!("p{}", rng.gen_range(0..options.workers));
+            let body = serde_json::json!({ "request_id": request }).to_string();
+            let path = format!("/v1/pipelines/{name}/run");
+            let answer = shared
+                .http(node, Method::POST, &path, Bytes::from(body))
+                .await
+                .and_then(|a| match a.status {
+                    200..=299 => a.json::<JobInfo>().map(|job| Some(job.id)),
+                    404 | 409 => Ok(None),
+                    status => Err(format!("{status} {}", a.text())),
+                });
+            if let Ok(Some(started)) = &answer {
                 let mut model = lock(&model);
                 match model.jobs.get(&request) {
                     Some(earlier) if earlier != started => shared.violation(format!(
@@ -510,42 +678,31 @@ async fn worker(shared: Arc<Shared>, model: Arc<Mutex<Model>>, options: Options,
                 }
             }
             shared.event(format!(
-                "w{w} start-job n{node} {request} {id} -> {}",
-                outcome(&answer.map(|r| format!("{r:?}")))
+                "w{w} run n{node} {name} {request} -> {}",
+                outcome(&answer.map(|j| j.unwrap_or_else(|| "refused".to_string())))
             ));
         } else {
-            let name = format!("p{}", rng.gen_range(0..3));
-            let command = if rng.gen_bool(0.5) {
-                Command::RegisterPipeline {
-                    name: name.clone(),
-                    spec_json: format!("{{\"v\":{}}}", rng.gen_range(0..3)),
-                    mounted: rng.gen_bool(0.5),
-                    now_ms: 0,
-                }
-            } else {
-                Command::SetMounted {
-                    name: name.clone(),
-                    mounted: rng.gen_bool(0.5),
-                    now_ms: 0,
-                }
+            let n = rng.gen_range(0..options.workers);
+            let (path, body) = match rng.gen_range(0..3) {
+                0 => (
+                    "/v1/pipelines".to_string(),
+                    pipeline_spec(
+                        &format!("p{n}"),
+                        n,
+                        rng.gen_range(1..4) * 16,
+                        rng.gen_bool(0.7),
+                    ),
+                ),
+                1 => (format!("/v1/pipelines/p{n}/mount"), String::new()),
+                _ => (format!("/v1/pipelines/p{n}/unmount"), String::new()),
             };
-            let answer = write(&shared, node, command).await;
-            shared.event(format!(
-                "w{w} pipeline n{node} {name} -> {}",
-                outcome(&answer.map(|r| format!("{r:?}")))
-            ));
+            let answer = shared
+                .http(node, Method::POST, &path, Bytes::from(body))
+                .await
+                .map(|a| a.status);
+            shared.event(format!("w{w} POST n{node} {path} -> {}", outcome(&answer)));
         }
     }
-}
-
-async fn write(shared: &Shared, node: NodeId, command: Command) -> Result<Response, String> {
-    shared
-        .ask(node, REQUEST_TIMEOUT, |reply| Request::Write {
-            command,
-            reply,
-        })
-        .await
-        .and_then(|r| r)
 }
 
 fn short(hash: &str) -> String {
@@ -563,100 +720,164 @@ fn outcome<T: std::fmt::Display>(answer: &Result<T, String>) -> String {
     }
 }
 
-/// After the faults healed: every node must come to the same state, take writes, and every
-/// object must read as the model allows.
+/// Waits until `attempt` succeeds or the deadline passes; the last answer.
+async fn until<T>(
+    deadline: tokio::time::Instant,
+    mut attempt: impl AsyncFnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    loop {
+        let answer = attempt().await;
+        if answer.is_ok() || tokio::time::Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// After the faults healed: every node must come to the same state and take writes, every
+/// move in doubt must finish under its request id, every job must end, and every object must
+/// read as the model allows.
 async fn check(shared: Arc<Shared>, model: Arc<Mutex<Model>>, nodes: u64) {
     shared.event("healed; checking");
     let all: Vec<NodeId> = (1..=nodes).collect();
     let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
-    // Liveness: a write through every node.
+    // Liveness: a control write through every node.
     for node in 1..=nodes {
-        loop {
-            let command = Command::RegisterPipeline {
-                name: format!("live-{node}"),
-                spec_json: "{}".to_string(),
-                mounted: false,
-                now_ms: 0,
-            };
-            if write(&shared, node, command).await.is_ok() {
-                break;
+        let body = Bytes::from(pipeline_spec(&format!("live-{node}"), 0, 16, false));
+        let answer = until(deadline, async || {
+            let a = shared
+                .http(node, Method::POST, "/v1/pipelines", body.clone())
+                .await?;
+            match a.status {
+                200..=299 => Ok(()),
+                status => Err(format!("{status} {}", a.text())),
             }
-            if tokio::time::Instant::now() > deadline {
-                shared.violation(format!(
-                    "node {node} took no write within {SETTLE_TIMEOUT:?} of healing"
-                ));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        })
+        .await;
+        if let Err(e) = answer {
+            shared.violation(format!(
+                "node {node} took no write within {SETTLE_TIMEOUT:?} of healing: {e}"
+            ));
         }
     }
     // Agreement: every node applies the same state.
-    let settled = loop {
+    let settled = until(deadline, async || {
         let mut probes = Vec::new();
         for node in 1..=nodes {
-            probes.push(shared.probe(node).await);
+            probes.push(shared.probe(node).await?);
         }
-        let agreed = probes.iter().all(|p| {
-            matches!((p, &probes[0]), (Ok(p), Ok(first))
-                if p.applied == first.applied && p.digest == first.digest
-                    && p.voters == all && p.published == all)
-        });
-        if agreed {
-            break probes.into_iter().next().and_then(Result::ok);
+        let first = probes[0].clone();
+        if probes.iter().all(|p| {
+            p.applied == first.applied
+                && p.digest == first.digest
+                && p.voters == all
+                && p.published == all
+        }) {
+            Ok(first)
+        } else {
+            Err(format!("{probes:?}"))
         }
-        if tokio::time::Instant::now() > deadline {
-            shared.violation(format!(
-                "the nodes did not agree within {SETTLE_TIMEOUT:?} of healing: {probes:?}"
+    })
+    .await;
+    match &settled {
+        Ok(probe) => {
+            shared.event(format!(
+                "agreed at index {} {}",
+                probe.applied,
+                short(&probe.digest)
             ));
-            break None;
+            compare(&shared, &mut BTreeMap::new(), 1, probe);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    if let Some(probe) = &settled {
-        shared.event(format!(
-            "agreed at index {} {}",
-            probe.applied,
-            short(&probe.digest)
-        ));
-        let mut seen = BTreeMap::new();
-        compare(&shared, &mut seen, 1, probe);
+        Err(e) => shared.violation(format!(
+            "the nodes did not agree within {SETTLE_TIMEOUT:?} of healing: {e}"
+        )),
     }
-    // No acknowledged write lost: each key reads as the model allows, through every node.
-    let keys: Vec<(String, BTreeSet<Option<String>>)> = lock(&model)
-        .keys
+    // Exactly once: a move in doubt finishes under its request id, through any node.
+    let in_doubt = std::mem::take(&mut lock(&model).moves_in_doubt);
+    for pending in in_doubt {
+        let answer = until(deadline, async || {
+            move_once(
+                &shared,
+                pending.node,
+                &pending.request_id,
+                &pending.source,
+                &pending.destination,
+            )
+            .await
+        })
+        .await;
+        shared.event(format!(
+            "replayed {} {} -> {} -> {}",
+            pending.request_id,
+            pending.source,
+            pending.destination,
+            outcome(&answer)
+        ));
+        match answer {
+            Ok(Moved::Done) => {
+                lock(&model).moved(&pending.source, &pending.destination, &pending.moved);
+            }
+            Ok(Moved::Refused(_)) => {
+                // Refused on replay: it never happened, or it was undone; either way only one
+                // of the two may hold the object.
+                let mut model = lock(&model);
+                model
+                    .possible(&pending.source)
+                    .extend(pending.moved.iter().cloned());
+                model
+                    .possible(&pending.destination)
+                    .extend(pending.moved.iter().cloned());
+            }
+            Err(e) => shared.violation(format!(
+                "move {} did not finish within {SETTLE_TIMEOUT:?} of healing: {e}",
+                pending.request_id
+            )),
+        }
+    }
+    // Liveness: every job started ends.
+    let jobs: Vec<String> = lock(&model).jobs.values().cloned().collect();
+    for job in jobs {
+        let ended = until(deadline, async || {
+            let a = shared
+                .http(1, Method::GET, &format!("/v1/jobs/{job}"), Bytes::new())
+                .await?;
+            let info: JobInfo = a.json()?;
+            match info.ended {
+                Some(_) => Ok(info.state),
+                None => Err(format!("still {}", info.state)),
+            }
+        })
+        .await;
+        shared.event(format!("job {job} -> {}", outcome(&ended)));
+        if let Err(e) = ended {
+            shared.violation(format!(
+                "job {job} did not end within {SETTLE_TIMEOUT:?} of healing: {e}"
+            ));
+        }
+    }
+    // No acknowledged write lost: each object reads as the model allows.
+    let objects: Vec<(String, BTreeSet<Option<String>>)> = lock(&model)
+        .objects
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    for (i, (key, possible)) in keys.iter().enumerate() {
+    for (i, (uri, possible)) in objects.iter().enumerate() {
         let node = (i as u64 % nodes) + 1;
-        let mut last = Err(String::new());
-        for _ in 0..FINAL_READ_ATTEMPTS {
-            last = shared
-                .ask(node, REQUEST_TIMEOUT, |reply| Request::Get {
-                    key: key.clone(),
-                    reply,
-                })
-                .await
-                .and_then(|r| r);
-            if last.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        match &last {
+        let found = until(deadline, async || read(&shared, node, uri).await).await;
+        match &found {
             Ok(read) if possible.contains(read) => {}
             Ok(read) => shared.violation(format!(
-                "after healing, {key} reads {} through node {node}; acknowledged: one of {}",
+                "after healing, {uri} reads {} through node {node}; acknowledged: one of {}",
                 shown(read),
                 possible.iter().map(shown).collect::<Vec<_>>().join(", ")
             )),
             Err(e) => shared.violation(format!(
-                "after healing, {key} cannot be read through node {node}: {e}"
+                "after healing, {uri} cannot be read through node {node}: {e}"
             )),
         }
         shared.event(format!(
-            "final {key} n{node} -> {}",
-            outcome(&last.map(|r| shown(&r)))
+            "final {uri} n{node} -> {}",
+            outcome(&found.map(|r| shown(&r)))
         ));
     }
     shared.event("checked");
@@ -737,7 +958,7 @@ impl Faults {
             1 if !crashed => {
                 let node = self.rng.gen_range(1..=self.nodes);
                 sim.crash(host_name(node).as_str());
-                self.disks[&node].tier.crash();
+                self.disks[&node].crash();
                 Fault::Crash(node)
             }
             2 => {
@@ -763,12 +984,12 @@ impl Faults {
             }
             5 => {
                 let node = self.rng.gen_range(1..=self.nodes);
-                self.disks[&node].tier.set_write_errors(true);
+                self.disks[&node].set_write_errors(true);
                 Fault::DiskErrors(node)
             }
             6 => {
                 let node = self.rng.gen_range(1..=self.nodes);
-                self.disks[&node].tier.set_full(true);
+                self.disks[&node].set_full(true);
                 Fault::DiskFull(node)
             }
             _ => return,
@@ -797,8 +1018,8 @@ impl Faults {
                     sim.release(name(a).as_str(), name(b).as_str());
                 }
             }
-            Fault::DiskErrors(node) => self.disks[node].tier.set_write_errors(false),
-            Fault::DiskFull(node) => self.disks[node].tier.set_full(false),
+            Fault::DiskErrors(node) => self.disks[node].set_write_errors(false),
+            Fault::DiskFull(node) => self.disks[node].set_full(false),
         }
         shared.event_at(sim.elapsed(), format!("healed {fault:?}"));
     }
@@ -808,12 +1029,5 @@ impl Faults {
         for (_, fault) in std::mem::take(&mut self.active) {
             self.end(sim, shared, fault);
         }
-    }
-}
-
-impl Shared {
-    /// An event seen from outside the hosts (the fault schedule), at simulated time `at`.
-    fn event_at(&self, at: Duration, line: String) {
-        lock(&self.trace).push(format!("{:>8} {line}", at.as_millis()));
     }
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::error::{Result, StorageError};
 use crate::hash::ContentHash;
+use crate::kv::{Db, MemoryDb, Tree};
 use crate::uri::{KeyPrefix, ObjectKey, TierName};
 
 /// What letl knows about an object beyond its bytes.
@@ -53,10 +54,11 @@ pub trait ObjectIndex: Send + Sync + Debug + 'static {
     async fn flush(&self) -> Result<()>;
 }
 
-/// One sled database per node; each tier's index is a tree in it.
+/// One database per node (sled; memory in the simulator); each tier's index is a tree in it,
+/// next to the move log, move jobs and records.
 #[derive(Debug, Clone)]
 pub struct IndexDb {
-    db: sled::Db,
+    db: Db,
 }
 
 /// How long opening waits for the database lock: a previous holder (a node still exiting, or
@@ -69,7 +71,7 @@ impl IndexDb {
     pub fn open(path: &Path) -> Result<Self> {
         let deadline = Instant::now() + INDEX_LOCK_WAIT;
         loop {
-            match sled::Config::new().path(path).open() {
+            match Db::open(path) {
                 Ok(db) => return Ok(Self { db }),
                 // sled reports a held lock as an `Other` error with this text (sled 0.34).
                 Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
@@ -86,24 +88,31 @@ impl IndexDb {
         }
     }
 
-    pub fn tier(&self, tier: &TierName) -> Result<SledIndex> {
-        let tree = self.db.open_tree(format!("tier/{tier}"))?;
-        Ok(SledIndex { tree })
+    /// A database in `memory`, which outlives this handle (the simulator's nodes).
+    pub fn memory(memory: MemoryDb) -> Self {
+        Self {
+            db: Db::Memory(memory),
+        }
+    }
+
+    pub fn tier(&self, tier: &TierName) -> Result<DbIndex> {
+        let tree = self.db.tree(&format!("tier/{tier}"))?;
+        Ok(DbIndex { tree })
     }
 
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+        self.db.flush_blocking()
     }
 
-    pub(crate) fn open_tree(&self, name: &str) -> Result<sled::Tree> {
-        Ok(self.db.open_tree(name)?)
+    pub(crate) fn open_tree(&self, name: &str) -> Result<Tree> {
+        self.db.tree(name)
     }
 }
 
+/// A tier's index in the node's [`IndexDb`].
 #[derive(Debug, Clone)]
-pub struct SledIndex {
-    tree: sled::Tree,
+pub struct DbIndex {
+    tree: Tree,
 }
 
 fn key_of(bytes: &[u8]) -> Result<ObjectKey> {
@@ -113,24 +122,24 @@ fn key_of(bytes: &[u8]) -> Result<ObjectKey> {
 }
 
 #[async_trait::async_trait]
-impl ObjectIndex for SledIndex {
+impl ObjectIndex for DbIndex {
     fn get(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
         self.tree
-            .get(key.as_str())?
+            .get(key.as_str().as_bytes())?
             .map(|v| codec::decode(&v))
             .transpose()
     }
 
     fn insert(&self, key: &ObjectKey, meta: &ObjectMeta) -> Result<Option<ObjectMeta>> {
         self.tree
-            .insert(key.as_str(), codec::encode(meta)?)?
+            .insert(key.as_str().as_bytes(), codec::encode(meta)?)?
             .map(|v| codec::decode(&v))
             .transpose()
     }
 
     fn remove(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
         self.tree
-            .remove(key.as_str())?
+            .remove(key.as_str().as_bytes())?
             .map(|v| codec::decode(&v))
             .transpose()
     }
@@ -143,10 +152,12 @@ impl ObjectIndex for SledIndex {
     ) -> Result<Vec<(ObjectKey, ObjectMeta)>> {
         let lower = lower_bound(prefix, start_after);
         let mut out = Vec::new();
-        for item in self
-            .tree
-            .range::<&[u8], _>((lower.as_ref().map(|s| s.as_bytes()), Bound::Unbounded))
-        {
+        let lower = match lower {
+            Bound::Included(s) => Bound::Included(s.as_bytes().to_vec()),
+            Bound::Excluded(s) => Bound::Excluded(s.as_bytes().to_vec()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        for item in self.tree.range((lower, Bound::Unbounded)) {
             if out.len() >= limit {
                 break;
             }
@@ -172,8 +183,7 @@ impl ObjectIndex for SledIndex {
     }
 
     async fn flush(&self) -> Result<()> {
-        flush_blocking(&self.tree).await?;
-        Ok(())
+        self.tree.flush().await
     }
 }
 
@@ -239,17 +249,6 @@ impl ObjectIndex for MemoryIndex {
     async fn flush(&self) -> Result<()> {
         Ok(())
     }
-}
-
-/// Flushes a sled tree on a blocking thread. sled 0.34's `flush_async` runs on sled's own small
-/// thread pool and can deadlock there when several flushes (of this database and the raft
-/// log's) are in flight at once: every pool thread waits for a write that needs a pool thread.
-pub(crate) async fn flush_blocking(tree: &sled::Tree) -> Result<(), sled::Error> {
-    let tree = tree.clone();
-    tokio::task::spawn_blocking(move || tree.flush())
-        .await
-        .map_err(|e| sled::Error::Io(std::io::Error::other(e)))?
-        .map(|_| ())
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod error;
 mod fs;
 mod hash;
 mod index;
+pub mod kv;
 mod memory;
 mod move_jobs;
 mod moves;
@@ -30,18 +31,19 @@ pub use clock::{Clock, ManualClock, SystemClock, system_time_ms};
 pub use error::{Result, StorageError};
 pub use fs::{FsOpenReport, FsTier, TMP_DIR_NAME, read_blocks, write_blocks};
 pub use hash::{ContentHash, Hasher};
-pub use index::{IndexDb, MemoryIndex, ObjectIndex, ObjectMeta, SledIndex};
+pub use index::{DbIndex, IndexDb, MemoryIndex, ObjectIndex, ObjectMeta};
+pub use kv::MemoryDb;
 pub use memory::MemoryTier;
 pub use move_jobs::{
-    MOVE_JOB_FAILURES_KEPT, MOVE_JOB_OBJECTS_MAX, MoveJob, MoveJobFailure, MoveJobItem,
-    MoveJobState, SledMoveJobs,
+    DbMoveJobs, MOVE_JOB_FAILURES_KEPT, MOVE_JOB_OBJECTS_MAX, MoveJob, MoveJobFailure, MoveJobItem,
+    MoveJobState,
 };
 pub use moves::{
-    MemoryMoveLog, MoveLog, MoveRecord, MoveState, REQUEST_ID_BYTES_MAX, SledMoveLog,
+    DbMoveLog, MemoryMoveLog, MoveLog, MoveRecord, MoveState, REQUEST_ID_BYTES_MAX,
     check_request_id,
 };
 pub use reconcile::{ReconcileReport, reconcile};
-pub use records::SledRecords;
+pub use records::DbRecords;
 #[cfg(feature = "s3")]
 pub use s3::{S3_PART_BYTES_MAX, S3_PART_BYTES_MIN, S3OpenReport, S3Settings, S3Tier};
 pub use uri::{KEY_BYTES_MAX, KeyPrefix, ObjectKey, ObjectUri, PrefixUri, TierName};

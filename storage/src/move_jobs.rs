@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::{Result, StorageError};
+use crate::kv::{Op, Tree};
 use crate::uri::{ObjectKey, PrefixUri};
 
 /// Most objects one job takes: a larger prefix is refused, naming the bound, so that a job's
@@ -68,14 +69,14 @@ pub struct MoveJobItem {
 
 /// Jobs by request id, and their item lists keyed by request id and item number.
 #[derive(Debug, Clone)]
-pub struct SledMoveJobs {
-    jobs: sled::Tree,
-    items: sled::Tree,
+pub struct DbMoveJobs {
+    jobs: Tree,
+    items: Tree,
 }
 
 impl crate::index::IndexDb {
-    pub fn move_jobs(&self) -> Result<SledMoveJobs> {
-        Ok(SledMoveJobs {
+    pub fn move_jobs(&self) -> Result<DbMoveJobs> {
+        Ok(DbMoveJobs {
             jobs: self.open_tree("move-jobs")?,
             items: self.open_tree("move-job-items")?,
         })
@@ -92,10 +93,10 @@ fn item_key(request_id: &str, n: u64) -> Vec<u8> {
     key
 }
 
-impl SledMoveJobs {
+impl DbMoveJobs {
     pub fn get(&self, request_id: &str) -> Result<Option<MoveJob>> {
         self.jobs
-            .get(request_id)?
+            .get(request_id.as_bytes())?
             .map(|v| codec::decode(&v))
             .transpose()
     }
@@ -111,12 +112,11 @@ impl SledMoveJobs {
     /// Writes items `first..` of a job being created, in one batch. Items go in before the
     /// job itself, so a job that exists has its whole list.
     pub fn put_items(&self, request_id: &str, first: u64, items: &[MoveJobItem]) -> Result<()> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Vec::new();
         for (n, item) in (first..).zip(items) {
-            batch.insert(item_key(request_id, n), codec::encode(item)?);
+            batch.push(Op::Insert(item_key(request_id, n), codec::encode(item)?));
         }
-        self.items.apply_batch(batch)?;
-        Ok(())
+        self.items.apply(batch)
     }
 
     /// Removes item lists nobody needs: those of finished jobs, and those a creation left
@@ -125,8 +125,8 @@ impl SledMoveJobs {
     pub fn sweep_items(&self) -> Result<u64> {
         let mut removed = 0;
         let mut current: Option<(Vec<u8>, bool)> = None;
-        for key in self.items.iter().keys() {
-            let key = key?;
+        for item in self.items.iter() {
+            let (key, _) = item?;
             let id = key.split(|&b| b == 0).next().unwrap_or_default().to_vec();
             let needed = match &current {
                 Some((known, needed)) if *known == id => *needed,
@@ -141,7 +141,7 @@ impl SledMoveJobs {
                 }
             };
             if !needed {
-                self.items.remove(key)?;
+                self.items.remove(&key)?;
                 removed += 1;
             }
         }
@@ -152,14 +152,14 @@ impl SledMoveJobs {
     pub fn clear_items(&self, request_id: &str) -> Result<()> {
         let mut prefix = request_id.as_bytes().to_vec();
         prefix.push(0);
-        for key in self.items.scan_prefix(&prefix).keys() {
-            self.items.remove(key?)?;
+        for item in self.items.scan_prefix(&prefix) {
+            self.items.remove(&item?.0)?;
         }
         Ok(())
     }
 
     pub fn item(&self, request_id: &str, n: u64) -> Result<MoveJobItem> {
-        match self.items.get(item_key(request_id, n))? {
+        match self.items.get(&item_key(request_id, n))? {
             Some(v) => codec::decode(&v),
             None => Err(StorageError::Index(format!(
                 "move job `{request_id}` has no item {n}"
@@ -169,14 +169,13 @@ impl SledMoveJobs {
 
     pub fn put(&self, job: &MoveJob) -> Result<()> {
         self.jobs
-            .insert(job.request_id.as_str(), codec::encode(job)?)?;
+            .insert(job.request_id.as_bytes(), codec::encode(job)?)?;
         Ok(())
     }
 
     pub async fn flush(&self) -> Result<()> {
-        crate::index::flush_blocking(&self.items).await?;
-        crate::index::flush_blocking(&self.jobs).await?;
-        Ok(())
+        self.items.flush().await?;
+        self.jobs.flush().await
     }
 }
 

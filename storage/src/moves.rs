@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::error::{Result, StorageError};
 use crate::hash::ContentHash;
+use crate::kv::Tree;
 use crate::uri::ObjectUri;
 
 /// Longest request id.
@@ -76,32 +77,32 @@ pub trait MoveLog: Send + Sync + Debug + 'static {
     async fn flush(&self) -> Result<()>;
 }
 
-/// The move log in the node's sled database.
+/// The move log in the node's database.
 #[derive(Debug, Clone)]
-pub struct SledMoveLog {
-    tree: sled::Tree,
+pub struct DbMoveLog {
+    tree: Tree,
 }
 
 impl crate::index::IndexDb {
-    pub fn moves(&self) -> Result<SledMoveLog> {
-        Ok(SledMoveLog {
+    pub fn moves(&self) -> Result<DbMoveLog> {
+        Ok(DbMoveLog {
             tree: self.open_tree("moves")?,
         })
     }
 }
 
 #[async_trait::async_trait]
-impl MoveLog for SledMoveLog {
+impl MoveLog for DbMoveLog {
     fn get(&self, request_id: &str) -> Result<Option<MoveRecord>> {
         self.tree
-            .get(request_id)?
+            .get(request_id.as_bytes())?
             .map(|v| codec::decode(&v))
             .transpose()
     }
 
     fn put(&self, record: &MoveRecord) -> Result<()> {
         self.tree
-            .insert(record.request_id.as_str(), codec::encode(record)?)?;
+            .insert(record.request_id.as_bytes(), codec::encode(record)?)?;
         Ok(())
     }
 
@@ -113,8 +114,7 @@ impl MoveLog for SledMoveLog {
     }
 
     async fn flush(&self) -> Result<()> {
-        crate::index::flush_blocking(&self.tree).await?;
-        Ok(())
+        self.tree.flush().await
     }
 }
 

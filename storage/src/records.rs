@@ -1,4 +1,4 @@
-//! Typed records by string key in one sled tree: the control state the node keeps locally
+//! Typed records by string key in one tree of the node's database: the control state the node keeps locally
 //! (pipeline registrations, pipeline jobs, provenance of produced objects) until the raft
 //! control plane takes it over.
 
@@ -9,15 +9,16 @@ use serde::de::DeserializeOwned;
 
 use crate::codec;
 use crate::error::Result;
+use crate::kv::Tree;
 
 /// Records of one type, by key, in key order.
 #[derive(Debug)]
-pub struct SledRecords<T> {
-    tree: sled::Tree,
+pub struct DbRecords<T> {
+    tree: Tree,
     _type: PhantomData<fn() -> T>,
 }
 
-impl<T> Clone for SledRecords<T> {
+impl<T> Clone for DbRecords<T> {
     fn clone(&self) -> Self {
         Self {
             tree: self.tree.clone(),
@@ -28,27 +29,30 @@ impl<T> Clone for SledRecords<T> {
 
 impl crate::index::IndexDb {
     /// The records in tree `name` (created if new).
-    pub fn records<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<SledRecords<T>> {
-        Ok(SledRecords {
+    pub fn records<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<DbRecords<T>> {
+        Ok(DbRecords {
             tree: self.open_tree(&format!("records/{name}"))?,
             _type: PhantomData,
         })
     }
 }
 
-impl<T: Serialize + DeserializeOwned> SledRecords<T> {
+impl<T: Serialize + DeserializeOwned> DbRecords<T> {
     pub fn get(&self, key: &str) -> Result<Option<T>> {
-        self.tree.get(key)?.map(|v| codec::decode(&v)).transpose()
+        self.tree
+            .get(key.as_bytes())?
+            .map(|v| codec::decode(&v))
+            .transpose()
     }
 
     pub fn put(&self, key: &str, value: &T) -> Result<()> {
-        self.tree.insert(key, codec::encode(value)?)?;
+        self.tree.insert(key.as_bytes(), codec::encode(value)?)?;
         Ok(())
     }
 
     pub fn remove(&self, key: &str) -> Result<Option<T>> {
         self.tree
-            .remove(key)?
+            .remove(key.as_bytes())?
             .map(|v| codec::decode(&v))
             .transpose()
     }
@@ -56,7 +60,7 @@ impl<T: Serialize + DeserializeOwned> SledRecords<T> {
     /// Every record whose key starts with `prefix`, in key order, with its key.
     pub fn scan(&self, prefix: &str) -> Result<Vec<(String, T)>> {
         self.tree
-            .scan_prefix(prefix)
+            .scan_prefix(prefix.as_bytes())
             .map(|item| {
                 let (key, value) = item?;
                 Ok((
@@ -68,8 +72,7 @@ impl<T: Serialize + DeserializeOwned> SledRecords<T> {
     }
 
     pub async fn flush(&self) -> Result<()> {
-        crate::index::flush_blocking(&self.tree).await?;
-        Ok(())
+        self.tree.flush().await
     }
 }
 

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use letl_actors::cache::CacheHandle;
 use letl_actors::pipeline::{Input, Ledger, Seen, Sink, Source, Stored};
 use letl_storage::{
-    ByteStream, KeyPrefix, ObjectKey, ObjectMeta, ObjectUri, PrefixUri, S3Settings, S3Tier,
-    SledRecords, TierBackend, read_blocks,
+    ByteStream, DbRecords, KeyPrefix, ObjectKey, ObjectMeta, ObjectUri, PrefixUri, S3Settings,
+    S3Tier, TierBackend, read_blocks,
 };
 use serde::{Deserialize, Serialize};
 
@@ -359,7 +359,7 @@ pub struct Provenance {
 /// Provenance records of one pipeline version, as one job sees them.
 #[derive(Debug)]
 pub struct ProvenanceLedger {
-    pub records: SledRecords<Provenance>,
+    pub records: DbRecords<Provenance>,
     pub places: Places,
     pub cache: CacheHandle,
     pub pipeline: String,

@@ -23,7 +23,7 @@ use letl_actors::pipeline::{
 };
 use letl_actors::transform::TransformRegistry;
 use letl_storage::{
-    ByteStream, Clock, IndexDb, S3Settings, SledRecords, StorageError, check_request_id,
+    ByteStream, Clock, DbRecords, IndexDb, S3Settings, StorageError, check_request_id,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -317,7 +317,7 @@ struct Inner {
     transforms: Arc<TransformRegistry>,
     /// Registrations, mounts and jobs.
     control: Cluster,
-    provenance: SledRecords<Provenance>,
+    provenance: DbRecords<Provenance>,
     /// Set once this node's unfinished jobs have been read back and resumed after its start.
     resumed: AtomicBool,
     /// Jobs this node ran to their end since it started: `None` once the end is recorded in
@@ -402,7 +402,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 /// Where pipelines keep their node-local records (provenance of the objects they made here).
 #[derive(Clone, Debug)]
 pub struct PipelineStores {
-    provenance: SledRecords<Provenance>,
+    provenance: DbRecords<Provenance>,
 }
 
 impl PipelineStores {
@@ -783,8 +783,12 @@ impl Pipelines {
             let unsaved = match outcome {
                 Ok(end) => end,
                 Err(e) => {
-                    warn!(job = %id, error = %e.message, "pipeline job could not be recorded; it resumes at the next start");
-                    None
+                    // Still unfinished in the control state: the job keeper adopts it again
+                    // once the control plane answers (found by the simulator: it used to wait
+                    // for the node's next start, running for ever meanwhile).
+                    warn!(job = %id, error = %e.message, "pipeline job could not be recorded; the job keeper resumes it");
+                    lock(&inner.running).remove(&id);
+                    return;
                 }
             };
             let mut running = lock(&inner.running);
@@ -945,6 +949,15 @@ impl Pipelines {
     /// The provenance of an output object, if a pipeline produced it.
     pub fn provenance_of(&self, output: &str) -> Result<Option<Provenance>, ApiError> {
         Ok(self.inner.provenance.get(&io::by_output(output))?)
+    }
+
+    /// [`Self::provenance_of`] without a handle on the pipelines, for `Places` to keep: the
+    /// pipelines hold the places, so a handle there would be a cycle that is never freed.
+    pub fn provenance_lookup(
+        &self,
+    ) -> impl Fn(&str) -> Result<Option<Provenance>, ApiError> + Send + Sync + 'static {
+        let records = self.inner.provenance.clone();
+        move |output| Ok(records.get(&io::by_output(output))?)
     }
 
     /// Starts the node's job keeper: it resumes the jobs a previous run of this node left
