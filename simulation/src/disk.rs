@@ -170,8 +170,9 @@ pub struct Disk {
     pub tiers: Vec<Arc<SimTier>>,
     /// The cluster directory: the identity, rewritten once a join completes.
     pub cluster_dir: PathBuf,
-    /// The identity the node starts with before it saved one.
-    pub identity: Identity,
+    /// The identity the node starts with before it saved one (none for a node that joins
+    /// during the run).
+    pub identity: Option<Identity>,
 }
 
 impl Disk {
@@ -189,9 +190,9 @@ impl Disk {
     }
 
     /// The identity as last saved, else the first one.
-    pub fn identity(&self) -> Identity {
+    pub fn identity(&self) -> Option<Identity> {
         match Identity::load(&self.cluster_dir) {
-            Ok(Some(saved)) => saved,
+            Ok(Some(saved)) => Some(saved),
             _ => self.identity.clone(),
         }
     }

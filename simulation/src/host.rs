@@ -75,10 +75,66 @@ pub struct HostSpec {
     pub seed: u64,
 }
 
+/// Where a joining node learns its join token and a member to ask: set by the workload.
+pub type JoinSlot = Arc<Mutex<Option<(String, std::net::IpAddr)>>>;
+
+/// Pause between a joining node's attempts.
+const JOIN_RETRY: Duration = Duration::from_millis(500);
+
+/// A node that is not a member yet: waits for a token, joins as `letl cluster join` does
+/// (`POST /v1/cluster/join` with its certificate request, then saves the identity it is
+/// granted), then runs. A restart after the join runs at once.
+pub async fn join_then_run(spec: HostSpec, slot: JoinSlot) -> turmoil::Result {
+    while spec.disk.identity().is_none() {
+        let ticket = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some((token, member)) = ticket {
+            match join(&spec.disk, &token, member).await {
+                Ok(()) => break,
+                Err(e) => tracing::debug!(error = %e, "join refused; asking again"),
+            }
+        }
+        tokio::time::sleep(JOIN_RETRY).await;
+    }
+    run(spec).await
+}
+
+async fn join(disk: &Disk, token: &str, member: std::net::IpAddr) -> Result<(), String> {
+    let (ca_fingerprint, proof) =
+        letl_raft::cluster::join_proof(token).map_err(|e| e.to_string())?;
+    let (key_pem, csr_pem) = letl_raft::cluster::join_request().map_err(|e| e.to_string())?;
+    let request = letl_node::api::JoinRequest {
+        ca_fingerprint,
+        proof,
+        csr_pem,
+    };
+    let body = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+    let answer = crate::http::call(
+        member,
+        hyper::Method::POST,
+        "/v1/cluster/join",
+        bytes::Bytes::from(body),
+        JOIN_ANSWER_TIMEOUT,
+    )
+    .await?;
+    if answer.status != 200 {
+        return Err(format!("{} {}", answer.status, answer.text()));
+    }
+    let grant: letl_raft::identity::JoinGrant = answer.json()?;
+    letl_raft::cluster::save_joined(&disk.cluster_dir, token, grant, key_pem)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// How long a joining node waits for the member's answer.
+const JOIN_ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Runs one node until its host is crashed.
 pub async fn run(spec: HostSpec) -> turmoil::Result {
     let clock: Arc<dyn Clock> = Arc::new(SimClock);
-    let identity = spec.disk.identity();
+    let identity = spec
+        .disk
+        .identity()
+        .ok_or("the node has no identity: it never joined")?;
     let tls = identity.tls();
     // turmoil binds the unspecified address only; peers reach it at the host's address.
     let any = SocketAddr::new(std::net::IpAddr::from([0, 0, 0, 0]), spec.addr.port());

@@ -31,6 +31,9 @@ struct Args {
     /// Run without faults.
     #[arg(long)]
     no_faults: bool,
+    /// A fourth node joins (with a token) and leaves (drained) during the run.
+    #[arg(long)]
+    membership: bool,
     /// Nodes in the cluster.
     #[arg(long, default_value_t = 3)]
     nodes: u64,
@@ -60,6 +63,7 @@ impl Args {
             ops_per_worker: self.ops,
             plant: self.plant,
             faults: !self.no_faults,
+            membership: self.membership,
             ..Options::new(seed)
         }
     }
@@ -76,6 +80,9 @@ impl Args {
         }
         if self.no_faults {
             flags.push("--no-faults".to_string());
+        }
+        if self.membership {
+            flags.push("--membership".to_string());
         }
         flags
     }

@@ -1366,6 +1366,23 @@ async fn run_parts(
         job.dead_letters = dead_letters;
         job.bytes_between_nodes = between;
         progress.restore(&job.stats, job.dead_letters.clone());
+        // A part whose node left the cluster never ends by itself (found by the simulator):
+        // it is ended here. Only with a loaded membership that has this node in it.
+        let members = inner.control.members();
+        if members.contains_key(&inner.control.node_id()) {
+            for part in job
+                .parts
+                .iter_mut()
+                .filter(|p| !p.state.is_finished() && !members.contains_key(&p.node))
+            {
+                part.state = JobState::Failed;
+                part.error = Some(format!(
+                    "node {} left the cluster before its part ended",
+                    part.node
+                ));
+                end_part(inner, &job.id, part).await;
+            }
+        }
         let all_ended = job.parts.iter().all(|p| p.state.is_finished());
         let gave_up = cancel_since.is_some_and(|at| at.elapsed() >= PART_CANCEL_WAIT);
         if all_ended || gave_up {
