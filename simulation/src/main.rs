@@ -109,8 +109,20 @@ fn plant_name(plant: Plant) -> &'static str {
     }
 }
 
+/// Nodes a simulated cluster may have (faults between pairs need two).
+const NODES: std::ops::RangeInclusive<u64> = 2..=7;
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if !NODES.contains(&args.nodes) {
+        eprintln!(
+            "error: --nodes {}: a simulated cluster has {} to {} nodes",
+            args.nodes,
+            NODES.start(),
+            NODES.end()
+        );
+        return ExitCode::from(2);
+    }
     if args.logs {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

@@ -775,6 +775,7 @@ impl Pipelines {
         let inner = Arc::clone(&self.inner);
         let runner = tokio::spawn(async move {
             let id = job.id.clone();
+            let parent = !job.parts.is_empty();
             let outcome = if job.parts.is_empty() {
                 run(&inner, job, compiled, Arc::clone(&progress), cancelled).await
             } else {
@@ -782,13 +783,19 @@ impl Pipelines {
             };
             let unsaved = match outcome {
                 Ok(end) => end,
-                Err(e) => {
-                    // Still unfinished in the control state: the job keeper adopts it again
-                    // once the control plane answers (found by the simulator: it used to wait
-                    // for the node's next start, running for ever meanwhile).
+                // A parent runs nothing itself: still unfinished in the control state, the job
+                // keeper adopts it again once the control plane answers (found by the
+                // simulator: it used to wait for the node's next start, running for ever).
+                Err(e) if parent => {
                     warn!(job = %id, error = %e.message, "pipeline job could not be recorded; the job keeper resumes it");
                     lock(&inner.running).remove(&id);
                     return;
+                }
+                // A job whose stages may still be draining waits for the next start, so that
+                // no object is produced twice.
+                Err(e) => {
+                    warn!(job = %id, error = %e.message, "pipeline job could not be recorded; it resumes at the next start");
+                    None
                 }
             };
             let mut running = lock(&inner.running);
@@ -1375,12 +1382,7 @@ async fn run_parts(
                 .iter_mut()
                 .filter(|p| !p.state.is_finished() && !members.contains_key(&p.node))
             {
-                part.state = JobState::Failed;
-                part.error = Some(format!(
-                    "node {} left the cluster before its part ended",
-                    part.node
-                ));
-                end_part(inner, &job.id, part).await;
+                end_departed_part(inner, &job.id, part).await;
             }
         }
         let all_ended = job.parts.iter().all(|p| p.state.is_finished());
@@ -1437,6 +1439,45 @@ async fn end_part(inner: &Inner, job: &str, part: &JobPart) {
     record.ended_ms = Some(inner.clock.now_ms());
     if let Err(e) = save_job(inner, &record).await {
         warn!(job, part = %part.job, error = %e.message, "could not record a part as ended");
+    }
+}
+
+/// Ends a part whose node left the cluster: as its record stands if it ended before (read
+/// linearizably: this node may not have applied that end yet), else as failed. Left as it
+/// is when the control plane does not answer; the parent's next tick tries again.
+async fn end_departed_part(inner: &Inner, job: &str, part: &mut JobPart) {
+    let entry = match inner.control.read(|s| s.jobs.get(&part.job).cloned()).await {
+        Ok(entry) => entry,
+        Err(e) => {
+            warn!(job, part = %part.job, error = %e, "could not read a departed node's part");
+            return;
+        }
+    };
+    let Some(record) = entry.as_ref().and_then(|e| parse_job(e).ok()) else {
+        return;
+    };
+    if entry.is_some_and(|e| e.finished) {
+        part.state = record.state;
+        part.error = record.error;
+        return;
+    }
+    let ended = JobRecord {
+        state: JobState::Failed,
+        error: Some(format!(
+            "node {} left the cluster before its part ended",
+            part.node
+        )),
+        ended_ms: Some(inner.clock.now_ms()),
+        ..record
+    };
+    match save_job(inner, &ended).await {
+        Ok(()) => {
+            part.state = ended.state;
+            part.error = ended.error;
+        }
+        Err(e) => {
+            warn!(job, part = %part.job, error = %e.message, "could not record a departed node's part as ended");
+        }
     }
 }
 
