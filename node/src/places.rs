@@ -722,14 +722,14 @@ impl Places {
             .await
     }
 
-    /// Deletes `uri` on node `node` only (with `expected_hash`: only if it has those bytes).
-    pub async fn delete_on(
+    /// Deletes `uri` at `place` only (with `expected_hash`: only if it has those bytes).
+    async fn delete_at(
         &self,
-        node: NodeId,
+        place: Place,
         uri: &ObjectUri,
         expected_hash: Option<ContentHash>,
     ) -> Result<ObjectMeta, StorageError> {
-        match self.place(&uri.tier, node)? {
+        match place {
             Place::Here(handle) => handle.delete(uri.key.clone(), expected_hash).await,
             Place::There(node) => {
                 let request = DataRequest::Delete {
@@ -742,6 +742,17 @@ impl Places {
                 }
             }
         }
+    }
+
+    /// Deletes `uri` on node `node` only (with `expected_hash`: only if it has those bytes).
+    pub async fn delete_on(
+        &self,
+        node: NodeId,
+        uri: &ObjectUri,
+        expected_hash: Option<ContentHash>,
+    ) -> Result<ObjectMeta, StorageError> {
+        let place = self.place(&uri.tier, node)?;
+        self.delete_at(place, uri, expected_hash).await
     }
 
     /// The node that is `uri`'s home (where its transforms run).
@@ -1159,24 +1170,8 @@ impl Places {
         expected_hash: Option<ContentHash>,
     ) -> Result<ObjectMeta, StorageError> {
         let (places, homes) = self.ranked(uri)?;
-        let delete_at = |place: &Place, expected_hash: Option<ContentHash>| {
-            let place = place.clone();
-            async move {
-                match place {
-                    Place::Here(handle) => handle.delete(uri.key.clone(), expected_hash).await,
-                    Place::There(node) => {
-                        let request = DataRequest::Delete {
-                            uri: uri.to_string(),
-                            expected_hash,
-                        };
-                        match self.call(node, &uri.tier, &request, None).await? {
-                            (DataAnswer::Meta(meta), _) => Ok(meta),
-                            (other, _) => Err(Self::unexpected(&uri.tier, node, &other)),
-                        }
-                    }
-                }
-            }
-        };
+        let delete_at =
+            |place: &Place, expected_hash| self.delete_at(place.clone(), uri, expected_hash);
         let mut deleted = None;
         let mut failure = None;
         let mut home_held = false;
