@@ -11,7 +11,7 @@ use letl_storage::{
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, MessagingErr, RpcReplyPort};
 
-use crate::tier::{PutRequest, TierMsg, TierStats};
+use crate::tier::{PutCondition, PutRequest, TierMsg, TierStats};
 
 #[derive(Clone, Debug)]
 enum TierEntry {
@@ -165,39 +165,41 @@ impl TierHandle {
         declared_len: Option<u64>,
         expected_hash: Option<ContentHash>,
     ) -> Result<ObjectMeta, StorageError> {
-        self.put_checked(key, body, declared_len, expected_hash, false)
-            .await
-    }
-
-    /// A put that is refused (`Conflict`) if the tier holds `key` already when it would be
-    /// published.
-    pub async fn put_new(
-        &self,
-        key: ObjectKey,
-        body: ByteStream,
-        declared_len: Option<u64>,
-        expected_hash: Option<ContentHash>,
-    ) -> Result<ObjectMeta, StorageError> {
-        self.put_checked(key, body, declared_len, expected_hash, true)
-            .await
-    }
-
-    async fn put_checked(
-        &self,
-        key: ObjectKey,
-        body: ByteStream,
-        declared_len: Option<u64>,
-        expected_hash: Option<ContentHash>,
-        only_new: bool,
-    ) -> Result<ObjectMeta, StorageError> {
         let request = PutRequest {
             key,
             body,
             declared_len,
             expected_hash,
-            only_new,
+            condition: PutCondition::Any,
+            copy_of: None,
         };
+        self.put_request(request).await
+    }
+
+    /// A put with every option of [`PutRequest`].
+    pub async fn put_request(&self, request: PutRequest) -> Result<ObjectMeta, StorageError> {
         self.call(|reply| TierMsg::Put(request, reply)).await
+    }
+
+    /// Puts a copy of `of`, a version of `key` held by another node: the body must have its
+    /// size and hash, and the copy keeps its times. Refused (`Conflict`) unless `condition`
+    /// holds when it would be published.
+    pub async fn put_copy(
+        &self,
+        key: ObjectKey,
+        body: ByteStream,
+        of: ObjectMeta,
+        condition: PutCondition,
+    ) -> Result<ObjectMeta, StorageError> {
+        let request = PutRequest {
+            key,
+            body,
+            declared_len: Some(of.size),
+            expected_hash: Some(of.hash),
+            condition,
+            copy_of: Some(of),
+        };
+        self.put_request(request).await
     }
 
     /// Whether a put of `key` with `declared_len` bytes would be accepted now.

@@ -21,5 +21,6 @@ pub use supervisor::{
     TIER_DRAIN_TIMEOUT,
 };
 pub use tier::{
-    PutRequest, TIER_PUTS_IN_FLIGHT_MAX, TierActor, TierArgs, TierMsg, TierSpec, TierStats,
+    PutCondition, PutRequest, TIER_PUTS_IN_FLIGHT_MAX, TierActor, TierArgs, TierMsg, TierSpec,
+    TierStats,
 };

@@ -52,9 +52,31 @@ pub struct PutRequest {
     pub declared_len: Option<u64>,
     /// Refuse to publish unless the bytes hash to this (copies and moves check their source).
     pub expected_hash: Option<ContentHash>,
-    /// Refuse to replace an object already there (a rebalance copy never overwrites a
-    /// version written since); checked when the put is published.
-    pub only_new: bool,
+    /// What the put may replace; checked when it is published.
+    pub condition: PutCondition,
+    /// The version, held by another node under the same key, that this put copies: the copy
+    /// keeps its times and number (placement is invisible to users, and `modified_ms` orders
+    /// versions across nodes: see [`ObjectMeta::supersedes`]).
+    pub copy_of: Option<ObjectMeta>,
+}
+
+/// When a put may replace what the tier holds under its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutCondition {
+    /// Whatever is there (a client's put).
+    Any,
+    /// Only if nothing is: a rebalance copy never overwrites a version written since.
+    Absent,
+    /// Only if the version there has this hash: a rebalance copy replacing an older version.
+    Replaces(ContentHash),
+}
+
+/// What a staged put must satisfy to be published, and what it is a copy of.
+#[derive(Debug)]
+pub struct PublishRules {
+    expected_hash: Option<ContentHash>,
+    condition: PutCondition,
+    copy_of: Option<ObjectMeta>,
 }
 
 impl fmt::Debug for PutRequest {
@@ -63,6 +85,7 @@ impl fmt::Debug for PutRequest {
             .field("key", &self.key)
             .field("declared_len", &self.declared_len)
             .field("expected_hash", &self.expected_hash)
+            .field("condition", &self.condition)
             .finish_non_exhaustive()
     }
 }
@@ -88,8 +111,7 @@ pub enum TierMsg {
     Staged {
         key: ObjectKey,
         result: Result<Staged, StorageError>,
-        expected_hash: Option<ContentHash>,
-        only_new: bool,
+        rules: PublishRules,
         reply: Reply<ObjectMeta>,
     },
     /// Would a put of this key and length be accepted now? Changes nothing.
@@ -237,13 +259,10 @@ impl Actor for TierActor {
             TierMsg::Staged {
                 key,
                 result,
-                expected_hash,
-                only_new,
+                rules,
                 reply,
             } => {
-                let outcome = state
-                    .finish_put(&key, result, expected_hash, only_new)
-                    .await;
+                let outcome = state.finish_put(&key, result, rules).await;
                 state.reply_after_flush(reply, outcome);
             }
             TierMsg::CheckPut {
@@ -333,8 +352,14 @@ impl TierState {
             body,
             declared_len,
             expected_hash,
-            only_new,
+            condition,
+            copy_of,
         } = request;
+        let rules = PublishRules {
+            expected_hash,
+            condition,
+            copy_of,
+        };
         if self.puts_in_flight.contains(&key) {
             let _ = reply.send(Err(self.put_in_progress(&key)));
             return;
@@ -358,8 +383,7 @@ impl TierState {
             let message = TierMsg::Staged {
                 key,
                 result,
-                expected_hash,
-                only_new,
+                rules,
                 reply,
             };
             if let Err(MessagingErr::SendErr(TierMsg::Staged { result, reply, .. })) =
@@ -381,12 +405,11 @@ impl TierState {
         &mut self,
         key: &ObjectKey,
         staged: Result<Staged, StorageError>,
-        expected_hash: Option<ContentHash>,
-        only_new: bool,
+        rules: PublishRules,
     ) -> Result<ObjectMeta, StorageError> {
         self.puts_in_flight.remove(key);
         let staged = staged?;
-        if let Some(expected) = expected_hash
+        if let Some(expected) = rules.expected_hash
             && staged.hash != expected
         {
             let actual = staged.hash;
@@ -404,24 +427,52 @@ impl TierState {
                 return Err(e);
             }
         };
-        if only_new && previous.is_some() {
+        let refused = match (rules.condition, &previous) {
+            (PutCondition::Any, _) | (PutCondition::Absent, None) => None,
+            (PutCondition::Absent, Some(_)) => {
+                Some("it already holds a version, which stays".to_string())
+            }
+            (PutCondition::Replaces(hash), Some(p)) if p.hash == hash => None,
+            (PutCondition::Replaces(hash), Some(p)) => Some(format!(
+                "the version to replace ({hash}) was replaced meanwhile by {}",
+                p.hash
+            )),
+            (PutCondition::Replaces(hash), None) => Some(format!(
+                "the version to replace ({hash}) was deleted meanwhile"
+            )),
+        };
+        if let Some(reason) = refused {
             self.spec.backend.abort(staged).await;
             return Err(StorageError::Conflict {
                 tier: self.name.to_string(),
                 key: key.to_string(),
-                reason: "it already holds a version, which stays".to_string(),
+                reason,
             });
         }
         let (size, hash) = (staged.size, staged.hash);
         let committed = self.spec.backend.commit(staged).await?;
         let now = self.spec.clock.now_ms();
-        let meta = ObjectMeta {
-            size,
-            hash,
-            created_ms: previous.as_ref().map_or(now, |p| p.created_ms),
-            modified_ms: now,
-            version: previous.as_ref().map_or(1, |p| p.version + 1),
-            stamp: committed.stamp,
+        let meta = match rules.copy_of {
+            Some(of) => ObjectMeta {
+                size,
+                hash,
+                created_ms: of.created_ms,
+                modified_ms: of.modified_ms,
+                version: of.version,
+                stamp: committed.stamp,
+            },
+            None => ObjectMeta {
+                size,
+                hash,
+                created_ms: previous.as_ref().map_or(now, |p| p.created_ms),
+                // Later than the version it replaces, even if the clock went back: versions
+                // are ordered by it.
+                modified_ms: previous
+                    .as_ref()
+                    .map_or(now, |p| now.max(p.modified_ms.saturating_add(1))),
+                version: previous.as_ref().map_or(1, |p| p.version + 1),
+                stamp: committed.stamp,
+            },
         };
         // Should this fail, the committed file is indexed by the next start's reconciliation.
         self.spec.index.insert(key, &meta)?;
@@ -492,10 +543,14 @@ impl TierState {
             .stage_local_file(key, file, self.spec.object_bytes_max)
             .await?;
         match staged {
-            Some(staged) => self
-                .finish_put(key, Ok(staged), Some(file.hash), false)
-                .await
-                .map(Some),
+            Some(staged) => {
+                let rules = PublishRules {
+                    expected_hash: Some(file.hash),
+                    condition: PutCondition::Any,
+                    copy_of: None,
+                };
+                self.finish_put(key, Ok(staged), rules).await.map(Some)
+            }
             None => Ok(None),
         }
     }

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use letl_actors::{
-    RestartPolicy, SupervisorArgs, SupervisorHandle, TierDirectory, TierHandle, TierSpec,
-    TierStatus,
+    PutCondition, RestartPolicy, SupervisorArgs, SupervisorHandle, TierDirectory, TierHandle,
+    TierSpec, TierStatus,
 };
 use letl_storage::{
-    ByteStream, ContentHash, KeyPrefix, ManualClock, MemoryIndex, MemoryTier, ObjectKey,
+    ByteStream, Clock, ContentHash, KeyPrefix, ManualClock, MemoryIndex, MemoryTier, ObjectKey,
     ObjectMeta, StorageError, TierBackend, TierName, hash_stream, stream_of,
 };
 use tokio::sync::mpsc;
@@ -169,6 +169,95 @@ async fn tier_actor_serves_objects_with_versions_and_times() {
         err.to_string(),
         "unknown tier `tape` (this node has: hdd, ssd)"
     );
+    node.supervisor.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn copies_keep_their_version_and_replace_only_what_they_compared_with() {
+    let node = Fixture::start(RestartPolicy::default()).await;
+    let tier = node.tier();
+    let body = |data: &'static [u8]| stream_of(Bytes::from_static(data), 3);
+    // A version written on another node at 700, version 3.
+    let theirs = ObjectMeta {
+        size: 3,
+        hash: ContentHash::of(b"old"),
+        created_ms: 100,
+        modified_ms: 700,
+        version: 3,
+        stamp: 0,
+    };
+    let copied = tier
+        .put_copy(key("k"), body(b"old"), theirs.clone(), PutCondition::Absent)
+        .await
+        .unwrap();
+    assert_eq!(
+        (copied.created_ms, copied.modified_ms, copied.version),
+        (100, 700, 3),
+        "a copy keeps the times and number of the version it copies"
+    );
+    let err = tier
+        .put_copy(key("k"), body(b"old"), theirs.clone(), PutCondition::Absent)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already holds a version"), "{err}");
+
+    // A later version replaces it only while it is still the one compared with.
+    let newer = ObjectMeta {
+        size: 3,
+        hash: ContentHash::of(b"new"),
+        modified_ms: 900,
+        ..theirs.clone()
+    };
+    assert!(newer.supersedes(&theirs) && !theirs.supersedes(&newer));
+    let err = tier
+        .put_copy(
+            key("k"),
+            body(b"new"),
+            newer.clone(),
+            PutCondition::Replaces(ContentHash::of(b"other")),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("replaced meanwhile"), "{err}");
+    let replaced = tier
+        .put_copy(
+            key("k"),
+            body(b"new"),
+            newer.clone(),
+            PutCondition::Replaces(theirs.hash),
+        )
+        .await
+        .unwrap();
+    assert_eq!((replaced.hash, replaced.modified_ms), (newer.hash, 900));
+    // The body must be the version named.
+    tier.delete(key("k"), None).await.unwrap();
+    let err = tier
+        .put_copy(key("k"), body(b"nah"), newer.clone(), PutCondition::Absent)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::HashMismatch { .. }), "{err}");
+    let err = tier
+        .put_copy(
+            key("k"),
+            body(b"new"),
+            newer.clone(),
+            PutCondition::Replaces(theirs.hash),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("deleted meanwhile"), "{err}");
+
+    // An overwrite is later than the version it replaces, even with the clock behind it.
+    tier.put_copy(key("k"), body(b"new"), newer.clone(), PutCondition::Absent)
+        .await
+        .unwrap();
+    assert_eq!(node.clock.now_ms(), 1_000);
+    let overwritten = node.put("k", b"mine").await.unwrap();
+    assert_eq!(overwritten.modified_ms, 1_000);
+    node.clock.set_ms(500);
+    let behind = node.put("k", b"again").await.unwrap();
+    assert_eq!(behind.modified_ms, 1_001);
+    assert!(behind.supersedes(&overwritten));
     node.supervisor.shutdown().await.unwrap();
 }
 

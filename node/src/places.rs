@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use letl_actors::transform::{Transform, TransformRegistry};
-use letl_actors::{TierDirectory, TierHandle};
+use letl_actors::{PutCondition, PutRequest, TierDirectory, TierHandle};
 use letl_raft::NodeId;
 use letl_raft::cluster::Cluster;
 use letl_raft::data::{DATA_ANSWER_TIMEOUT, DATA_QUICK_ANSWER_TIMEOUT, DataHandler};
@@ -46,6 +46,9 @@ const REPLICA_CHUNKS_IN_FLIGHT_MAX: usize = 8;
 const REMOTE_COPY_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
 /// A node that did not answer is asked last, for reads, for this long.
 const SUSPECT_FOR: Duration = Duration::from_secs(10);
+/// A read looks for an object again when it moved away between being seen and being opened,
+/// at most this many times.
+const FIND_ATTEMPTS_MAX: usize = 3;
 /// What a replica's body ends with when another replica of the same put failed.
 const REPLICA_ABORTED: &str = "another replica of this put failed";
 
@@ -56,7 +59,8 @@ enum DataRequest {
         uri: String,
         declared_len: Option<u64>,
         expected_hash: Option<ContentHash>,
-        /// Refused if the node holds the object already (see `TierHandle::put_new`).
+        /// Refused if the node holds the object already (sent by nodes from before
+        /// `PutCopy`; they copy without the version's times).
         only_new: bool,
     },
     CheckPut {
@@ -97,6 +101,14 @@ enum DataRequest {
         destination: String,
         size: u64,
         hash: ContentHash,
+    },
+    /// A copy of `of`, a version of `uri` the sender holds, which keeps its times: only if
+    /// the node holds no version of it (`replaces` is `None`) or the one with hash `replaces`
+    /// (see `TierHandle::put_copy`).
+    PutCopy {
+        uri: String,
+        of: ObjectMeta,
+        replaces: Option<ContentHash>,
     },
 }
 
@@ -276,6 +288,13 @@ impl From<WireError> for StorageError {
 enum Place {
     Here(TierHandle),
     There(NodeId),
+}
+
+/// Where [`Places::newest`] found the version reads see: its metadata, and its bytes if they
+/// were opened.
+enum Located {
+    Open(Place, ObjectMeta, ObjectReader),
+    Seen(Place, ObjectMeta),
 }
 
 /// A page of a listing merged from the nodes, and the nodes that could not answer.
@@ -542,10 +561,17 @@ impl Places {
 
     /// The places of `uri` in the order reads ask them: its homes, then other keepers, with
     /// nodes that lately did not answer last (a dead holder costs one timeout, not one per
-    /// read).
-    fn read_order(&self, uri: &ObjectUri) -> Result<Vec<Place>, StorageError> {
+    /// read). While nodes of its tier are leaving, the place of the version reads see (see
+    /// [`Self::newest`]) comes first.
+    async fn read_order(&self, uri: &ObjectUri) -> Result<Vec<Place>, StorageError> {
         let (mut places, _) = self.ranked(uri)?;
         places.sort_by_key(|place| matches!(place, Place::There(node) if self.suspected(*node)));
+        if !self.split_keepers(&uri.tier).1.is_empty()
+            && let Ok(Located::Seen(newest, _)) = self.newest(uri, false).await
+        {
+            let node = self.node_of(&newest);
+            places.sort_by_key(|place| self.node_of(place) != node);
+        }
         Ok(places)
     }
 
@@ -635,7 +661,7 @@ impl Places {
         size: u64,
         hash: ContentHash,
     ) -> Result<ObjectMeta, StorageError> {
-        let places = self.read_order(source)?;
+        let places = self.read_order(source).await?;
         let mut unreachable = Vec::new();
         for place in &places {
             let outcome = match place {
@@ -708,18 +734,34 @@ impl Places {
         Ok(self.look_at(&place, uri, false).await?.0)
     }
 
-    /// Puts `uri` on node `node` only, unless that node holds it already (`Conflict`).
-    pub async fn put_new_on(
+    /// Puts a copy of `of`, a version of `uri` this node holds, on node `node` only, keeping
+    /// its times: refused (`Conflict`) unless that node holds no version of `uri` when the
+    /// copy would be published (`replaces` is `None`), or the one with hash `replaces`.
+    pub async fn put_copy_on(
         &self,
         node: NodeId,
         uri: &ObjectUri,
         body: ByteStream,
-        declared_len: Option<u64>,
-        expected_hash: Option<ContentHash>,
+        of: ObjectMeta,
+        replaces: Option<ContentHash>,
     ) -> Result<ObjectMeta, StorageError> {
-        let place = self.place(&uri.tier, node)?;
-        self.put_at(&place, uri, body, declared_len, expected_hash, true)
-            .await
+        match self.place(&uri.tier, node)? {
+            Place::Here(handle) => {
+                let condition = replaces.map_or(PutCondition::Absent, PutCondition::Replaces);
+                handle.put_copy(uri.key.clone(), body, of, condition).await
+            }
+            Place::There(node) => {
+                let request = DataRequest::PutCopy {
+                    uri: uri.to_string(),
+                    of,
+                    replaces,
+                };
+                match self.call(node, &uri.tier, &request, Some(body)).await? {
+                    (DataAnswer::Meta(meta), _) => Ok(meta),
+                    (other, _) => Err(Self::unexpected(&uri.tier, node, &other)),
+                }
+            }
+        }
     }
 
     /// Deletes `uri` at `place` only (with `expected_hash`: only if it has those bytes).
@@ -868,14 +910,8 @@ impl Places {
         body: ByteStream,
         declared_len: Option<u64>,
         expected_hash: Option<ContentHash>,
-        only_new: bool,
     ) -> Result<ObjectMeta, StorageError> {
         match place {
-            Place::Here(handle) if only_new => {
-                handle
-                    .put_new(uri.key.clone(), body, declared_len, expected_hash)
-                    .await
-            }
             Place::Here(handle) => {
                 handle
                     .put(uri.key.clone(), body, declared_len, expected_hash)
@@ -886,7 +922,7 @@ impl Places {
                     uri: uri.to_string(),
                     declared_len,
                     expected_hash,
-                    only_new,
+                    only_new: false,
                 };
                 match self.call(*node, &uri.tier, &request, Some(body)).await? {
                     (DataAnswer::Meta(meta), _) => Ok(meta),
@@ -926,7 +962,7 @@ impl Places {
             .count();
         if let [only] = homes {
             let meta = self
-                .put_at(only, uri, body, declared_len, expected_hash, false)
+                .put_at(only, uri, body, declared_len, expected_hash)
                 .await?;
             return Ok((meta, remote));
         }
@@ -940,7 +976,7 @@ impl Places {
             let (tx, rx) = mpsc::channel::<Piece>(REPLICA_CHUNKS_IN_FLIGHT_MAX);
             senders.push(tx);
             let body: ByteStream = Box::pin(replica_body(rx));
-            puts.push(self.put_at(place, uri, body, declared_len, expected_hash, false));
+            puts.push(self.put_at(place, uri, body, declared_len, expected_hash));
         }
         let pump = async move {
             let mut body = body;
@@ -1066,18 +1102,36 @@ impl Places {
         }
     }
 
-    /// Asks the object's places in order until one has it.
-    async fn find(
-        &self,
-        uri: &ObjectUri,
-        open: bool,
-    ) -> Result<(ObjectMeta, Option<ObjectReader>, bool), StorageError> {
-        let places = self.read_order(uri)?;
+    /// The node a place is.
+    fn node_of(&self, place: &Place) -> NodeId {
+        match place {
+            Place::Here(_) => self.me(),
+            Place::There(node) => *node,
+        }
+    }
+
+    /// Puts nodes that lately did not answer last.
+    fn suspects_last<'a>(&self, places: impl Iterator<Item = &'a Place>) -> Vec<&'a Place> {
+        let mut places: Vec<&Place> = places.collect();
+        places.sort_by_key(|place| matches!(place, Place::There(node) if self.suspected(*node)));
+        places
+    }
+
+    /// Where the version of `uri` that reads see is: the first home that holds one, unless a
+    /// node leaving the cluster holds a later one (until its drain has moved it); if no home
+    /// holds one, the latest version among the other keepers (a rebalance under way). With
+    /// `open`, and no node leaving, the home's bytes are opened at once.
+    async fn newest(&self, uri: &ObjectUri, open: bool) -> Result<Located, StorageError> {
+        let (places, homes) = self.ranked(uri)?;
+        let (_, draining) = self.split_keepers(&uri.tier);
         let mut unreachable = Vec::new();
-        for place in &places {
-            match self.look_at(place, uri, open).await {
-                Ok((meta, reader)) => {
-                    return Ok((meta, reader, matches!(place, Place::There(_))));
+        let mut best: Option<(Place, ObjectMeta)> = None;
+        for place in self.suspects_last(places[..homes].iter()) {
+            match self.look_at(place, uri, open && draining.is_empty()).await {
+                Ok((meta, Some(reader))) => return Ok(Located::Open(place.clone(), meta, reader)),
+                Ok((meta, None)) => {
+                    best = Some((place.clone(), meta));
+                    break;
                 }
                 Err(StorageError::NotFound { .. }) => {}
                 Err(e @ StorageError::Unavailable { .. }) => {
@@ -1087,7 +1141,66 @@ impl Places {
                 Err(e) => return Err(e),
             }
         }
-        Err(Self::found_nowhere(uri, &unreachable))
+        let found_at_home = best.is_some();
+        let others = places[homes..]
+            .iter()
+            .filter(|place| !found_at_home || draining.contains(&self.node_of(place)));
+        for place in self.suspects_last(others) {
+            match self.look_at(place, uri, false).await {
+                Ok((meta, _)) => {
+                    if best.as_ref().is_none_or(|(_, b)| meta.supersedes(b)) {
+                        best = Some((place.clone(), meta));
+                    }
+                }
+                Err(StorageError::NotFound { .. }) => {}
+                Err(e) if found_at_home => {
+                    debug!(%uri, error = %e, "a node leaving did not answer; reading the home's version");
+                }
+                Err(e @ StorageError::Unavailable { .. }) => {
+                    debug!(%uri, error = %e, "a holder did not answer; asking the next");
+                    unreachable.push(e.to_string());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match best {
+            Some((place, meta)) => Ok(Located::Seen(place, meta)),
+            None => Err(Self::found_nowhere(uri, &unreachable)),
+        }
+    }
+
+    /// The version of `uri` reads see (see [`Self::newest`]): its metadata, its bytes if
+    /// `open`, and whether they are on another node.
+    async fn find(
+        &self,
+        uri: &ObjectUri,
+        open: bool,
+    ) -> Result<(ObjectMeta, Option<ObjectReader>, bool), StorageError> {
+        for _ in 0..FIND_ATTEMPTS_MAX {
+            let (place, meta) = match self.newest(uri, open).await? {
+                Located::Open(place, meta, reader) => {
+                    return Ok((meta, Some(reader), matches!(place, Place::There(_))));
+                }
+                Located::Seen(place, meta) => (place, meta),
+            };
+            let remote = matches!(place, Place::There(_));
+            if !open {
+                return Ok((meta, None, remote));
+            }
+            match self.look_at(&place, uri, true).await {
+                Ok((meta, reader)) => return Ok((meta, reader, remote)),
+                // Moved or deleted since it was seen there: look again.
+                Err(StorageError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StorageError::Unavailable {
+            tier: uri.tier.to_string(),
+            reason: format!(
+                "`{}` moved away from each node it was seen on, {FIND_ATTEMPTS_MAX} times",
+                uri.key
+            ),
+        })
     }
 
     pub async fn get(&self, uri: &ObjectUri) -> Result<(ObjectMeta, ObjectReader), StorageError> {
@@ -1114,7 +1227,7 @@ impl Places {
         kind: &str,
         transform: Arc<dyn Transform>,
     ) -> Result<ByteStream, ApiError> {
-        let places = self.read_order(uri)?;
+        let places = self.read_order(uri).await?;
         let transform_failed =
             |message: String| ApiError::new(axum::http::StatusCode::BAD_GATEWAY, message);
         let mut unreachable = Vec::new();
@@ -1353,15 +1466,26 @@ impl PlacesHandler {
             } => {
                 let uri = ObjectUri::parse(&uri)?;
                 let handle = self.directory.get(&uri.tier)?;
-                let meta = if only_new {
-                    handle
-                        .put_new(uri.key, body, declared_len, expected_hash)
-                        .await?
+                let condition = if only_new {
+                    PutCondition::Absent
                 } else {
-                    handle
-                        .put(uri.key, body, declared_len, expected_hash)
-                        .await?
+                    PutCondition::Any
                 };
+                let request = PutRequest {
+                    key: uri.key,
+                    body,
+                    declared_len,
+                    expected_hash,
+                    condition,
+                    copy_of: None,
+                };
+                (DataAnswer::Meta(handle.put_request(request).await?), None)
+            }
+            DataRequest::PutCopy { uri, of, replaces } => {
+                let uri = ObjectUri::parse(&uri)?;
+                let handle = self.directory.get(&uri.tier)?;
+                let condition = replaces.map_or(PutCondition::Absent, PutCondition::Replaces);
+                let meta = handle.put_copy(uri.key, body, of, condition).await?;
                 (DataAnswer::Meta(meta), None)
             }
             DataRequest::CheckPut { uri, declared_len } => {

@@ -3,10 +3,13 @@
 //! Each node runs one rebalancer. When the nodes that keep its tiers change (a node joined,
 //! published its tiers, or is leaving), it makes a pass over its own objects: each object goes
 //! to the homes the current member set gives it, by a put that the destination verifies
-//! against the object's hash and refuses if it holds the key already (a version written there
-//! since stays). Only once every home has a version is the copy here deleted, and only if it
-//! still has the bytes that were copied; if it was deleted meanwhile, the copy just made is
-//! taken back. Reads find objects wherever they are during a pass (they ask every keeper
+//! against the object's hash. Versions are ordered across nodes by their write time, which a
+//! copy keeps (`ObjectMeta::supersedes`): a home that holds the same or a later version keeps
+//! it; an older one there (left by an earlier pass cut short) is replaced, but only if it is
+//! still the one compared with, and a home without a version takes the copy only if it still
+//! has none when it would publish it. Only once every home has a version is the copy here
+//! deleted, and only if it still has the bytes that were copied; if it was deleted meanwhile,
+//! the copy just made is taken back. Reads find objects wherever they are during a pass (they ask every keeper
 //! after the homes). A pass that left objects behind (a home down) is tried again.
 //!
 //! A node leaves in three steps: it is marked draining in the control plane, so no object is
@@ -272,47 +275,50 @@ impl Rebalancer {
                         self.left_behind(&uri, home, "lately did not answer");
                         continue;
                     }
-                    match self.places.head_on(home, &uri).await {
-                        // The same bytes, or a version written there since: it stays.
-                        Ok(_) => {}
-                        Err(StorageError::NotFound { .. }) => {
-                            let copied = async {
-                                let (held, reader) = handle.get(key.clone()).await?;
-                                if held.hash != meta.hash {
-                                    return Err(StorageError::Conflict {
-                                        tier: tier.to_string(),
-                                        key: key.to_string(),
-                                        reason: "changed during the rebalance".to_string(),
-                                    });
-                                }
-                                self.places
-                                    .put_new_on(
-                                        home,
-                                        &uri,
-                                        reader.body,
-                                        Some(held.size),
-                                        Some(held.hash),
-                                    )
-                                    .await
-                            };
-                            match copied.await {
-                                Ok(_) => {
-                                    copied_to.push(home);
-                                    let mut status = lock(&self.status);
-                                    status.moved += 1;
-                                    status.bytes_moved += meta.size;
-                                }
-                                // A version arrived there meanwhile (put_new refuses to
-                                // replace it): it stays.
-                                Err(StorageError::Conflict {
-                                    ref tier, ref key, ..
-                                }) if *tier == uri.tier.as_str() && *key == uri.key.as_str() => {}
-                                Err(e) => {
-                                    everywhere = false;
-                                    self.left_behind(&uri, home, &e.to_string());
-                                }
-                            }
+                    let theirs = match self.places.head_on(home, &uri).await {
+                        Ok(theirs) => Some(theirs),
+                        Err(StorageError::NotFound { .. }) => None,
+                        Err(e) => {
+                            everywhere = false;
+                            self.left_behind(&uri, home, &e.to_string());
+                            continue;
                         }
+                    };
+                    // The same version there, or a later one (written there since): it stays.
+                    if theirs
+                        .as_ref()
+                        .is_some_and(|theirs| !meta.supersedes(theirs))
+                    {
+                        continue;
+                    }
+                    // An older version there (left by a pass cut short) is replaced, unless
+                    // it changes meanwhile.
+                    let replaces = theirs.map(|theirs| theirs.hash);
+                    let copied = async {
+                        let (held, reader) = handle.get(key.clone()).await?;
+                        if held.hash != meta.hash {
+                            return Err(StorageError::Conflict {
+                                tier: tier.to_string(),
+                                key: key.to_string(),
+                                reason: "changed during the rebalance".to_string(),
+                            });
+                        }
+                        self.places
+                            .put_copy_on(home, &uri, reader.body, held, replaces)
+                            .await
+                    };
+                    match copied.await {
+                        Ok(_) => {
+                            copied_to.push(home);
+                            let mut status = lock(&self.status);
+                            status.moved += 1;
+                            status.bytes_moved += meta.size;
+                        }
+                        // A version was written there meanwhile (a copy never replaces one it
+                        // did not compare with): it stays.
+                        Err(StorageError::Conflict {
+                            ref tier, ref key, ..
+                        }) if *tier == uri.tier.as_str() && *key == uri.key.as_str() => {}
                         Err(e) => {
                             everywhere = false;
                             self.left_behind(&uri, home, &e.to_string());

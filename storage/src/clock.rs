@@ -4,8 +4,9 @@ use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Milliseconds since the Unix epoch, for object times. Logic that measures durations uses
-/// tokio's clock instead; this is only for timestamps that users read.
+/// Milliseconds since the Unix epoch, for object times (which users read, and which order an
+/// object's versions across nodes: see `ObjectMeta::supersedes`). Logic that measures
+/// durations uses tokio's clock instead.
 pub trait Clock: Send + Sync + Debug + 'static {
     fn now_ms(&self) -> u64;
 }
@@ -31,6 +32,11 @@ impl ManualClock {
 
     pub fn advance_ms(&self, ms: u64) {
         self.0.fetch_add(ms, Ordering::AcqRel);
+    }
+
+    /// Sets the time, possibly back (as a clock corrected by NTP may go).
+    pub fn set_ms(&self, ms: u64) {
+        self.0.store(ms, Ordering::Release);
     }
 }
 

@@ -30,6 +30,16 @@ pub struct ObjectMeta {
     pub stamp: u64,
 }
 
+impl ObjectMeta {
+    /// Whether this version of an object supersedes `other`, a version of the same URI held
+    /// elsewhere: the later write wins (`modified_ms`, which a copy between nodes keeps and an
+    /// overwrite always raises), and of two written in the same millisecond the one with the
+    /// greater hash, so that every node picks the same.
+    pub fn supersedes(&self, other: &ObjectMeta) -> bool {
+        (self.modified_ms, self.hash.as_bytes()) > (other.modified_ms, other.hash.as_bytes())
+    }
+}
+
 #[async_trait::async_trait]
 pub trait ObjectIndex: Send + Sync + Debug + 'static {
     fn get(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>>;
