@@ -11,7 +11,7 @@ use letl_storage::{
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, MessagingErr, RpcReplyPort};
 
-use crate::tier::{PutCondition, PutRequest, TierMsg, TierStats};
+use crate::tier::{DeleteMode, PutCondition, PutRequest, TierMsg, TierStats};
 
 #[derive(Clone, Debug)]
 enum TierEntry {
@@ -255,17 +255,98 @@ impl TierHandle {
         .await
     }
 
+    /// Deletes `key` (with `expected_hash`: only if it still has those bytes), and remembers
+    /// the deletion (see [`TierMsg::Delete`]).
     pub async fn delete(
         &self,
         key: ObjectKey,
         expected_hash: Option<ContentHash>,
     ) -> Result<ObjectMeta, StorageError> {
+        self.delete_as(key, expected_hash, DeleteMode::Deleted)
+            .await
+    }
+
+    /// Deletes `key` (with `expected_hash`: only if it still has those bytes), remembering
+    /// the deletion as `mode` says.
+    pub async fn delete_as(
+        &self,
+        key: ObjectKey,
+        expected_hash: Option<ContentHash>,
+        mode: DeleteMode,
+    ) -> Result<ObjectMeta, StorageError> {
         self.call(|reply| TierMsg::Delete {
             key,
             expected_hash,
+            mode,
             reply,
         })
         .await
+    }
+
+    /// Deletes this tier's copy of `key`, which other nodes hold now (if it still has
+    /// `expected_hash`): the object was not deleted, so no deletion is remembered.
+    pub async fn delete_moved_away(
+        &self,
+        key: ObjectKey,
+        expected_hash: ContentHash,
+    ) -> Result<ObjectMeta, StorageError> {
+        self.delete_as(key, Some(expected_hash), DeleteMode::MovedAway)
+            .await
+    }
+
+    /// When `key` was last deleted here, if that is remembered.
+    pub async fn tombstone(&self, key: ObjectKey) -> Result<Option<u64>, StorageError> {
+        self.call(|reply| TierMsg::Tombstone(key, reply)).await
+    }
+
+    /// A deletion at `deleted_ms` learnt from another node (see [`TierMsg::Bury`]).
+    pub async fn bury(
+        &self,
+        key: ObjectKey,
+        deleted_ms: u64,
+    ) -> Result<Option<ObjectMeta>, StorageError> {
+        self.call(|reply| TierMsg::Bury {
+            key,
+            deleted_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Tombstones after `start_after`, in key order, at most `limit`.
+    pub async fn tombstones(
+        &self,
+        start_after: Option<ObjectKey>,
+        limit: usize,
+    ) -> Result<Vec<(ObjectKey, u64)>, StorageError> {
+        self.call(|reply| TierMsg::Tombstones {
+            start_after,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Forgets `key`'s tombstone if it is still the one at `deleted_ms`.
+    pub async fn forget_tombstone(
+        &self,
+        key: ObjectKey,
+        deleted_ms: u64,
+    ) -> Result<(), StorageError> {
+        self.call(|reply| TierMsg::ForgetTombstone {
+            key,
+            deleted_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Starts a sweep of expired tombstones now (the tier also runs one every
+    /// `TOMBSTONE_SWEEP_INTERVAL`).
+    pub fn expire_tombstones(&self) -> Result<(), StorageError> {
+        self.actor
+            .cast(TierMsg::ExpireTombstones { start_after: None })
+            .map_err(|_| self.unavailable())
     }
 
     pub async fn stats(&self) -> Result<TierStats, StorageError> {

@@ -21,6 +21,6 @@ pub use supervisor::{
     TIER_DRAIN_TIMEOUT,
 };
 pub use tier::{
-    PutCondition, PutRequest, TIER_PUTS_IN_FLIGHT_MAX, TierActor, TierArgs, TierMsg, TierSpec,
-    TierStats,
+    DeleteMode, PutCondition, PutRequest, TIER_PUTS_IN_FLIGHT_MAX, TOMBSTONE_KEEP, TierActor,
+    TierArgs, TierMsg, TierSpec, TierStats,
 };

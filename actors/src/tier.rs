@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use letl_storage::{
     ByteStream, Clock, ContentHash, KeyPrefix, LocalFile, ObjectIndex, ObjectKey, ObjectMeta,
@@ -20,6 +21,13 @@ use tracing::{debug, error, info, warn};
 
 /// Puts one tier stages at once; more are refused as "unavailable" until some finish.
 pub const TIER_PUTS_IN_FLIGHT_MAX: usize = 256;
+/// How long a deletion is remembered (its tombstone): longer than any node may stay away
+/// holding a copy from before the deletion, which would otherwise come back.
+pub const TOMBSTONE_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often a tier forgets the tombstones older than [`TOMBSTONE_KEEP`].
+pub const TOMBSTONE_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+/// Tombstones one step of a sweep looks at; the sweep goes on in later mailbox turns.
+pub const TOMBSTONE_SWEEP_PAGE: usize = 1000;
 
 /// Everything a tier actor is built from; kept by the supervisor to rebuild it after a failure.
 #[derive(Clone, Debug)]
@@ -69,6 +77,18 @@ pub enum PutCondition {
     Absent,
     /// Only if the version there has this hash: a rebalance copy replacing an older version.
     Replaces(ContentHash),
+}
+
+/// How a deletion is remembered (see [`ObjectIndex::tombstone`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteMode {
+    /// The object is deleted: remembered if this tier held it.
+    Deleted,
+    /// The object is deleted, and this tier is one of its homes: remembered even if this tier
+    /// does not hold it (yet: a copy on its way here from another node is refused).
+    AtHome,
+    /// Only this copy goes: other nodes hold the object now (a rebalance). Not remembered.
+    MovedAway,
 }
 
 /// What a staged put must satisfy to be published, and what it is a copy of.
@@ -139,10 +159,39 @@ pub enum TierMsg {
         reply: Reply<Vec<(ObjectKey, ObjectMeta)>>,
     },
     /// Deletes, optionally only if the object still has the given hash (the last step of a move).
+    /// How the deletion is remembered (a tombstone, see [`ObjectIndex::tombstone`]) is `mode`'s.
     Delete {
         key: ObjectKey,
         expected_hash: Option<ContentHash>,
+        mode: DeleteMode,
         reply: Reply<ObjectMeta>,
+    },
+    /// When the key was last deleted here, if that is remembered.
+    Tombstone(ObjectKey, Reply<Option<u64>>),
+    /// A deletion at `deleted_ms` learnt from another node: the version here goes unless it is
+    /// later (see [`ObjectMeta::supersedes`]), and the deletion is remembered. Answers the
+    /// version deleted, if any.
+    Bury {
+        key: ObjectKey,
+        deleted_ms: u64,
+        reply: Reply<Option<ObjectMeta>>,
+    },
+    /// Tombstones after `start_after`, in key order, at most `limit`.
+    Tombstones {
+        start_after: Option<ObjectKey>,
+        limit: usize,
+        reply: Reply<Vec<(ObjectKey, u64)>>,
+    },
+    /// Forgets the key's tombstone if it is still the one at `deleted_ms` (other nodes
+    /// remember the deletion now).
+    ForgetTombstone {
+        key: ObjectKey,
+        deleted_ms: u64,
+        reply: Reply<()>,
+    },
+    /// Forgets tombstones older than [`TOMBSTONE_KEEP`], a page after `start_after` at a time.
+    ExpireTombstones {
+        start_after: Option<ObjectKey>,
     },
     Stats(RpcReplyPort<TierStats>),
     /// Panics inside the handler: lets tests prove that the supervisor restarts a failed tier.
@@ -178,6 +227,26 @@ impl fmt::Debug for TierMsg {
                 .debug_struct("Delete")
                 .field("key", key)
                 .finish_non_exhaustive(),
+            Self::Tombstone(key, _) => f.debug_tuple("Tombstone").field(key).finish(),
+            Self::Bury {
+                key, deleted_ms, ..
+            } => f
+                .debug_struct("Bury")
+                .field("key", key)
+                .field("deleted_ms", deleted_ms)
+                .finish_non_exhaustive(),
+            Self::Tombstones { start_after, .. } => f
+                .debug_struct("Tombstones")
+                .field("start_after", start_after)
+                .finish_non_exhaustive(),
+            Self::ForgetTombstone { key, .. } => f
+                .debug_struct("ForgetTombstone")
+                .field("key", key)
+                .finish_non_exhaustive(),
+            Self::ExpireTombstones { start_after } => f
+                .debug_struct("ExpireTombstones")
+                .field("start_after", start_after)
+                .finish(),
             Self::Stats(_) => f.write_str("Stats"),
             Self::CrashForTest => f.write_str("CrashForTest"),
         }
@@ -196,6 +265,8 @@ pub struct TierState {
     puts_in_flight: BTreeSet<ObjectKey>,
     objects: u64,
     bytes: u64,
+    /// The timer that starts each tombstone sweep; stopped with the actor.
+    sweeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Actor for TierActor {
@@ -233,7 +304,22 @@ impl Actor for TierActor {
             puts_in_flight: BTreeSet::new(),
             objects,
             bytes,
+            sweeper: None,
         })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.sweeper =
+            Some(
+                myself.send_interval(TOMBSTONE_SWEEP_INTERVAL, || TierMsg::ExpireTombstones {
+                    start_after: None,
+                }),
+            );
+        Ok(())
     }
 
     async fn post_stop(
@@ -241,6 +327,9 @@ impl Actor for TierActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(sweeper) = state.sweeper.take() {
+            sweeper.abort();
+        }
         if let Err(e) = state.spec.index.flush().await {
             error!(tier = %state.name, error = %e, "flushing the index at stop failed");
         }
@@ -297,10 +386,49 @@ impl Actor for TierActor {
             TierMsg::Delete {
                 key,
                 expected_hash,
+                mode,
                 reply,
             } => {
-                let outcome = state.delete(&key, expected_hash).await;
+                let outcome = state.delete(&key, expected_hash, mode).await;
                 state.reply_after_flush(reply, outcome);
+            }
+            TierMsg::Tombstone(key, reply) => {
+                let _ = reply.send(state.spec.index.tombstone(&key));
+            }
+            TierMsg::Bury {
+                key,
+                deleted_ms,
+                reply,
+            } => {
+                let outcome = state.bury(&key, deleted_ms).await;
+                state.reply_after_flush(reply, outcome);
+            }
+            TierMsg::Tombstones {
+                start_after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(state.spec.index.tombstones(start_after.as_ref(), limit));
+            }
+            TierMsg::ForgetTombstone {
+                key,
+                deleted_ms,
+                reply,
+            } => {
+                let index = &state.spec.index;
+                let outcome = match index.tombstone(&key) {
+                    Ok(Some(at)) if at == deleted_ms => index.set_tombstone(&key, None),
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                state.reply_after_flush(reply, outcome);
+            }
+            TierMsg::ExpireTombstones { start_after } => {
+                if let Some(next) = state.expire_tombstones(start_after.as_ref()) {
+                    let _ = myself.cast(TierMsg::ExpireTombstones {
+                        start_after: Some(next),
+                    });
+                }
             }
             TierMsg::Stats(reply) => {
                 let _ = reply.send(state.stats());
@@ -427,8 +555,23 @@ impl TierState {
                 return Err(e);
             }
         };
+        let tombstone = match self.spec.index.tombstone(key) {
+            Ok(tombstone) => tombstone,
+            Err(e) => {
+                self.spec.backend.abort(staged).await;
+                return Err(e);
+            }
+        };
         let refused = match (rules.condition, &previous) {
-            (PutCondition::Any, _) | (PutCondition::Absent, None) => None,
+            (PutCondition::Absent, None) => match (tombstone, &rules.copy_of) {
+                // Deleted here after the version copied was written: it stays deleted.
+                (Some(at), Some(of)) if at >= of.modified_ms => Some(format!(
+                    "it was deleted here (at {at}) after this version was written (at {})",
+                    of.modified_ms
+                )),
+                _ => None,
+            },
+            (PutCondition::Any, _) => None,
             (PutCondition::Absent, Some(_)) => {
                 Some("it already holds a version, which stays".to_string())
             }
@@ -465,17 +608,22 @@ impl TierState {
                 size,
                 hash,
                 created_ms: previous.as_ref().map_or(now, |p| p.created_ms),
-                // Later than the version it replaces, even if the clock went back: versions
-                // are ordered by it.
+                // Later than the version it replaces or the deletion remembered, even if the
+                // clock went back: versions are ordered by it.
                 modified_ms: previous
                     .as_ref()
-                    .map_or(now, |p| now.max(p.modified_ms.saturating_add(1))),
+                    .map(|p| p.modified_ms)
+                    .max(tombstone)
+                    .map_or(now, |last| now.max(last.saturating_add(1))),
                 version: previous.as_ref().map_or(1, |p| p.version + 1),
                 stamp: committed.stamp,
             },
         };
         // Should this fail, the committed file is indexed by the next start's reconciliation.
         self.spec.index.insert(key, &meta)?;
+        if tombstone.is_some() {
+            self.spec.index.set_tombstone(key, None)?;
+        }
         match previous {
             Some(previous) => self.bytes = self.bytes - previous.size + size,
             None => {
@@ -559,8 +707,21 @@ impl TierState {
         &mut self,
         key: &ObjectKey,
         expected_hash: Option<ContentHash>,
+        mode: DeleteMode,
     ) -> Result<ObjectMeta, StorageError> {
-        let meta = self.head(key)?;
+        let meta = match self.spec.index.get(key)? {
+            Some(meta) => meta,
+            None => {
+                if mode == DeleteMode::AtHome {
+                    let at = self.spec.clock.now_ms();
+                    let known = self.spec.index.tombstone(key)?;
+                    if known.is_none_or(|known| known < at) {
+                        self.spec.index.set_tombstone(key, Some(at))?;
+                    }
+                }
+                return Err(self.not_found(key));
+            }
+        };
         if let Some(expected) = expected_hash
             && meta.hash != expected
         {
@@ -570,9 +731,84 @@ impl TierState {
                 reason: format!("it changed (now {}, expected {expected})", meta.hash),
             });
         }
+        if mode == DeleteMode::MovedAway {
+            self.spec.backend.delete(key).await?;
+        } else {
+            // Remembered before the bytes go (a crash in between leaves a tombstone beside a
+            // version, which the version's next write clears), and only if they do go.
+            let before = self.spec.index.tombstone(key)?;
+            let at = self
+                .spec
+                .clock
+                .now_ms()
+                .max(meta.modified_ms.saturating_add(1));
+            self.spec.index.set_tombstone(key, Some(at))?;
+            if let Err(e) = self.spec.backend.delete(key).await {
+                self.spec.index.set_tombstone(key, before)?;
+                return Err(e);
+            }
+        }
+        self.forget(key)?;
+        debug!(tier = %self.name, %key, ?mode, "object deleted");
+        Ok(meta)
+    }
+
+    /// A deletion at `deleted_ms` learnt from another node (see [`TierMsg::Bury`]).
+    async fn bury(
+        &mut self,
+        key: &ObjectKey,
+        deleted_ms: u64,
+    ) -> Result<Option<ObjectMeta>, StorageError> {
+        let index = Arc::clone(&self.spec.index);
+        let held = index.get(key)?;
+        if held
+            .as_ref()
+            .is_some_and(|meta| meta.modified_ms > deleted_ms)
+        {
+            // Written after the deletion: it stays, and orders itself after it.
+            return Ok(None);
+        }
+        if index.tombstone(key)?.is_none_or(|at| at < deleted_ms) {
+            index.set_tombstone(key, Some(deleted_ms))?;
+        }
+        let Some(meta) = held else {
+            return Ok(None);
+        };
         self.spec.backend.delete(key).await?;
         self.forget(key)?;
-        Ok(meta)
+        debug!(tier = %self.name, %key, deleted_ms, "object deleted by a deletion learnt from another node");
+        Ok(Some(meta))
+    }
+
+    /// Forgets one page of expired tombstones; answers where the next page starts, if any.
+    fn expire_tombstones(&self, start_after: Option<&ObjectKey>) -> Option<ObjectKey> {
+        let index = &self.spec.index;
+        let keep_ms = u64::try_from(TOMBSTONE_KEEP.as_millis()).unwrap_or(u64::MAX);
+        let before = self.spec.clock.now_ms().saturating_sub(keep_ms);
+        let page = match index.tombstones(start_after, TOMBSTONE_SWEEP_PAGE) {
+            Ok(page) => page,
+            Err(e) => {
+                warn!(tier = %self.name, error = %e, "reading tombstones failed; the next sweep tries again");
+                return None;
+            }
+        };
+        let mut forgotten = 0;
+        for (key, at) in &page {
+            if *at < before {
+                if let Err(e) = index.set_tombstone(key, None) {
+                    warn!(tier = %self.name, error = %e, "forgetting a tombstone failed; the next sweep tries again");
+                    return None;
+                }
+                forgotten += 1;
+            }
+        }
+        if forgotten > 0 {
+            debug!(tier = %self.name, forgotten, "expired tombstones forgotten");
+        }
+        if page.len() < TOMBSTONE_SWEEP_PAGE {
+            return None;
+        }
+        page.last().map(|(key, _)| key.clone())
     }
 
     fn forget(&mut self, key: &ObjectKey) -> Result<(), StorageError> {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use letl_actors::{
-    PutCondition, RestartPolicy, SupervisorArgs, SupervisorHandle, TierDirectory, TierHandle,
-    TierSpec, TierStatus,
+    DeleteMode, PutCondition, RestartPolicy, SupervisorArgs, SupervisorHandle, TOMBSTONE_KEEP,
+    TierDirectory, TierHandle, TierSpec, TierStatus,
 };
 use letl_storage::{
     ByteStream, Clock, ContentHash, KeyPrefix, ManualClock, MemoryIndex, MemoryTier, ObjectKey,
@@ -230,7 +230,7 @@ async fn copies_keep_their_version_and_replace_only_what_they_compared_with() {
         .unwrap();
     assert_eq!((replaced.hash, replaced.modified_ms), (newer.hash, 900));
     // The body must be the version named.
-    tier.delete(key("k"), None).await.unwrap();
+    tier.delete_moved_away(key("k"), newer.hash).await.unwrap();
     let err = tier
         .put_copy(key("k"), body(b"nah"), newer.clone(), PutCondition::Absent)
         .await
@@ -258,6 +258,102 @@ async fn copies_keep_their_version_and_replace_only_what_they_compared_with() {
     let behind = node.put("k", b"again").await.unwrap();
     assert_eq!(behind.modified_ms, 1_001);
     assert!(behind.supersedes(&overwritten));
+    node.supervisor.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn deletions_are_remembered_and_keep_older_copies_out() {
+    let node = Fixture::start(RestartPolicy::default()).await;
+    let tier = node.tier();
+    let body = |data: &'static [u8]| stream_of(Bytes::from_static(data), 3);
+    let version = |data: &'static [u8], modified_ms| ObjectMeta {
+        size: data.len() as u64,
+        hash: ContentHash::of(data),
+        created_ms: 1,
+        modified_ms,
+        version: 1,
+        stamp: 0,
+    };
+
+    // A delete is remembered, after the version it deleted even with the clock behind.
+    node.clock.set_ms(2_000);
+    let written = node.put("k", b"v1").await.unwrap();
+    node.clock.set_ms(1_500);
+    tier.delete(key("k"), None).await.unwrap();
+    assert_eq!(tier.tombstone(key("k")).await.unwrap(), Some(2_001));
+    // A copy of a version written before it stays out; a later one comes in.
+    let err = tier
+        .put_copy(key("k"), body(b"v1"), written.clone(), PutCondition::Absent)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("deleted here (at 2001)"), "{err}");
+    let later = version(b"v2", 2_002);
+    tier.put_copy(key("k"), body(b"v2"), later, PutCondition::Absent)
+        .await
+        .unwrap();
+    assert_eq!(
+        tier.tombstone(key("k")).await.unwrap(),
+        None,
+        "a version clears it"
+    );
+
+    // An overwrite after a delete is later than the delete.
+    tier.delete(key("k"), None).await.unwrap();
+    let again = node.put("k", b"v3").await.unwrap();
+    assert_eq!(again.modified_ms, 2_004);
+
+    // A copy that moved away leaves no tombstone; a home remembers a delete of an object it
+    // does not hold yet.
+    tier.delete_moved_away(key("k"), again.hash).await.unwrap();
+    assert_eq!(tier.tombstone(key("k")).await.unwrap(), None);
+    let err = tier
+        .delete_as(key("absent"), None, DeleteMode::AtHome)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+    assert_eq!(tier.tombstone(key("absent")).await.unwrap(), Some(1_500));
+    tier.delete(key("other"), None).await.unwrap_err();
+    assert_eq!(tier.tombstone(key("other")).await.unwrap(), None);
+
+    // A deletion learnt from another node removes an older version, not a later one.
+    node.clock.set_ms(5_000);
+    node.put("old", b"o").await.unwrap();
+    node.put("new", b"n").await.unwrap();
+    assert!(tier.bury(key("old"), 5_000).await.unwrap().is_some());
+    assert!(tier.bury(key("new"), 4_999).await.unwrap().is_none());
+    tier.head(key("new")).await.unwrap();
+    assert!(matches!(
+        tier.head(key("old")).await,
+        Err(StorageError::NotFound { .. })
+    ));
+    assert_eq!(tier.tombstone(key("old")).await.unwrap(), Some(5_000));
+    tier.forget_tombstone(key("old"), 4_000).await.unwrap();
+    assert_eq!(
+        tier.tombstone(key("old")).await.unwrap(),
+        Some(5_000),
+        "not that one"
+    );
+    tier.forget_tombstone(key("old"), 5_000).await.unwrap();
+    node.clock.set_ms(6_000);
+    tier.delete(key("new"), None).await.unwrap();
+    let tombstones = || async {
+        tier.tombstones(None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, at)| (k.to_string(), at))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        tombstones().await,
+        [("absent".to_string(), 1_500), ("new".to_string(), 6_000)]
+    );
+
+    // Tombstones are forgotten once older than TOMBSTONE_KEEP.
+    let keep_ms = u64::try_from(TOMBSTONE_KEEP.as_millis()).unwrap();
+    node.clock.set_ms(2_000 + keep_ms);
+    tier.expire_tombstones().unwrap();
+    assert_eq!(tombstones().await, [("new".to_string(), 6_000)]);
     node.supervisor.shutdown().await.unwrap();
 }
 

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use letl_actors::transform::{Transform, TransformRegistry};
-use letl_actors::{PutCondition, PutRequest, TierDirectory, TierHandle};
+use letl_actors::{DeleteMode, PutCondition, PutRequest, TierDirectory, TierHandle};
 use letl_raft::NodeId;
 use letl_raft::cluster::Cluster;
 use letl_raft::data::{DATA_ANSWER_TIMEOUT, DATA_QUICK_ANSWER_TIMEOUT, DataHandler};
@@ -49,6 +49,9 @@ const SUSPECT_FOR: Duration = Duration::from_secs(10);
 /// A read looks for an object again when it moved away between being seen and being opened,
 /// at most this many times.
 const FIND_ATTEMPTS_MAX: usize = 3;
+/// How an operation refused because its node placed objects by an older member set ends (see
+/// [`is_stale_view`]); that node has caught up when it answers.
+const STALE_VIEW: &str = "placed by an older member set than";
 /// What a replica's body ends with when another replica of the same put failed.
 const REPLICA_ABORTED: &str = "another replica of this put failed";
 
@@ -110,6 +113,37 @@ enum DataRequest {
         of: ObjectMeta,
         replaces: Option<ContentHash>,
     },
+    /// When `uri` was last deleted on the node asked, if it remembers.
+    Tombstone {
+        uri: String,
+    },
+    /// A deletion of `uri` at `deleted_ms`, for the node asked to apply and remember (see
+    /// `TierHandle::bury`).
+    Bury {
+        uri: String,
+        deleted_ms: u64,
+    },
+    /// A `Delete` at one of the object's homes: the deletion is remembered even if the node
+    /// does not hold the object (see `DeleteMode::AtHome`).
+    DeleteAtHome {
+        uri: String,
+        expected_hash: Option<ContentHash>,
+    },
+    /// `request` (encoded), from a node that placed `tier`'s objects by `view`: refused
+    /// (`StaleView`) if the node asked places them otherwise, by a later control state.
+    Fenced {
+        tier: String,
+        view: View,
+        request: Vec<u8>,
+    },
+}
+
+/// What a node places a tier's objects by: a fingerprint of the tier's keepers (those objects
+/// are placed on, and those leaving), in its control state applied up to `applied`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct View {
+    applied: u64,
+    placement: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -124,6 +158,13 @@ enum DataAnswer {
     Rebalance(String),
     /// A provenance record, as JSON, if the node has one.
     Provenance(Option<String>),
+    /// When the object was last deleted, if the node remembers.
+    Tombstone(Option<u64>),
+    /// The asker places the tier's objects by an older member set than this node, which
+    /// applied its control state up to `applied`.
+    StaleView {
+        applied: u64,
+    },
 }
 
 /// A [`StorageError`] as it crosses the network: the same kinds, I/O errors as their text.
@@ -323,6 +364,12 @@ pub fn rendezvous(key: &ObjectKey, nodes: impl IntoIterator<Item = NodeId>) -> V
         .collect();
     scored.sort_unstable_by(|a, b| b.cmp(a));
     scored.into_iter().map(|(_, node)| node).collect()
+}
+
+/// Whether `e` says that an operation was refused because this node placed objects by an
+/// older member set than the node asked (it has caught up since: trying again is right).
+pub fn is_stale_view(e: &StorageError) -> bool {
+    matches!(e, StorageError::Unavailable { reason, .. } if reason.contains(STALE_VIEW))
 }
 
 /// Objects by URI, wherever in the cluster they live.
@@ -545,6 +592,37 @@ impl Places {
         (placing, leaving)
     }
 
+    /// What this node places `tier`'s objects by now (see [`View`]).
+    fn view(&self, tier: &TierName) -> View {
+        let voters = self.inner.cluster.voters();
+        let name = tier.as_str();
+        let (applied, keepers) = self.inner.cluster.read_applied(|state| {
+            let published: Vec<NodeId> = state
+                .tiers
+                .iter()
+                .filter(|(node, _)| voters.contains(node))
+                .filter(|(_, tiers)| tiers.iter().any(|t| t.name == name && t.backend != "s3"))
+                .map(|(node, _)| *node)
+                .collect();
+            let leaving: Vec<NodeId> = published
+                .iter()
+                .copied()
+                .filter(|node| state.draining.contains(node))
+                .collect();
+            (published, leaving)
+        });
+        let mut hasher = blake3::Hasher::new();
+        for node in keepers.0.iter().chain([&0]).chain(&keepers.1) {
+            hasher.update(&node.to_le_bytes());
+        }
+        let mut placement = [0u8; 8];
+        placement.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+        View {
+            applied,
+            placement: u64::from_le_bytes(placement),
+        }
+    }
+
     pub fn is_local_backend(&self, handle: &TierHandle) -> bool {
         self.inner
             .cluster
@@ -684,6 +762,7 @@ impl Places {
                 // Not on that node: the next may hold it.
                 Err(StorageError::NotFound { ref tier, ref key })
                     if *tier == source.tier.as_str() && *key == source.key.as_str() => {}
+                Err(e) if is_stale_view(&e) => return Err(e),
                 // That holder did not answer (the call made it a suspect): ask the next.
                 Err(e @ StorageError::Unavailable { .. }) if matches!(place, Place::There(node) if self.suspected(*node)) =>
                 {
@@ -764,19 +843,71 @@ impl Places {
         }
     }
 
-    /// Deletes `uri` at `place` only (with `expected_hash`: only if it has those bytes).
+    /// When `uri` was last deleted on node `node`, if it remembers.
+    pub async fn tombstone_on(
+        &self,
+        node: NodeId,
+        uri: &ObjectUri,
+    ) -> Result<Option<u64>, StorageError> {
+        match self.place(&uri.tier, node)? {
+            Place::Here(handle) => handle.tombstone(uri.key.clone()).await,
+            Place::There(node) => {
+                let request = DataRequest::Tombstone {
+                    uri: uri.to_string(),
+                };
+                match self.call(node, &uri.tier, &request, None).await? {
+                    (DataAnswer::Tombstone(at), _) => Ok(at),
+                    (other, _) => Err(Self::unexpected(&uri.tier, node, &other)),
+                }
+            }
+        }
+    }
+
+    /// Has node `node` apply and remember a deletion of `uri` at `deleted_ms` (see
+    /// `TierHandle::bury`).
+    pub async fn bury_on(
+        &self,
+        node: NodeId,
+        uri: &ObjectUri,
+        deleted_ms: u64,
+    ) -> Result<(), StorageError> {
+        match self.place(&uri.tier, node)? {
+            Place::Here(handle) => handle.bury(uri.key.clone(), deleted_ms).await.map(drop),
+            Place::There(node) => {
+                let request = DataRequest::Bury {
+                    uri: uri.to_string(),
+                    deleted_ms,
+                };
+                match self.call(node, &uri.tier, &request, None).await? {
+                    (DataAnswer::Done, _) => Ok(()),
+                    (other, _) => Err(Self::unexpected(&uri.tier, node, &other)),
+                }
+            }
+        }
+    }
+
+    /// Deletes `uri` at `place` only (with `expected_hash`: only if it has those bytes);
+    /// `mode` is `Deleted` or `AtHome`.
     async fn delete_at(
         &self,
         place: Place,
         uri: &ObjectUri,
         expected_hash: Option<ContentHash>,
+        mode: DeleteMode,
     ) -> Result<ObjectMeta, StorageError> {
         match place {
-            Place::Here(handle) => handle.delete(uri.key.clone(), expected_hash).await,
+            Place::Here(handle) => handle.delete_as(uri.key.clone(), expected_hash, mode).await,
             Place::There(node) => {
-                let request = DataRequest::Delete {
-                    uri: uri.to_string(),
-                    expected_hash,
+                let request = if mode == DeleteMode::AtHome {
+                    DataRequest::DeleteAtHome {
+                        uri: uri.to_string(),
+                        expected_hash,
+                    }
+                } else {
+                    DataRequest::Delete {
+                        uri: uri.to_string(),
+                        expected_hash,
+                    }
                 };
                 match self.call(node, &uri.tier, &request, None).await? {
                     (DataAnswer::Meta(meta), _) => Ok(meta),
@@ -786,7 +917,8 @@ impl Places {
         }
     }
 
-    /// Deletes `uri` on node `node` only (with `expected_hash`: only if it has those bytes).
+    /// Deletes `uri` on `node`, one of its homes, only (with `expected_hash`: only if it has
+    /// those bytes); the deletion is remembered there even if it does not hold the object.
     pub async fn delete_on(
         &self,
         node: NodeId,
@@ -794,7 +926,8 @@ impl Places {
         expected_hash: Option<ContentHash>,
     ) -> Result<ObjectMeta, StorageError> {
         let place = self.place(&uri.tier, node)?;
-        self.delete_at(place, uri, expected_hash).await
+        self.delete_at(place, uri, expected_hash, DeleteMode::AtHome)
+            .await
     }
 
     /// The node that is `uri`'s home (where its transforms run).
@@ -848,7 +981,12 @@ impl Places {
         request: &DataRequest,
         body: Option<ByteStream>,
     ) -> Result<(DataAnswer, ByteStream), StorageError> {
-        let header = encode_wire(request).map_err(|e| StorageError::Index(e.to_string()))?;
+        let fenced = DataRequest::Fenced {
+            tier: tier.to_string(),
+            view: self.view(tier),
+            request: encode_wire(request).map_err(|e| StorageError::Index(e.to_string()))?,
+        };
+        let header = encode_wire(&fenced).map_err(|e| StorageError::Index(e.to_string()))?;
         let unavailable = |reason: String| StorageError::Unavailable {
             tier: tier.to_string(),
             reason: format!("node {node}: {reason}"),
@@ -866,32 +1004,43 @@ impl Places {
             .cluster
             .data_call(node, &header, body, timeout)
             .await;
-        let mut suspects = self
-            .inner
-            .suspects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let reply = match reply {
-            Ok(reply) => {
-                suspects.remove(&node);
-                reply
-            }
-            Err(e) => {
-                // Only a node that does not answer is suspect (not one our body failed to).
-                if matches!(
-                    e,
-                    TransportError::Unreachable { .. } | TransportError::Timeout { .. }
-                ) {
-                    suspects.insert(node, Instant::now());
+        let reply = {
+            let mut suspects = self
+                .inner
+                .suspects
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match reply {
+                Ok(reply) => {
+                    suspects.remove(&node);
+                    reply
                 }
-                return Err(unavailable(e.to_string()));
+                Err(e) => {
+                    // Only a node that does not answer is suspect (not one our body failed to).
+                    if matches!(
+                        e,
+                        TransportError::Unreachable { .. } | TransportError::Timeout { .. }
+                    ) {
+                        suspects.insert(node, Instant::now());
+                    }
+                    return Err(unavailable(e.to_string()));
+                }
             }
         };
-        drop(suspects);
         let answer: DataAnswer = decode_wire(&reply.header)
             .map_err(|e| unavailable(format!("an undecodable answer: {e}")))?;
         match answer {
             DataAnswer::Failed(e) => Err(e.into()),
+            DataAnswer::StaleView { applied } => {
+                // Catch up before answering, so that trying again places objects as it does.
+                let caught_up = match self.inner.cluster.read(|_| ()).await {
+                    Ok(()) => "this node caught up".to_string(),
+                    Err(e) => format!("this node could not catch up: {e}"),
+                };
+                Err(unavailable(format!(
+                    "{tier} was {STALE_VIEW} its own (applied up to {applied}); {caught_up}: try again"
+                )))
+            }
             answer => Ok((answer, reply.body)),
         }
     }
@@ -1119,8 +1268,9 @@ impl Places {
 
     /// Where the version of `uri` that reads see is: the first home that holds one, unless a
     /// node leaving the cluster holds a later one (until its drain has moved it); if no home
-    /// holds one, the latest version among the other keepers (a rebalance under way). With
-    /// `open`, and no node leaving, the home's bytes are opened at once.
+    /// holds one, the latest version among the other keepers (a rebalance under way), unless
+    /// a home deleted the object after that version was written. With `open`, and no node
+    /// leaving, the home's bytes are opened at once.
     async fn newest(&self, uri: &ObjectUri, open: bool) -> Result<Located, StorageError> {
         let (places, homes) = self.ranked(uri)?;
         let (_, draining) = self.split_keepers(&uri.tier);
@@ -1134,6 +1284,7 @@ impl Places {
                     break;
                 }
                 Err(StorageError::NotFound { .. }) => {}
+                Err(e) if is_stale_view(&e) => return Err(e),
                 Err(e @ StorageError::Unavailable { .. }) => {
                     debug!(%uri, error = %e, "a holder did not answer; asking the next");
                     unreachable.push(e.to_string());
@@ -1141,7 +1292,7 @@ impl Places {
                 Err(e) => return Err(e),
             }
         }
-        let found_at_home = best.is_some();
+        let mut found_at_home = best.is_some();
         let others = places[homes..]
             .iter()
             .filter(|place| !found_at_home || draining.contains(&self.node_of(place)));
@@ -1153,6 +1304,7 @@ impl Places {
                     }
                 }
                 Err(StorageError::NotFound { .. }) => {}
+                Err(e) if is_stale_view(&e) => return Err(e),
                 Err(e) if found_at_home => {
                     debug!(%uri, error = %e, "a node leaving did not answer; reading the home's version");
                 }
@@ -1163,10 +1315,44 @@ impl Places {
                 Err(e) => return Err(e),
             }
         }
-        match best {
-            Some((place, meta)) => Ok(Located::Seen(place, meta)),
-            None => Err(Self::found_nowhere(uri, &unreachable)),
+        if best.is_none() && homes < places.len() {
+            // Objects move from other keepers to the homes, landing before they leave: one
+            // that moved while the others were asked is on a home now.
+            for place in self.suspects_last(places[..homes].iter()) {
+                match self.look_at(place, uri, false).await {
+                    Ok((meta, _)) => {
+                        best = Some((place.clone(), meta));
+                        found_at_home = true;
+                        break;
+                    }
+                    Err(e) if is_stale_view(&e) => return Err(e),
+                    Err(_) => {}
+                }
+            }
         }
+        let Some((place, meta)) = best else {
+            return Err(Self::found_nowhere(uri, &unreachable));
+        };
+        if !found_at_home {
+            // A copy off the homes that a home deleted later (a node holding it did not
+            // answer the delete) is no longer the object.
+            for home in self.suspects_last(places[..homes].iter()) {
+                match self.tombstone_on(self.node_of(home), uri).await {
+                    Ok(Some(deleted_ms)) if deleted_ms >= meta.modified_ms => {
+                        return Err(StorageError::NotFound {
+                            tier: uri.tier.to_string(),
+                            key: uri.key.to_string(),
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) if is_stale_view(&e) => return Err(e),
+                    Err(e) => {
+                        debug!(%uri, error = %e, "a home did not say whether it deleted the object");
+                    }
+                }
+            }
+        }
+        Ok(Located::Seen(place, meta))
     }
 
     /// The version of `uri` reads see (see [`Self::newest`]): its metadata, its bytes if
@@ -1176,8 +1362,17 @@ impl Places {
         uri: &ObjectUri,
         open: bool,
     ) -> Result<(ObjectMeta, Option<ObjectReader>, bool), StorageError> {
+        let mut last = None;
         for _ in 0..FIND_ATTEMPTS_MAX {
-            let (place, meta) = match self.newest(uri, open).await? {
+            let located = match self.newest(uri, open).await {
+                // This node has caught up with the member set: look again by it.
+                Err(e) if is_stale_view(&e) => {
+                    last = Some(e);
+                    continue;
+                }
+                located => located?,
+            };
+            let (place, meta) = match located {
                 Located::Open(place, meta, reader) => {
                     return Ok((meta, Some(reader), matches!(place, Place::There(_))));
                 }
@@ -1189,17 +1384,22 @@ impl Places {
             }
             match self.look_at(&place, uri, true).await {
                 Ok((meta, reader)) => return Ok((meta, reader, remote)),
-                // Moved or deleted since it was seen there: look again.
-                Err(StorageError::NotFound { .. }) => {}
+                // Moved or deleted since it was seen there, or the member set changed: look
+                // again.
+                Err(e @ StorageError::NotFound { .. }) => last = Some(e),
+                Err(e) if is_stale_view(&e) => last = Some(e),
                 Err(e) => return Err(e),
             }
         }
-        Err(StorageError::Unavailable {
-            tier: uri.tier.to_string(),
-            reason: format!(
-                "`{}` moved away from each node it was seen on, {FIND_ATTEMPTS_MAX} times",
-                uri.key
-            ),
+        Err(match last {
+            Some(e) if is_stale_view(&e) => e,
+            _ => StorageError::Unavailable {
+                tier: uri.tier.to_string(),
+                reason: format!(
+                    "`{}` moved away from each node it was seen on, {FIND_ATTEMPTS_MAX} times",
+                    uri.key
+                ),
+            },
         })
     }
 
@@ -1259,6 +1459,7 @@ impl Places {
             };
             match outcome {
                 StorageError::NotFound { .. } => {}
+                e if is_stale_view(&e) => return Err(e.into()),
                 e @ StorageError::Unavailable { .. } => unreachable.push(e.to_string()),
                 e => return Err(e.into()),
             }
@@ -1283,12 +1484,15 @@ impl Places {
         expected_hash: Option<ContentHash>,
     ) -> Result<ObjectMeta, StorageError> {
         let (places, homes) = self.ranked(uri)?;
-        let delete_at =
-            |place: &Place, expected_hash| self.delete_at(place.clone(), uri, expected_hash);
+        let delete_at = |place: &Place, expected_hash, mode| {
+            self.delete_at(place.clone(), uri, expected_hash, mode)
+        };
         let mut deleted = None;
         let mut failure = None;
         let mut home_held = false;
-        let at_homes = places[..homes].iter().map(|p| delete_at(p, expected_hash));
+        let at_homes = places[..homes]
+            .iter()
+            .map(|p| delete_at(p, expected_hash, DeleteMode::AtHome));
         for outcome in futures_util::future::join_all(at_homes).await {
             match outcome {
                 Ok(meta) => {
@@ -1303,14 +1507,16 @@ impl Places {
             }
         }
         let others_hash = if home_held { None } else { expected_hash };
-        let elsewhere = places[homes..].iter().map(|p| delete_at(p, others_hash));
+        let elsewhere = places[homes..]
+            .iter()
+            .map(|p| delete_at(p, others_hash, DeleteMode::Deleted));
         for outcome in futures_util::future::join_all(elsewhere).await {
             match outcome {
                 Ok(meta) => {
                     deleted.get_or_insert(meta);
                 }
                 Err(StorageError::NotFound { .. }) => {}
-                Err(e) if home_held => {
+                Err(e) if home_held && !is_stale_view(&e) => {
                     warn!(%uri, error = %e, "a stale copy off the object's homes may remain");
                 }
                 Err(e) => {
@@ -1481,6 +1687,22 @@ impl PlacesHandler {
                 };
                 (DataAnswer::Meta(handle.put_request(request).await?), None)
             }
+            DataRequest::Fenced { .. } => {
+                return Err(StorageError::Index(
+                    "a fenced request was not unwrapped".to_string(),
+                ));
+            }
+            DataRequest::Tombstone { uri } => {
+                let uri = ObjectUri::parse(&uri)?;
+                let at = self.directory.get(&uri.tier)?.tombstone(uri.key).await?;
+                (DataAnswer::Tombstone(at), None)
+            }
+            DataRequest::Bury { uri, deleted_ms } => {
+                let uri = ObjectUri::parse(&uri)?;
+                let handle = self.directory.get(&uri.tier)?;
+                handle.bury(uri.key, deleted_ms).await?;
+                (DataAnswer::Done, None)
+            }
             DataRequest::PutCopy { uri, of, replaces } => {
                 let uri = ObjectUri::parse(&uri)?;
                 let handle = self.directory.get(&uri.tier)?;
@@ -1510,6 +1732,15 @@ impl PlacesHandler {
                     .directory
                     .get(&uri.tier)?
                     .delete(uri.key, expected_hash)
+                    .await?;
+                (DataAnswer::Meta(meta), None)
+            }
+            DataRequest::DeleteAtHome { uri, expected_hash } => {
+                let uri = ObjectUri::parse(&uri)?;
+                let meta = self
+                    .directory
+                    .get(&uri.tier)?
+                    .delete_as(uri.key, expected_hash, DeleteMode::AtHome)
                     .await?;
                 (DataAnswer::Meta(meta), None)
             }
@@ -1591,18 +1822,52 @@ impl PlacesHandler {
     }
 }
 
+impl PlacesHandler {
+    /// The request inside a `Fenced` one, unless the asker's view of the tier is older than
+    /// this node's and places its objects otherwise (then the answer is `StaleView`).
+    fn unfence(&self, request: DataRequest) -> Result<DataRequest, DataAnswer> {
+        let DataRequest::Fenced {
+            tier,
+            view,
+            request,
+        } = request
+        else {
+            return Ok(request);
+        };
+        let undecodable =
+            |e: String| DataAnswer::Failed(WireError::Body(format!("an undecodable request: {e}")));
+        if let (Some(inner), Ok(tier)) = (self.places.upgrade(), TierName::new(tier)) {
+            let mine = Places { inner }.view(&tier);
+            if mine.placement != view.placement && mine.applied > view.applied {
+                return Err(DataAnswer::StaleView {
+                    applied: mine.applied,
+                });
+            }
+        }
+        match decode_wire::<DataRequest>(&request) {
+            Ok(DataRequest::Fenced { .. }) => {
+                Err(undecodable("a fenced request inside another".to_string()))
+            }
+            Ok(request) => Ok(request),
+            Err(e) => Err(undecodable(e.to_string())),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl DataHandler for PlacesHandler {
     async fn handle(&self, header: Vec<u8>, body: ByteStream) -> (Vec<u8>, Option<ByteStream>) {
-        let (answer, body) = match decode_wire::<DataRequest>(&header) {
+        let request = decode_wire::<DataRequest>(&header)
+            .map_err(|e| {
+                DataAnswer::Failed(WireError::Body(format!("an undecodable request: {e}")))
+            })
+            .and_then(|request| self.unfence(request));
+        let (answer, body) = match request {
+            Err(refused) => (refused, None),
             Ok(request) => match self.answer(request, body).await {
                 Ok(answered) => answered,
                 Err(e) => (DataAnswer::Failed(e.into()), None),
             },
-            Err(e) => (
-                DataAnswer::Failed(WireError::Body(format!("an undecodable request: {e}"))),
-                None,
-            ),
         };
         match encode_wire(&answer) {
             Ok(header) => (header, body),

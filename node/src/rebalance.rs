@@ -222,7 +222,11 @@ impl Rebalancer {
             let Ok(tier) = TierName::new(tier.clone()) else {
                 continue;
             };
-            if let Err(e) = self.tier_pass(&tier, stop).await {
+            let passed = match self.tier_pass(&tier, stop).await {
+                Ok(()) => self.tombstone_pass(&tier, stop).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = passed {
                 warn!(%tier, error = %e, "rebalancing a tier stopped");
                 let mut status = lock(&self.status);
                 status.left_behind += 1;
@@ -326,7 +330,7 @@ impl Rebalancer {
                     }
                 }
                 if everywhere && !homes.contains(&me) {
-                    match handle.delete(key.clone(), Some(meta.hash)).await {
+                    match handle.delete_moved_away(key.clone(), meta.hash).await {
                         Ok(_) => lock(&self.status).removed += 1,
                         // Deleted meanwhile (a delete that asked every keeper): the copies
                         // just made would bring it back, so they go too.
@@ -347,6 +351,56 @@ impl Rebalancer {
                         Err(StorageError::Conflict { .. }) => {}
                         Err(e) => self.left_behind(&uri, me, &e.to_string()),
                     }
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One pass over this node's tombstones of `tier`: each deletion remembered here goes to
+    /// the object's homes, which delete an older version they hold and remember it, so that
+    /// a copy a deletion missed (its node did not answer) goes when it reaches a home and
+    /// cannot come back through a home that never heard of the deletion. Once every home
+    /// remembers it, a node that is not a home forgets it.
+    async fn tombstone_pass(
+        &self,
+        tier: &TierName,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), StorageError> {
+        let handle = self.places.directory().get(tier)?;
+        let me = self.places.me();
+        let mut after = None;
+        loop {
+            let page = handle
+                .tombstones(after.clone(), LIST_PAGE_ENTRIES_MAX)
+                .await?;
+            let full = page.len() == LIST_PAGE_ENTRIES_MAX;
+            for (key, deleted_ms) in page {
+                if *stop.borrow() {
+                    return Ok(());
+                }
+                after = Some(key.clone());
+                let uri = ObjectUri::new(tier.clone(), key.clone());
+                let homes = self.places.homes(&uri);
+                let mut everywhere = !homes.is_empty();
+                for &home in homes.iter().filter(|&&h| h != me) {
+                    if self.places.suspected(home) {
+                        everywhere = false;
+                        self.left_behind(&uri, home, "lately did not answer");
+                        continue;
+                    }
+                    if let Err(e) = self.places.bury_on(home, &uri, deleted_ms).await {
+                        everywhere = false;
+                        self.left_behind(&uri, home, &format!("passing on a deletion: {e}"));
+                    }
+                }
+                if everywhere
+                    && !homes.contains(&me)
+                    && let Err(e) = handle.forget_tombstone(key, deleted_ms).await
+                {
+                    self.left_behind(&uri, me, &e.to_string());
                 }
             }
             if !full {

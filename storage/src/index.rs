@@ -60,6 +60,20 @@ pub trait ObjectIndex: Send + Sync + Debug + 'static {
     /// Number of objects and their total size (a full scan: for start-up, not per request).
     fn totals(&self) -> Result<(u64, u64)>;
 
+    /// When `key` was last deleted, while that is remembered: its tombstone, which orders the
+    /// deletion against versions of the object on other nodes (see `ObjectMeta::supersedes`).
+    fn tombstone(&self, key: &ObjectKey) -> Result<Option<u64>>;
+
+    /// Remembers that `key` was deleted at `deleted_ms`; `None` forgets it.
+    fn set_tombstone(&self, key: &ObjectKey, deleted_ms: Option<u64>) -> Result<()>;
+
+    /// Tombstones after `start_after`, in key order, at most `limit`.
+    fn tombstones(
+        &self,
+        start_after: Option<&ObjectKey>,
+        limit: usize,
+    ) -> Result<Vec<(ObjectKey, u64)>>;
+
     /// Makes every write so far durable.
     async fn flush(&self) -> Result<()>;
 }
@@ -107,7 +121,8 @@ impl IndexDb {
 
     pub fn tier(&self, tier: &TierName) -> Result<DbIndex> {
         let tree = self.db.tree(&format!("tier/{tier}"))?;
-        Ok(DbIndex { tree })
+        let tombstones = self.db.tree(&format!("tombstones/{tier}"))?;
+        Ok(DbIndex { tree, tombstones })
     }
 
     pub fn flush(&self) -> Result<()> {
@@ -123,6 +138,7 @@ impl IndexDb {
 #[derive(Debug, Clone)]
 pub struct DbIndex {
     tree: Tree,
+    tombstones: Tree,
 }
 
 fn key_of(bytes: &[u8]) -> Result<ObjectKey> {
@@ -192,7 +208,44 @@ impl ObjectIndex for DbIndex {
         Ok((objects, bytes))
     }
 
+    fn tombstone(&self, key: &ObjectKey) -> Result<Option<u64>> {
+        self.tombstones
+            .get(key.as_str().as_bytes())?
+            .map(|v| codec::decode(&v))
+            .transpose()
+    }
+
+    fn set_tombstone(&self, key: &ObjectKey, deleted_ms: Option<u64>) -> Result<()> {
+        let key = key.as_str().as_bytes();
+        match deleted_ms {
+            Some(at) => self.tombstones.insert(key, codec::encode(&at)?)?,
+            None => self.tombstones.remove(key)?,
+        };
+        Ok(())
+    }
+
+    fn tombstones(
+        &self,
+        start_after: Option<&ObjectKey>,
+        limit: usize,
+    ) -> Result<Vec<(ObjectKey, u64)>> {
+        let lower = match start_after {
+            Some(after) => Bound::Excluded(after.as_str().as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in self.tombstones.range((lower, Bound::Unbounded)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            out.push((key_of(&k)?, codec::decode(&v)?));
+        }
+        Ok(out)
+    }
+
     async fn flush(&self) -> Result<()> {
+        // One database: flushing one tree makes every tree's writes durable.
         self.tree.flush().await
     }
 }
@@ -209,11 +262,18 @@ fn lower_bound<'a>(prefix: &'a KeyPrefix, start_after: Option<&'a ObjectKey>) ->
 #[derive(Debug, Default)]
 pub struct MemoryIndex {
     entries: Mutex<BTreeMap<String, ObjectMeta>>,
+    tombstones: Mutex<BTreeMap<String, u64>>,
 }
 
 impl MemoryIndex {
     fn entries(&self) -> MutexGuard<'_, BTreeMap<String, ObjectMeta>> {
         self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn tombstones(&self) -> MutexGuard<'_, BTreeMap<String, u64>> {
+        self.tombstones
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -254,6 +314,35 @@ impl ObjectIndex for MemoryIndex {
     fn totals(&self) -> Result<(u64, u64)> {
         let entries = self.entries();
         Ok((entries.len() as u64, entries.values().map(|m| m.size).sum()))
+    }
+
+    fn tombstone(&self, key: &ObjectKey) -> Result<Option<u64>> {
+        Ok(self.tombstones().get(key.as_str()).copied())
+    }
+
+    fn set_tombstone(&self, key: &ObjectKey, deleted_ms: Option<u64>) -> Result<()> {
+        match deleted_ms {
+            Some(at) => self.tombstones().insert(key.to_string(), at),
+            None => self.tombstones().remove(key.as_str()),
+        };
+        Ok(())
+    }
+
+    fn tombstones(
+        &self,
+        start_after: Option<&ObjectKey>,
+        limit: usize,
+    ) -> Result<Vec<(ObjectKey, u64)>> {
+        let lower = match start_after {
+            Some(after) => Bound::Excluded(after.as_str()),
+            None => Bound::Unbounded,
+        };
+        let tombstones = MemoryIndex::tombstones(self);
+        tombstones
+            .range::<str, _>((lower, Bound::Unbounded))
+            .take(limit)
+            .map(|(k, at)| Ok((ObjectKey::new(k.clone())?, *at)))
+            .collect()
     }
 
     async fn flush(&self) -> Result<()> {
@@ -300,6 +389,31 @@ mod tests {
         let k = ObjectKey::new("a/2").unwrap();
         assert_eq!(index.remove(&k).unwrap(), Some(meta(3)));
         assert_eq!(index.get(&k).unwrap(), None);
+
+        index.set_tombstone(&k, Some(7)).unwrap();
+        index
+            .set_tombstone(&ObjectKey::new("a/1").unwrap(), Some(5))
+            .unwrap();
+        index
+            .set_tombstone(&ObjectKey::new("z").unwrap(), Some(9))
+            .unwrap();
+        index
+            .set_tombstone(&ObjectKey::new("z").unwrap(), None)
+            .unwrap();
+        assert_eq!(index.tombstone(&k).unwrap(), Some(7));
+        let tombstones = |after: Option<&str>, limit| -> Vec<(String, u64)> {
+            let after = after.map(|a| ObjectKey::new(a).unwrap());
+            index
+                .tombstones(after.as_ref(), limit)
+                .unwrap()
+                .into_iter()
+                .map(|(k, at)| (k.to_string(), at))
+                .collect()
+        };
+        assert_eq!(tombstones(None, 10), [("a/1".into(), 5), ("a/2".into(), 7)]);
+        assert_eq!(tombstones(Some("a/1"), 10), [("a/2".into(), 7)]);
+        assert_eq!(tombstones(None, 1), [("a/1".into(), 5)]);
+        assert_eq!(index.totals().unwrap().0, 4, "tombstones are not objects");
     }
 
     #[test]
@@ -319,6 +433,10 @@ mod tests {
         let db = IndexDb::open(&dir.path().join("index")).unwrap();
         let index = db.tier(&tier).unwrap();
         assert_eq!(index.totals().unwrap().0, 4);
+        assert_eq!(
+            index.tombstone(&ObjectKey::new("a/2").unwrap()).unwrap(),
+            Some(7)
+        );
         assert_eq!(
             index.get(&ObjectKey::new("a/1").unwrap()).unwrap(),
             Some(meta(3))
