@@ -1490,9 +1490,15 @@ impl Places {
         let mut deleted = None;
         let mut failure = None;
         let mut home_held = false;
+        // A tier kept by this node alone has no copies on their way to remember it for.
+        let at_home = if self.holders(&uri.tier).is_empty() {
+            DeleteMode::Deleted
+        } else {
+            DeleteMode::AtHome
+        };
         let at_homes = places[..homes]
             .iter()
-            .map(|p| delete_at(p, expected_hash, DeleteMode::AtHome));
+            .map(|p| delete_at(p, expected_hash, at_home));
         for outcome in futures_util::future::join_all(at_homes).await {
             match outcome {
                 Ok(meta) => {
