@@ -12,7 +12,7 @@
 //! an older member set is still found); a delete asks every node with the tier.
 //! [`PlacesHandler`] serves other nodes' requests on this node's tiers, never further.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -562,18 +562,7 @@ impl Places {
 
     /// The voters keeping `tier` locally: those objects are placed on, and those draining.
     fn split_keepers(&self, tier: &TierName) -> (Vec<NodeId>, Vec<NodeId>) {
-        let voters = self.inner.cluster.voters();
-        let name = tier.as_str();
-        let (published, draining) = self.inner.cluster.read_local(|state| {
-            let published = state
-                .tiers
-                .iter()
-                .filter(|(node, _)| voters.contains(node))
-                .filter(|(_, tiers)| tiers.iter().any(|t| t.name == name && t.backend != "s3"))
-                .map(|(node, _)| *node)
-                .collect::<Vec<_>>();
-            (published, state.draining.clone())
-        });
+        let (_, published, draining) = self.published_keepers(tier);
         if published.len() == 1 && published[0] == self.me() {
             return (Vec::new(), Vec::new());
         }
@@ -592,25 +581,33 @@ impl Places {
         (placing, leaving)
     }
 
-    /// What this node places `tier`'s objects by now (see [`View`]).
-    fn view(&self, tier: &TierName) -> View {
+    /// The voters that published a non-S3 tier `tier`, and the nodes draining, in the control
+    /// state applied up to the index returned.
+    fn published_keepers(&self, tier: &TierName) -> (u64, Vec<NodeId>, BTreeSet<NodeId>) {
         let voters = self.inner.cluster.voters();
         let name = tier.as_str();
-        let (applied, keepers) = self.inner.cluster.read_applied(|state| {
-            let published: Vec<NodeId> = state
+        let (applied, (published, draining)) = self.inner.cluster.read_applied(|state| {
+            let published = state
                 .tiers
                 .iter()
                 .filter(|(node, _)| voters.contains(node))
                 .filter(|(_, tiers)| tiers.iter().any(|t| t.name == name && t.backend != "s3"))
                 .map(|(node, _)| *node)
-                .collect();
-            let leaving: Vec<NodeId> = published
-                .iter()
-                .copied()
-                .filter(|node| state.draining.contains(node))
-                .collect();
-            (published, leaving)
+                .collect::<Vec<_>>();
+            (published, state.draining.clone())
         });
+        (applied, published, draining)
+    }
+
+    /// What this node places `tier`'s objects by now (see [`View`]).
+    fn view(&self, tier: &TierName) -> View {
+        let (applied, published, draining) = self.published_keepers(tier);
+        let leaving: Vec<NodeId> = published
+            .iter()
+            .copied()
+            .filter(|node| draining.contains(node))
+            .collect();
+        let keepers = (published, leaving);
         let mut hasher = blake3::Hasher::new();
         for node in keepers.0.iter().chain([&0]).chain(&keepers.1) {
             hasher.update(&node.to_le_bytes());
