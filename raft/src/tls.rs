@@ -64,8 +64,9 @@ pub struct ClusterCa {
 
 impl ClusterCa {
     pub fn generate(cluster_id: &str) -> Result<Self, TlsError> {
-        let key = KeyPair::generate().map_err(cert_error)?;
+        let key = new_key()?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_error)?;
+        params.serial_number = Some(serial_number(&key));
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, format!("letl cluster {cluster_id}"));
         params.distinguished_name = name;
@@ -109,6 +110,7 @@ impl ClusterCa {
         dn.push(DnType::CommonName, name);
         csr.params.distinguished_name = dn;
         csr.params.is_ca = IsCa::NoCa;
+        csr.params.serial_number = Some(serial_number(&csr.public_key));
         csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         csr.params.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
@@ -128,9 +130,29 @@ impl ClusterCa {
     }
 }
 
+/// A new key: Ed25519, whose signatures are deterministic and always 64 bytes, so a
+/// handshake's messages have the same sizes every time (the simulator replays them).
+/// Keys made before (ECDSA P-256) still load and sign.
+fn new_key() -> Result<KeyPair, TlsError> {
+    KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(cert_error)
+}
+
+/// A certificate's serial number: 20 bytes of the BLAKE3 of its public key, the first byte in
+/// 0x40..0x80 so the number is positive and always encodes in 20 bytes (rcgen's own serial
+/// drops a leading zero byte one time in 128).
+fn serial_number(key: &impl rcgen::PublicKeyData) -> rcgen::SerialNumber {
+    let hash = blake3::hash(&key.subject_public_key_info());
+    let mut serial = hash.as_bytes()[..SERIAL_BYTES].to_vec();
+    serial[0] = (serial[0] & 0x3f) | 0x40;
+    rcgen::SerialNumber::from_slice(&serial)
+}
+
+/// RFC 5280's largest serial number.
+const SERIAL_BYTES: usize = 20;
+
 /// A new node key and a certificate request for it (PEM): the key never leaves the node.
 pub fn node_key_and_request() -> Result<(String, String), TlsError> {
-    let key = KeyPair::generate().map_err(cert_error)?;
+    let key = new_key()?;
     let params = CertificateParams::new(vec!["letl-node".to_string()]).map_err(cert_error)?;
     let csr = params.serialize_request(&key).map_err(cert_error)?;
     Ok((key.serialize_pem(), csr.pem().map_err(cert_error)?))
@@ -222,5 +244,116 @@ impl NodeTls {
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(transport());
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CA and node key as clusters founded before Ed25519 have them (ECDSA P-256).
+    fn ecdsa_ca() -> ClusterCa {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let cert = params.self_signed(&key).unwrap();
+        ClusterCa::load(&cert.pem(), &key.serialize_pem()).unwrap()
+    }
+
+    fn ecdsa_node(ca: &ClusterCa, id: NodeId) -> NodeTls {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let params = CertificateParams::new(vec!["letl-node".to_string()]).unwrap();
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        NodeTls {
+            ca_pem: ca.cert_pem().to_string(),
+            cert_pem: ca.sign_node(&csr, id).unwrap(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// One DER element at the start of `der`: its tag, its header's length and its content's.
+    fn element(der: &[u8]) -> (u8, usize, usize) {
+        match der[1] {
+            short @ 0..0x80 => (der[0], 2, usize::from(short)),
+            long => {
+                let bytes = usize::from(long & 0x7f);
+                let len = der[2..2 + bytes]
+                    .iter()
+                    .fold(0, |len, b| len << 8 | usize::from(*b));
+                (der[0], 2 + bytes, len)
+            }
+        }
+    }
+
+    /// A certificate's serial number as encoded (Certificate, TBSCertificate, [0] version,
+    /// then the INTEGER).
+    fn serial(cert_pem: &str) -> Vec<u8> {
+        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        let mut at = 0;
+        for _ in 0..2 {
+            let (tag, header, _) = element(&der[at..]);
+            assert_eq!(tag, 0x30, "a SEQUENCE");
+            at += header;
+        }
+        let (tag, header, len) = element(&der[at..]);
+        assert_eq!(tag, 0xa0, "the version");
+        at += header + len;
+        let (tag, header, len) = element(&der[at..]);
+        assert_eq!(tag, 0x02, "an INTEGER");
+        der[at + header..at + header + len].to_vec()
+    }
+
+    #[test]
+    fn a_request_signed_twice_gives_the_same_certificate_with_a_full_length_serial() {
+        let ca = ClusterCa::generate("test").unwrap();
+        let (_key, csr) = node_key_and_request().unwrap();
+        let cert = ca.sign_node(&csr, 2).unwrap();
+        assert_eq!(cert, ca.sign_node(&csr, 2).unwrap());
+        for pem in [cert.as_str(), ca.cert_pem()] {
+            let serial = serial(pem);
+            assert_eq!(serial.len(), SERIAL_BYTES);
+            assert!((0x40..0x80).contains(&serial[0]), "{serial:?}");
+        }
+        let (_, other) = node_key_and_request().unwrap();
+        assert_ne!(serial(&cert), serial(&ca.sign_node(&other, 2).unwrap()));
+    }
+
+    /// Connects `client` to `server` over loopback QUIC and returns the peer's certificate.
+    async fn handshake(server: &NodeTls, server_id: NodeId, client: &NodeTls) -> Vec<u8> {
+        let local = "127.0.0.1:0".parse().unwrap();
+        let listener = quinn::Endpoint::server(server.server_config().unwrap(), local).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            let connection = listener.accept().await.unwrap().await.unwrap();
+            let certs = connection.peer_identity().unwrap();
+            let certs = certs.downcast::<Vec<CertificateDer<'static>>>().unwrap();
+            certs[0].to_vec()
+        });
+        let mut dialer = quinn::Endpoint::client(local).unwrap();
+        dialer.set_default_client_config(client.client_config().unwrap());
+        let connection = dialer
+            .connect(addr, &server_name(server_id))
+            .unwrap()
+            .await
+            .unwrap();
+        let seen = accept.await.unwrap();
+        connection.close(0u32.into(), b"done");
+        seen
+    }
+
+    #[tokio::test]
+    async fn new_ed25519_nodes_and_older_ecdsa_nodes_accept_each_other() {
+        let ca = ecdsa_ca();
+        let old = ecdsa_node(&ca, 1);
+        let new = ca.issue_node(2).unwrap();
+        assert!(KeyPair::from_pem(&new.key_pem).unwrap().algorithm() == &rcgen::PKCS_ED25519);
+        let client_cert = |tls: &NodeTls| {
+            CertificateDer::from_pem_slice(tls.cert_pem.as_bytes())
+                .unwrap()
+                .to_vec()
+        };
+        assert_eq!(handshake(&old, 1, &new).await, client_cert(&new));
+        assert_eq!(handshake(&new, 2, &old).await, client_cert(&old));
     }
 }

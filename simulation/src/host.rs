@@ -139,12 +139,10 @@ pub async fn run(spec: HostSpec) -> turmoil::Result {
     // turmoil binds the unspecified address only; peers reach it at the host's address.
     let any = SocketAddr::new(std::net::IpAddr::from([0, 0, 0, 0]), spec.addr.port());
     let socket = Arc::new(SimUdp::bind(any).await?);
-    let mut endpoint_config = quinn::EndpointConfig::default();
     let started = turmoil::sim_elapsed().unwrap_or_default().as_millis();
-    let rng = blake3::hash(format!("{} {} {started}", spec.seed, spec.node).as_bytes());
-    endpoint_config.rng_seed(Some(*rng.as_bytes()));
+    let incarnation = blake3::hash(format!("{} {} {started}", spec.seed, spec.node).as_bytes());
     let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
-        endpoint_config,
+        crate::quic::endpoint_config(&incarnation),
         Some(tls.server_config()?),
         socket,
         Arc::new(quinn::TokioRuntime),

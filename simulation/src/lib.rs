@@ -11,6 +11,7 @@ compile_error!("letl-simulation needs `--cfg tokio_unstable` (see .cargo/config.
 pub mod disk;
 pub mod host;
 pub mod http;
+pub mod quic;
 pub mod run;
 pub mod udp;
 

@@ -31,8 +31,12 @@ struct Args {
     /// Run without faults.
     #[arg(long)]
     no_faults: bool,
-    /// A fourth node joins (with a token) and leaves (drained) during the run.
+    /// No node joins and leaves during the run (by default a fourth node joins, with a
+    /// token, and leaves, drained).
     #[arg(long)]
+    no_membership: bool,
+    /// The default: a node joins and leaves during the run (kept for older replay commands).
+    #[arg(long, hide = true, conflicts_with = "no_membership")]
     membership: bool,
     /// Nodes in the cluster.
     #[arg(long, default_value_t = 3)]
@@ -63,7 +67,7 @@ impl Args {
             ops_per_worker: self.ops,
             plant: self.plant,
             faults: !self.no_faults,
-            membership: self.membership,
+            membership: !self.no_membership,
             ..Options::new(seed)
         }
     }
@@ -81,8 +85,8 @@ impl Args {
         if self.no_faults {
             flags.push("--no-faults".to_string());
         }
-        if self.membership {
-            flags.push("--membership".to_string());
+        if self.no_membership {
+            flags.push("--no-membership".to_string());
         }
         flags
     }

@@ -78,7 +78,7 @@ impl Options {
             ops_per_worker: 40,
             plant: None,
             faults: true,
-            membership: false,
+            membership: true,
         }
     }
 }

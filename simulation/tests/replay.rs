@@ -32,11 +32,16 @@ fn trace_hash(output: &Output) -> String {
 
 #[test]
 fn a_seed_replays_to_the_same_trace_in_another_process() {
+    // Seed 2 restarts a node whose peers still send on the old connections (stateless
+    // resets); seed 11 once replayed to one of two traces when the joiner's key was ECDSA.
+    for seed in ["2", "11"] {
+        let first = simulate(&["--seed", seed]);
+        let again = simulate(&["--seed", seed]);
+        assert!(first.status.success(), "{}", stdout(&first));
+        assert_eq!(trace_hash(&first), trace_hash(&again), "seed {seed}");
+    }
     let first = simulate(&["--seed", "11"]);
-    let again = simulate(&["--seed", "11"]);
     let other = simulate(&["--seed", "12"]);
-    assert!(first.status.success(), "{}", stdout(&first));
-    assert_eq!(trace_hash(&first), trace_hash(&again));
     assert_ne!(trace_hash(&first), trace_hash(&other));
 }
 
