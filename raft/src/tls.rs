@@ -172,8 +172,22 @@ impl std::fmt::Debug for NodeTls {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+/// What a node's TLS draws on: its cryptography and its wall clock (for session tickets'
+/// ages and certificates' validity). Nodes use ring and the system clock; the simulator seeds
+/// the one and simulates the other, so handshakes replay.
+#[derive(Clone, Debug)]
+pub struct TlsBasis {
+    pub provider: Arc<rustls::crypto::CryptoProvider>,
+    pub time: Arc<dyn rustls::time_provider::TimeProvider>,
+}
+
+impl Default for TlsBasis {
+    fn default() -> Self {
+        Self {
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            time: Arc::new(rustls::time_provider::DefaultTimeProvider),
+        }
+    }
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {
@@ -201,19 +215,27 @@ impl NodeTls {
 
     /// Accepts only peers with a certificate from the cluster CA.
     pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
+        self.server_config_on(&TlsBasis::default())
+    }
+
+    /// [`Self::server_config`] on the given basis.
+    pub fn server_config_on(&self, basis: &TlsBasis) -> Result<quinn::ServerConfig, TlsError> {
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(self.roots()?),
-            provider(),
+            Arc::clone(&basis.provider),
         )
         .build()
         .map_err(config_error)?;
         let (chain, key) = self.chain()?;
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(config_error)?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .map_err(config_error)?;
+        let mut tls = rustls::ServerConfig::builder_with_details(
+            Arc::clone(&basis.provider),
+            Arc::clone(&basis.time),
+        )
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(config_error)?;
         tls.alpn_protocols = vec![ALPN.to_vec(), DATA_ALPN.to_vec()];
         let crypto = QuicServerConfig::try_from(tls).map_err(config_error)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -223,22 +245,30 @@ impl NodeTls {
 
     /// Presents this node's certificate and trusts only the cluster CA.
     pub fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
-        self.client_config_for(ALPN)
+        self.client_config_on(ALPN, &TlsBasis::default())
     }
 
     /// The same, for the object traffic's connections.
     pub fn data_client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
-        self.client_config_for(DATA_ALPN)
+        self.client_config_on(DATA_ALPN, &TlsBasis::default())
     }
 
-    fn client_config_for(&self, alpn: &[u8]) -> Result<quinn::ClientConfig, TlsError> {
+    /// A client configuration for `alpn` ([`ALPN`] or [`DATA_ALPN`]) on the given basis.
+    pub fn client_config_on(
+        &self,
+        alpn: &[u8],
+        basis: &TlsBasis,
+    ) -> Result<quinn::ClientConfig, TlsError> {
         let (chain, key) = self.chain()?;
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(config_error)?
-            .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(chain, key)
-            .map_err(config_error)?;
+        let mut tls = rustls::ClientConfig::builder_with_details(
+            Arc::clone(&basis.provider),
+            Arc::clone(&basis.time),
+        )
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?
+        .with_root_certificates(self.roots()?)
+        .with_client_auth_cert(chain, key)
+        .map_err(config_error)?;
         tls.alpn_protocols = vec![alpn.to_vec()];
         let crypto = QuicClientConfig::try_from(tls).map_err(config_error)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));

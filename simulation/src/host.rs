@@ -141,17 +141,19 @@ pub async fn run(spec: HostSpec) -> turmoil::Result {
     let socket = Arc::new(SimUdp::bind(any).await?);
     let started = turmoil::sim_elapsed().unwrap_or_default().as_millis();
     let incarnation = blake3::hash(format!("{} {} {started}", spec.seed, spec.node).as_bytes());
+    let basis = crate::quic::tls_basis(&incarnation);
     let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
         crate::quic::endpoint_config(&incarnation),
-        Some(tls.server_config()?),
+        Some(tls.server_config_on(&basis)?),
         socket,
         Arc::new(quinn::TokioRuntime),
     )?;
-    endpoint.set_default_client_config(tls.client_config()?);
-    let transport = Arc::new(QuicTransport::from_endpoint(
-        endpoint,
-        tls.data_client_config()?,
-    ));
+    let mut control = tls.client_config_on(letl_raft::tls::ALPN, &basis)?;
+    crate::quic::seed_initial_ids(&mut control, &incarnation, "control");
+    endpoint.set_default_client_config(control);
+    let mut data = tls.client_config_on(letl_raft::tls::DATA_ALPN, &basis)?;
+    crate::quic::seed_initial_ids(&mut data, &incarnation, "data");
+    let transport = Arc::new(QuicTransport::from_endpoint(endpoint, data));
     let cluster = Cluster::start(ClusterParts {
         dir: spec.disk.cluster_dir.clone(),
         identity,
