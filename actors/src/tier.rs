@@ -563,25 +563,33 @@ impl TierState {
             }
         };
         let refused = match (rules.condition, &previous) {
-            (PutCondition::Absent, None) => match (tombstone, &rules.copy_of) {
-                // Deleted here after the version copied was written: it stays deleted.
-                (Some(at), Some(of)) if at >= of.modified_ms => Some(format!(
-                    "it was deleted here (at {at}) after this version was written (at {})",
-                    of.modified_ms
-                )),
-                _ => None,
-            },
+            // Nothing here (the version to replace, if any, moved away meanwhile): a copy
+            // comes in unless this tier remembers a deletion after its version was written.
+            (PutCondition::Absent | PutCondition::Replaces(_), None) => {
+                match (tombstone, &rules.copy_of) {
+                    (Some(at), Some(of)) if at >= of.modified_ms => Some(format!(
+                        "it was deleted here (at {at}) after this version was written (at {})",
+                        of.modified_ms
+                    )),
+                    _ => None,
+                }
+            }
             (PutCondition::Any, _) => None,
             (PutCondition::Absent, Some(_)) => {
                 Some("it already holds a version, which stays".to_string())
             }
-            (PutCondition::Replaces(hash), Some(p)) if p.hash == hash => None,
+            // The same bytes may have been written again since the comparison: a copy only
+            // replaces a version it is later than.
+            (PutCondition::Replaces(hash), Some(p)) if p.hash == hash => match &rules.copy_of {
+                Some(of) if !of.supersedes(p) => Some(format!(
+                    "its version (written at {}) is not older than this one (written at {})",
+                    p.modified_ms, of.modified_ms
+                )),
+                _ => None,
+            },
             (PutCondition::Replaces(hash), Some(p)) => Some(format!(
                 "the version to replace ({hash}) was replaced meanwhile by {}",
                 p.hash
-            )),
-            (PutCondition::Replaces(hash), None) => Some(format!(
-                "the version to replace ({hash}) was deleted meanwhile"
             )),
         };
         if let Some(reason) = refused {
@@ -712,7 +720,9 @@ impl TierState {
         let meta = match self.spec.index.get(key)? {
             Some(meta) => meta,
             None => {
-                if mode == DeleteMode::AtHome {
+                // A conditional delete cannot tell whether the version it names is the one
+                // elsewhere: only an unconditional one is remembered here.
+                if mode == DeleteMode::AtHome && expected_hash.is_none() {
                     let at = self.spec.clock.now_ms();
                     let known = self.spec.index.tombstone(key)?;
                     if known.is_none_or(|known| known < at) {

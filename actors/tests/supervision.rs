@@ -236,21 +236,34 @@ async fn copies_keep_their_version_and_replace_only_what_they_compared_with() {
         .await
         .unwrap_err();
     assert!(matches!(err, StorageError::HashMismatch { .. }), "{err}");
+    // The version to replace moved away meanwhile (no deletion remembered): the copy comes in.
+    tier.put_copy(
+        key("k"),
+        body(b"new"),
+        newer.clone(),
+        PutCondition::Replaces(theirs.hash),
+    )
+    .await
+    .unwrap();
+    // The same bytes written again since the comparison are a later version: they stay.
+    let rewritten = node.put("same", b"old").await.unwrap();
+    assert!(rewritten.supersedes(&newer));
     let err = tier
         .put_copy(
-            key("k"),
+            key("same"),
             body(b"new"),
             newer.clone(),
-            PutCondition::Replaces(theirs.hash),
+            PutCondition::Replaces(rewritten.hash),
         )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("deleted meanwhile"), "{err}");
+    assert!(
+        err.to_string().contains("is not older than this one"),
+        "{err}"
+    );
+    assert_eq!(tier.head(key("same")).await.unwrap().hash, rewritten.hash);
 
     // An overwrite is later than the version it replaces, even with the clock behind it.
-    tier.put_copy(key("k"), body(b"new"), newer.clone(), PutCondition::Absent)
-        .await
-        .unwrap();
     assert_eq!(node.clock.now_ms(), 1_000);
     let overwritten = node.put("k", b"mine").await.unwrap();
     assert_eq!(overwritten.modified_ms, 1_000);
@@ -312,6 +325,17 @@ async fn deletions_are_remembered_and_keep_older_copies_out() {
         .unwrap_err();
     assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
     assert_eq!(tier.tombstone(key("absent")).await.unwrap(), Some(1_500));
+    // Not a conditional one: the version it names may not be the one elsewhere.
+    let err = tier
+        .delete_as(
+            key("unsure"),
+            Some(ContentHash::of(b"x")),
+            DeleteMode::AtHome,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+    assert_eq!(tier.tombstone(key("unsure")).await.unwrap(), None);
     tier.delete(key("other"), None).await.unwrap_err();
     assert_eq!(tier.tombstone(key("other")).await.unwrap(), None);
 

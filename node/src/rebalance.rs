@@ -336,14 +336,14 @@ impl Rebalancer {
                         // just made would bring it back, so they go too.
                         Err(StorageError::NotFound { .. }) => {
                             for &home in &copied_to {
-                                if let Err(e) =
-                                    self.places.delete_on(home, &uri, Some(meta.hash)).await
-                                {
-                                    self.left_behind(
+                                match self.places.delete_on(home, &uri, Some(meta.hash)).await {
+                                    // Gone already: nothing to take back.
+                                    Ok(_) | Err(StorageError::NotFound { .. }) => {}
+                                    Err(e) => self.left_behind(
                                         &uri,
                                         home,
                                         &format!("taking back a copy of a deleted object: {e}"),
-                                    );
+                                    ),
                                 }
                             }
                         }
