@@ -38,52 +38,50 @@ const WRITE_BLOCK_BYTES: usize = 1 << 20;
 const READ_BLOCK_BYTES: usize = 1 << 20;
 /// Read blocks queued between the reader thread and the network.
 const READ_BLOCKS_IN_FLIGHT_MAX: usize = 4;
-/// Block buffers one reader keeps for reuse: enough for the blocks queued here and in a
-/// consumer's own queue (a transform's), with the ones being read and used.
-const READ_BUFFERS_MAX: usize = 2 * READ_BLOCKS_IN_FLIGHT_MAX + 4;
-/// Block buffers kept between readers, process-wide (each [`READ_BLOCK_BYTES`]): many small
-/// objects read one after another reuse the same memory.
+/// Block buffers kept for reuse, process-wide (each [`READ_BLOCK_BYTES`]). A block's buffer
+/// comes back when its last user drops it: readers, many small objects one after another
+/// included, reuse the same memory instead of fresh pages the kernel must fault in and zero,
+/// which cost more than the read itself.
 const READ_BUFFERS_POOLED_MAX: usize = 64;
 
-/// Buffers a finished reader left for the next one. Some may still be in use downstream; a
-/// reader takes one only once it can reclaim it.
-/// Reads until `buffer` is full or the file ends; returns the bytes read.
-fn fill(file: &mut File, buffer: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match file.read(&mut buffer[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+static READ_BUFFER_POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// A read block's buffer, back to the pool when its last user drops it.
+struct PooledBlock(Vec<u8>);
+
+impl AsRef<[u8]> for PooledBlock {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for PooledBlock {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.0);
+        let mut pool = READ_BUFFER_POOL.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < READ_BUFFERS_POOLED_MAX {
+            pool.push(buffer);
         }
     }
-    Ok(filled)
 }
 
-static READ_BUFFER_POOL: std::sync::Mutex<Vec<bytes::BytesMut>> = std::sync::Mutex::new(Vec::new());
-
-/// A buffer of [`READ_BLOCK_BYTES`] nobody uses any more, from `own` or the pool.
-fn reusable_buffer(own: &mut [bytes::BytesMut]) -> Option<usize> {
-    own.iter_mut().position(|b| b.try_reclaim(READ_BLOCK_BYTES))
+/// An empty buffer with room for one block: from the pool, else a new one.
+fn read_buffer() -> Vec<u8> {
+    let pooled = READ_BUFFER_POOL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop();
+    let mut buffer = pooled.unwrap_or_default();
+    buffer.clear();
+    buffer.reserve_exact(READ_BLOCK_BYTES);
+    buffer
 }
 
-fn pooled_buffer() -> Option<bytes::BytesMut> {
-    let mut pool = READ_BUFFER_POOL.lock().unwrap_or_else(|p| p.into_inner());
-    let found = pool
-        .iter_mut()
-        .position(|b| b.try_reclaim(READ_BLOCK_BYTES))?;
-    Some(pool.swap_remove(found))
-}
-
-fn return_buffers(buffers: Vec<bytes::BytesMut>) {
-    let mut pool = READ_BUFFER_POOL.lock().unwrap_or_else(|p| p.into_inner());
-    for buffer in buffers {
-        if pool.len() >= READ_BUFFERS_POOLED_MAX {
-            break;
-        }
-        pool.push(buffer);
-    }
+/// Reads the next block (up to [`READ_BLOCK_BYTES`], less only at the end of the file) into
+/// `buffer`'s spare room, which is not zeroed first; returns the bytes read.
+fn read_block(file: &mut File, buffer: &mut Vec<u8>) -> io::Result<usize> {
+    let limit = u64::try_from(READ_BLOCK_BYTES).unwrap_or(u64::MAX);
+    Read::take(&mut *file, limit).read_to_end(buffer)
 }
 
 #[derive(Debug)]
@@ -705,54 +703,29 @@ async fn remove_staged(path: PathBuf) {
 /// Streams a file from its current position in large blocks read on a blocking thread, with a
 /// bounded queue between that thread and the consumer. Used by gets, and by the CLI to send files.
 ///
-/// Block buffers are reused: up to [`READ_BUFFERS_MAX`] handles keep their allocations, and
-/// one whose last block the consumer dropped takes it back for the next block. Fresh
-/// allocations would each be new pages the kernel must fault in and zero, which cost more
-/// than the read itself.
+/// Block buffers are reused: each goes back to a process-wide pool when the consumer drops
+/// its block (see [`READ_BUFFERS_POOLED_MAX`]).
 pub fn read_blocks(mut file: File) -> ByteStream {
     let (blocks_tx, blocks_rx) = mpsc::channel::<io::Result<Bytes>>(READ_BLOCKS_IN_FLIGHT_MAX);
     tokio::task::spawn_blocking(move || {
-        let mut buffers: Vec<bytes::BytesMut> = Vec::with_capacity(READ_BUFFERS_MAX);
-        let mut oldest = 0;
-        let outcome = loop {
-            let slot = match reusable_buffer(&mut buffers) {
-                Some(slot) => slot,
-                None if buffers.len() < READ_BUFFERS_MAX => {
-                    buffers.push(
-                        pooled_buffer()
-                            .unwrap_or_else(|| bytes::BytesMut::with_capacity(READ_BLOCK_BYTES)),
-                    );
-                    buffers.len() - 1
+        loop {
+            let mut buffer = read_buffer();
+            let block = match read_block(&mut file, &mut buffer) {
+                Ok(0) => {
+                    drop(PooledBlock(buffer));
+                    return;
                 }
-                None => {
-                    // All still in use downstream: this one lets go of its allocation.
-                    oldest = (oldest + 1) % READ_BUFFERS_MAX;
-                    buffers[oldest] = bytes::BytesMut::with_capacity(READ_BLOCK_BYTES);
-                    oldest
-                }
-            };
-            let buffer = &mut buffers[slot];
-            buffer.resize(READ_BLOCK_BYTES, 0);
-            let filled = match fill(&mut file, buffer) {
-                Ok(filled) => filled,
+                Ok(_) => Bytes::from_owner(PooledBlock(buffer)),
                 Err(e) => {
-                    buffer.clear();
-                    break Err(e);
+                    drop(PooledBlock(buffer));
+                    let _ = blocks_tx.blocking_send(Err(e));
+                    return;
                 }
             };
-            buffer.truncate(filled);
-            if filled == 0 {
-                break Ok(());
-            }
-            let block = buffer.split().freeze();
             if blocks_tx.blocking_send(Ok(block)).is_err() {
                 // The reader went away (client disconnected).
-                break Ok(());
+                return;
             }
-        };
-        return_buffers(buffers);
-        if let Err(e) = outcome {
-            let _ = blocks_tx.blocking_send(Err(e));
         }
     });
     Box::pin(futures_util::stream::unfold(
