@@ -3,12 +3,12 @@
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use md5::Digest;
 use regex::bytes::Regex;
+use sha2::Digest;
 
 use super::{
     Args, BlockState, BlockTransform, Output, SpecError, Transform, TransformError,
-    TransformRegistry, hex,
+    TransformRegistry, hex, md5::Md5,
 };
 use letl_storage::ByteStream;
 
@@ -21,9 +21,7 @@ const GZIP_LEVELS: std::ops::RangeInclusive<i64> = 0..=9;
 
 pub(super) fn register_all(registry: &mut TransformRegistry) {
     registry.register("identity", |_| Ok(Arc::new(Identity)));
-    registry.register("md5", |_| {
-        Ok(Arc::new(DigestTransform::<md5::Md5>::new("md5")))
-    });
+    registry.register("md5", |_| Ok(Arc::new(DigestTransform::<Md5>::new("md5"))));
     registry.register("sha256", |_| {
         Ok(Arc::new(DigestTransform::<sha2::Sha256>::new("sha256")))
     });
@@ -101,23 +99,55 @@ impl<D> DigestTransform<D> {
     }
 }
 
+/// A digest a [`DigestTransform`] computes: letl's own MD5, or a `digest` crate's hash.
+trait ObjectDigest: Send + 'static {
+    fn new() -> Self;
+    fn update(&mut self, bytes: &[u8]);
+    /// The digest as lowercase hex.
+    fn finish_hex(self) -> String;
+}
+
+impl ObjectDigest for Md5 {
+    fn new() -> Self {
+        Md5::new()
+    }
+    fn update(&mut self, bytes: &[u8]) {
+        Md5::update(self, bytes);
+    }
+    fn finish_hex(self) -> String {
+        hex(&self.finalize())
+    }
+}
+
+impl ObjectDigest for sha2::Sha256 {
+    fn new() -> Self {
+        Digest::new()
+    }
+    fn update(&mut self, bytes: &[u8]) {
+        Digest::update(self, bytes);
+    }
+    fn finish_hex(self) -> String {
+        hex(&self.finalize())
+    }
+}
+
 struct DigestState<D> {
     digest: D,
     out: Output,
 }
 
-impl<D: Digest + Send + 'static> BlockState for DigestState<D> {
+impl<D: ObjectDigest> BlockState for DigestState<D> {
     fn update(&mut self, block: &[u8]) -> io::Result<()> {
         self.digest.update(block);
         Ok(())
     }
     fn finish(mut self: Box<Self>) -> io::Result<()> {
-        let digest = std::mem::replace(&mut self.digest, D::new()).finalize();
-        self.out.extend_from_slice(hex(&digest).as_bytes())
+        let digest = std::mem::replace(&mut self.digest, D::new()).finish_hex();
+        self.out.extend_from_slice(digest.as_bytes())
     }
 }
 
-impl<D: Digest + Send + 'static> BlockTransform for DigestTransform<D> {
+impl<D: ObjectDigest> BlockTransform for DigestTransform<D> {
     fn kind(&self) -> &str {
         self.kind
     }

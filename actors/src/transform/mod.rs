@@ -13,6 +13,7 @@
 //! run on a blocking thread with bounded queues on both sides.
 
 mod builtin;
+mod md5;
 
 use std::collections::BTreeMap;
 use std::fmt;
