@@ -36,6 +36,10 @@ const PROGRESS_BYTES_MIN: u64 = 8 << 20;
 const DOWNLOAD_CHUNKS_IN_FLIGHT_MAX: usize = 32;
 /// How often a waiting `letl mv`/`cp` of a prefix asks for its job's progress.
 const JOB_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How long one ask for a pipeline job waits for its end while a progress bar shows (the
+/// bar's refresh), and while none does: the node answers as soon as the job ends.
+const JOB_WAIT_WITH_BAR: Duration = Duration::from_millis(250);
+const JOB_WAIT_QUIET: Duration = Duration::from_secs(10);
 /// Connecting to a node that does not answer fails after this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Characters kept as they are in a key segment of a URL path; everything else is escaped.
@@ -581,6 +585,20 @@ impl Client {
         .await
     }
 
+    /// The job once it ended, or as it is after `wait` (the node's answer comes as soon as the
+    /// job ends).
+    async fn job_after(&self, id: &str, wait: Duration) -> Outcome<JobInfo> {
+        self.json(self.request(
+            Method::GET,
+            &self.url(&format!(
+                "jobs/{}?wait_ms={}",
+                Self::segment(id),
+                wait.as_millis()
+            )),
+        ))
+        .await
+    }
+
     pub async fn cancel_job(&self, id: &str) -> Outcome<JobInfo> {
         self.json(self.request(
             Method::POST,
@@ -674,16 +692,16 @@ impl Client {
 
     /// Waits for a pipeline job to end, with a progress bar when stderr is a terminal.
     pub async fn wait_job(&self, mut job: JobInfo, watching: bool) -> Outcome<JobInfo> {
-        let bar = if watching || io::stderr().is_terminal() {
+        let (bar, wait) = if watching || io::stderr().is_terminal() {
             let bar = ProgressBar::new(0);
             if let Ok(style) = ProgressStyle::with_template(
                 "{msg} {bar:40.cyan/blue} {pos}/{len} objects, eta {eta}",
             ) {
                 bar.set_style(style);
             }
-            bar
+            (bar, JOB_WAIT_WITH_BAR)
         } else {
-            ProgressBar::hidden()
+            (ProgressBar::hidden(), JOB_WAIT_QUIET)
         };
         while job.is_running() {
             let s = &job.stats;
@@ -699,8 +717,13 @@ impl Client {
                 s.transform.workers,
                 s.load.workers
             ));
-            tokio::time::sleep(JOB_POLL_INTERVAL).await;
-            job = self.job(&job.id).await?;
+            let asked = tokio::time::Instant::now();
+            job = self.job_after(&job.id, wait).await?;
+            // A node that answers a running job at once (one that does not wait) is asked
+            // again no sooner than the plain poll interval.
+            if job.is_running() {
+                tokio::time::sleep_until(asked + JOB_POLL_INTERVAL).await;
+            }
         }
         bar.finish_and_clear();
         Ok(job)

@@ -599,15 +599,30 @@ async fn list_jobs(
     Ok(Json(JobsResponse { jobs }))
 }
 
+/// Longest `wait_ms` of `GET /v1/jobs/{id}`; a longer one waits this long.
+const JOB_WAIT_MS_MAX: u64 = 60_000;
+
+#[derive(Debug, Deserialize)]
+struct JobQuery {
+    /// Answer once the job is no longer running, or after this many milliseconds.
+    wait_ms: Option<u64>,
+}
+
 async fn show_job(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
+    query: Result<Query<JobQuery>, QueryRejection>,
 ) -> Result<Json<JobInfo>, ApiError> {
     let id = path_name(path)?;
-    Ok(Json(JobInfo::new(
-        &state.pipelines.job(&id).await?,
-        now_ms(),
-    )))
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let job = match query.wait_ms {
+        Some(ms) => {
+            let wait = std::time::Duration::from_millis(ms.min(JOB_WAIT_MS_MAX));
+            state.pipelines.wait_job(&id, wait).await?
+        }
+        None => state.pipelines.job(&id).await?,
+    };
+    Ok(Json(JobInfo::new(&job, now_ms())))
 }
 
 async fn cancel_job(

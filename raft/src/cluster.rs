@@ -422,6 +422,11 @@ impl Cluster {
         Ok(self.inner.machine.read(f))
     }
 
+    /// Follows the index this node has applied up to: it changes with every applied write.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.machine.applied()
+    }
+
     /// Reads this node's state as applied so far (may lag the leader).
     pub fn read_local<T>(&self, f: impl FnOnce(&ControlState) -> T) -> T {
         self.inner.machine.read(f)

@@ -35,9 +35,9 @@ const WRITE_CHUNKS_IN_FLIGHT_MAX: usize = 32;
 /// Bytes the writer gathers before writing them with one vectored write.
 const WRITE_BLOCK_BYTES: usize = 1 << 20;
 /// Bytes one read of a get returns.
-const READ_BLOCK_BYTES: usize = 1 << 20;
+const READ_BLOCK_BYTES: usize = 256 << 10;
 /// Read blocks queued between the reader thread and the network.
-const READ_BLOCKS_IN_FLIGHT_MAX: usize = 4;
+const READ_BLOCKS_IN_FLIGHT_MAX: usize = 8;
 /// Block buffers kept for reuse, process-wide (each [`READ_BLOCK_BYTES`]). A block's buffer
 /// comes back when its last user drops it: readers, many small objects one after another
 /// included, reuse the same memory instead of fresh pages the kernel must fault in and zero,
@@ -567,31 +567,21 @@ fn is_absent(e: &io::Error) -> bool {
 /// The writer thread of a put: writes and hashes the chunks, then fsyncs the file.
 ///
 /// A large put would otherwise leave all its bytes dirty in the page cache for one long fsync
-/// at the end. A second thread `fdatasync`s the file each time [`WRITEBACK_STEP_BYTES`] more
-/// were written, so the disk writes while the network still delivers and the final fsync has
-/// little left to do.
+/// at the end. Once [`WRITEBACK_STEP_BYTES`] were written, a second thread starts and
+/// `fdatasync`s the file each time that many more were, so the disk writes while the network
+/// still delivers and the final fsync has little left to do. A smaller put (most pipeline
+/// outputs) starts no thread.
 fn write_staged(path: &Path, chunks: mpsc::Receiver<Bytes>) -> io::Result<(u64, ContentHash)> {
     let file = OpenOptions::new().write(true).create_new(true).open(path)?;
-    let syncer = file.try_clone()?;
-    // Bound 1: a step that arrives while a sync runs is merged into the next one.
-    let (step_tx, step_rx) = std::sync::mpsc::sync_channel::<()>(1);
     std::thread::scope(|scope| {
-        let writeback = scope.spawn(move || -> io::Result<()> {
-            while step_rx.recv().is_ok() {
-                syncer.sync_data()?;
-            }
-            Ok(())
-        });
         let mut out = StepWriter {
             file: &file,
             since_step: 0,
-            step_tx: Some(step_tx),
+            scope,
+            writeback: None,
         };
         let written = write_blocks(&mut out, chunks);
-        drop(out);
-        let synced = writeback
-            .join()
-            .map_err(|_| io::Error::other("writeback thread panicked"))?;
+        let synced = out.finish();
         let written = written?;
         synced?;
         file.sync_all()?;
@@ -602,23 +592,32 @@ fn write_staged(path: &Path, chunks: mpsc::Receiver<Bytes>) -> io::Result<(u64, 
 /// Bytes written between two early writebacks of a staged file.
 const WRITEBACK_STEP_BYTES: u64 = 64 << 20;
 
-/// A file writer that signals the writeback thread every [`WRITEBACK_STEP_BYTES`].
-struct StepWriter<'a> {
-    file: &'a File,
-    since_step: u64,
-    step_tx: Option<std::sync::mpsc::SyncSender<()>>,
+/// The writeback thread of a staged file: told to sync through a queue of one (a step that
+/// arrives while a sync runs is merged into the next one).
+struct Writeback<'scope> {
+    steps: std::sync::mpsc::SyncSender<()>,
+    thread: std::thread::ScopedJoinHandle<'scope, io::Result<()>>,
 }
 
-impl Write for StepWriter<'_> {
+/// A file writer that signals a writeback thread every [`WRITEBACK_STEP_BYTES`], starting it
+/// at the first step.
+struct StepWriter<'scope, 'env> {
+    file: &'env File,
+    since_step: u64,
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    writeback: Option<Writeback<'scope>>,
+}
+
+impl Write for StepWriter<'_, '_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
-        self.stepped(n);
+        self.stepped(n)?;
         Ok(n)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let n = self.file.write_vectored(bufs)?;
-        self.stepped(n);
+        self.stepped(n)?;
         Ok(n)
     }
 
@@ -627,16 +626,40 @@ impl Write for StepWriter<'_> {
     }
 }
 
-impl StepWriter<'_> {
-    fn stepped(&mut self, n: usize) {
+impl StepWriter<'_, '_> {
+    fn stepped(&mut self, n: usize) -> io::Result<()> {
         self.since_step += n as u64;
-        if self.since_step >= WRITEBACK_STEP_BYTES {
-            self.since_step = 0;
-            if let Some(tx) = &self.step_tx {
-                // Full: a sync is already queued and will cover these bytes too.
-                let _ = tx.try_send(());
-            }
+        if self.since_step < WRITEBACK_STEP_BYTES {
+            return Ok(());
         }
+        self.since_step = 0;
+        if self.writeback.is_none() {
+            let syncer = self.file.try_clone()?;
+            let (steps, step_rx) = std::sync::mpsc::sync_channel::<()>(1);
+            let thread = self.scope.spawn(move || -> io::Result<()> {
+                while step_rx.recv().is_ok() {
+                    syncer.sync_data()?;
+                }
+                Ok(())
+            });
+            self.writeback = Some(Writeback { steps, thread });
+        }
+        if let Some(writeback) = &self.writeback {
+            // Full: a sync is already queued and will cover these bytes too.
+            let _ = writeback.steps.try_send(());
+        }
+        Ok(())
+    }
+
+    /// Ends the writeback thread, if one started, with how its syncs went.
+    fn finish(self) -> io::Result<()> {
+        let Some(Writeback { steps, thread }) = self.writeback else {
+            return Ok(());
+        };
+        drop(steps);
+        thread
+            .join()
+            .map_err(|_| io::Error::other("writeback thread panicked"))?
     }
 }
 

@@ -269,7 +269,23 @@ fn a_slow_transform_grows_its_workers_and_the_breaches_show_in_stats() {
     let path = spec_file(&node, "slow", &text);
     node.cli(&["pipeline", "register", path.to_str().unwrap()])
         .ok();
-    let job = run_and_wait(&node, "slow");
+    // `GET /v1/jobs/{id}?wait_ms=N` (what `--wait` and `job watch` ask with) answers once the
+    // job ended, or as it is after N ms. The job takes at least 0.5 s (60 objects of 50 ms,
+    // at most 6 at a time).
+    let out = node.cli(&["pipeline", "run", "slow"]);
+    let id = out.ok().lines().next().unwrap().to_string();
+    let (status, body) = node.http("GET", &format!("/v1/jobs/{id}?wait_ms=1"), b"");
+    assert_eq!(status, 200, "{body}");
+    let running: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(running["state"], "running", "{running}");
+    let (status, body) = node.http("GET", &format!("/v1/jobs/{id}?wait_ms=soon"), b"");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("wait_ms"), "{body}");
+    let (status, body) = node.http("GET", &format!("/v1/jobs/{id}?wait_ms=60000"), b"");
+    assert_eq!(status, 200, "{body}");
+    let ended: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    let job = job_json(&node, &id);
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["stats"]["objects_out"], 60);
     let transform = &job["stats"]["transform"];

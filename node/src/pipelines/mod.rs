@@ -331,6 +331,9 @@ struct Inner {
     /// Serializes registrations, mounts and job starts.
     admin: tokio::sync::Mutex<()>,
     running: Mutex<BTreeMap<String, Running>>,
+    /// Counts runs of this node that ended (left `running`): what [`Pipelines::wait_job`]
+    /// waits on besides the control state.
+    runs_ended: watch::Sender<u64>,
     runners: Runners,
 }
 
@@ -441,6 +444,7 @@ impl Pipelines {
                 source_s3,
                 admin: tokio::sync::Mutex::new(()),
                 running: Mutex::new(BTreeMap::new()),
+                runs_ended: watch::channel(0).0,
                 runners: Runners::default(),
             }),
         }
@@ -810,6 +814,7 @@ impl Pipelines {
             }
             ended.insert(id.clone(), unsaved);
             running.remove(&id);
+            inner.runs_ended.send_modify(|n| *n += 1);
         });
         self.inner.runners.push(runner);
     }
@@ -823,6 +828,34 @@ impl Pipelines {
             .await?
             .ok_or_else(|| not_found("job", id))?;
         Ok(self.live(parse_job(&entry)?))
+    }
+
+    /// `job` once it is no longer running, or as it is when `wait` has passed (or the node
+    /// stops) first: what `letl pipeline run --wait` and `letl job watch` poll with, so that
+    /// they see a job's end as it happens rather than at their next poll.
+    pub async fn wait_job(&self, id: &str, wait: Duration) -> Result<JobRecord, ApiError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        // Subscribed before the first read: an end between that read and the wait is seen.
+        let mut applied = self.inner.control.applied();
+        let mut runs_ended = self.inner.runs_ended.subscribe();
+        let mut stop = self.inner.stop.clone();
+        let mut job = self.job(id).await?;
+        while job.state == JobState::Running && !*stop.borrow() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                changed = applied.changed() => if changed.is_err() { break },
+                changed = runs_ended.changed() => if changed.is_err() { break },
+                _ = stop.changed() => break,
+            }
+            // The linearizable read was made once; this node's applied state holds the end
+            // as soon as it is committed here.
+            let entry = self.inner.control.read_local(|s| s.jobs.get(id).cloned());
+            job = match entry {
+                Some(entry) => self.live(parse_job(&entry)?),
+                None => return Err(not_found("job", id)),
+            };
+        }
+        Ok(job)
     }
 
     /// `job` with the live figures of this node's run of it, if it runs here.
