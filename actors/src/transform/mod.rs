@@ -10,7 +10,9 @@
 //! the argument.
 //!
 //! CPU-bound transforms implement the simpler [`BlockTransform`] (feed blocks, then finish) and
-//! run on a blocking thread with bounded queues on both sides.
+//! run on a blocking thread that pulls its input stream itself (the stream's own bounded
+//! queue, such as a file reader's, is the read-ahead) and sends its output through a bounded
+//! queue.
 
 mod builtin;
 mod md5;
@@ -27,8 +29,6 @@ use letl_storage::ByteStream;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-/// Input blocks queued for a blocking transform's thread.
-const BLOCK_INPUT_IN_FLIGHT_MAX: usize = 4;
 /// Output blocks queued from a blocking transform's thread.
 const BLOCK_OUTPUT_IN_FLIGHT_MAX: usize = 4;
 
@@ -378,16 +378,10 @@ impl<T: BlockTransform> Transform for T {
     }
 
     async fn apply(&self, mut input: ByteStream) -> Result<ByteStream, TransformError> {
-        let (in_tx, mut in_rx) = mpsc::channel::<io::Result<Bytes>>(BLOCK_INPUT_IN_FLIGHT_MAX);
         let (out_tx, out_rx) = mpsc::channel::<Produced>(BLOCK_OUTPUT_IN_FLIGHT_MAX);
-        tokio::spawn(async move {
-            while let Some(block) = input.next().await {
-                let failed = block.is_err();
-                if in_tx.send(block).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
+        // The thread polls the input itself: no task and queue between the reader and it, one
+        // wake-up less per block (session 11, BENCHMARKS.md).
+        let runtime = tokio::runtime::Handle::current();
         let mut state = self.start(Output {
             tx: out_tx.clone(),
             buf: Vec::new(),
@@ -395,7 +389,7 @@ impl<T: BlockTransform> Transform for T {
         let kind = BlockTransform::kind(self).to_string();
         tokio::task::spawn_blocking(move || {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                while let Some(block) = in_rx.blocking_recv() {
+                while let Some(block) = runtime.block_on(input.next()) {
                     state.update(&block?)?;
                 }
                 // Finishing drops the state's output, which sends what it still holds.
