@@ -354,8 +354,6 @@ fn pipeline() -> anyhow::Result<()> {
     let (first_half, second_half) = (first_half.join(" "), second_half.join(" "));
     let mut md5sum_two = Vec::new();
     let (mut md5sum, mut zstd, mut zstd_files) = (Vec::new(), Vec::new(), Vec::new());
-    let packed_dir = work.path().join("zstd-out");
-    std::fs::create_dir_all(&packed_dir)?;
     let mut letl: [Vec<Duration>; 3] = Default::default();
     for run in 0..runs {
         md5sum.push(timed(
@@ -379,7 +377,11 @@ fn pipeline() -> anyhow::Result<()> {
                 files.display()
             )),
         )?);
-        // What the pipeline does: one compressed file per object, durable.
+        // What the pipeline does: one new compressed file per object, durable. A new directory
+        // each run, as the pipeline gets a new target: overwriting the last run's files would
+        // reuse their pages, where the pipeline's writes need new ones.
+        let packed_dir = work.path().join(format!("zstd-out/run{run}"));
+        std::fs::create_dir_all(&packed_dir)?;
         zstd_files.push(timed(
             "zstd -1 to files + sync",
             &mut sh(&format!(
