@@ -13,7 +13,7 @@ use letl_actors::pipeline::{
     Input, JobEnd, JobPlan, JobProgress, Ledger, Scaling, Seen, Sink, Source, Stored, run_job,
 };
 use letl_actors::transform::{Transform, TransformError, TransformRegistry};
-use letl_storage::{ByteStream, stream_of};
+use letl_storage::{ByteStream, ObjectBody, stream_of};
 use tokio::sync::watch;
 
 #[derive(Debug, Default)]
@@ -38,9 +38,9 @@ impl Source for MemorySource {
             .collect())
     }
 
-    async fn open(&self, input: &Input) -> Result<ByteStream, String> {
+    async fn open(&self, input: &Input) -> Result<ObjectBody, String> {
         let data = self.objects.get(&input.key).ok_or("gone")?;
-        Ok(stream_of(Bytes::from(data.clone()), 1000))
+        Ok(stream_of(Bytes::from(data.clone()), 1000).into())
     }
 }
 

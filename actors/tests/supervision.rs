@@ -135,7 +135,7 @@ async fn tier_actor_serves_objects_with_versions_and_times() {
     let (meta, reader) = tier.get(key("a/b")).await.unwrap();
     assert_eq!(meta, second);
     assert_eq!(
-        hash_stream(reader.body).await.unwrap(),
+        hash_stream(reader.body.into_stream()).await.unwrap(),
         (11, ContentHash::of(b"hello again"))
     );
     node.put("a/c", b"x").await.unwrap();

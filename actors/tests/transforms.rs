@@ -12,7 +12,7 @@ use letl_actors::transform::{
     BlockState, BlockTransform, OUTPUT_BLOCK_BYTES, Output, Transform, TransformRegistry,
     apply_chain,
 };
-use letl_storage::stream_of;
+use letl_storage::{ObjectBody, stream_of};
 use serde_json::{Map, Value, json};
 
 fn spec(value: Value) -> Map<String, Value> {
@@ -99,6 +99,53 @@ async fn compression_round_trips() {
     assert!(run(&gunzip, b"plainly not gzip data", 5).await.is_err());
     let unzstd = build(json!({"kind": "unzstd"}));
     assert!(run(&unzstd, b"plainly not zstd data", 5).await.is_err());
+}
+
+/// A local file given as it is (what a file-system tier's get hands over) is read by the
+/// transform itself: the same output as the same bytes streamed, for a digest and a chain.
+#[tokio::test]
+async fn a_local_file_gives_what_its_stream_gives() {
+    // Longer than one read of the file, and not a multiple of it.
+    let data: Vec<u8> = (0..(3 << 20) + 17_u32)
+        .map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[1])
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("object");
+    std::fs::write(&path, &data).unwrap();
+    let chains = [
+        vec![build(json!({"kind": "md5"}))],
+        vec![
+            build(json!({"kind": "zstd"})),
+            build(json!({"kind": "unzstd"})),
+        ],
+        vec![build(json!({"kind": "sha256"}))],
+    ];
+    for chain in chains {
+        let file = std::fs::File::open(&path).unwrap();
+        let from_file = apply_chain(&chain, ObjectBody::File(file)).await.unwrap();
+        let from_file: Vec<u8> = from_file.map(|b| b.unwrap().to_vec()).concat().await;
+        let streamed = apply_chain(&chain, stream_of(Bytes::from(data.clone()), 65_536))
+            .await
+            .unwrap();
+        let streamed: Vec<u8> = streamed.map(|b| b.unwrap().to_vec()).concat().await;
+        assert_eq!(from_file, streamed, "{}", chain[0].kind());
+    }
+    // An empty chain gives the file's bytes back.
+    let file = std::fs::File::open(&path).unwrap();
+    let same = apply_chain(&[], ObjectBody::File(file)).await.unwrap();
+    let same: Vec<u8> = same.map(|b| b.unwrap().to_vec()).concat().await;
+    assert_eq!(same, data);
+    // The digest is md5sum's.
+    let file = std::fs::File::open(&path).unwrap();
+    let digest = apply_chain(&[build(json!({"kind": "md5"}))], ObjectBody::File(file))
+        .await
+        .unwrap();
+    let digest: Vec<u8> = digest.map(|b| b.unwrap().to_vec()).concat().await;
+    let expected = <md5::Md5 as md5::Digest>::digest(&data);
+    assert_eq!(
+        String::from_utf8(digest).unwrap(),
+        letl_actors::transform::hex(&expected)
+    );
 }
 
 #[tokio::test]

@@ -354,7 +354,7 @@ impl Letl {
         {
             let uri = ObjectUri::parse(source)?;
             let (_, reader) = self.places.get(&uri).await?;
-            return Ok((reader.body, Some(reader.size)));
+            return Ok((reader.body.into_stream(), Some(reader.size)));
         }
         let Some(dir) = &self.source_dir else {
             if let Some(settings) = &self.source_s3
@@ -428,7 +428,7 @@ impl Letl {
             tier.get(&key).await
         };
         match reader {
-            Ok(reader) => Ok((reader.body, Some(reader.size))),
+            Ok(reader) => Ok((reader.body.into_stream(), Some(reader.size))),
             Err(StorageError::NotFound { .. }) => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("source `{source}` does not exist"),

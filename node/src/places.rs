@@ -800,8 +800,13 @@ impl Places {
                 reason: format!("it changed: it now has {}, not {hash}", meta.hash),
             });
         }
-        self.put(destination, reader.body, Some(size), Some(hash))
-            .await
+        self.put(
+            destination,
+            reader.body.into_stream(),
+            Some(size),
+            Some(hash),
+        )
+        .await
     }
 
     /// `uri`'s metadata on node `node` only.
@@ -1238,7 +1243,7 @@ impl Places {
                     (DataAnswer::Meta(meta), body) => {
                         let reader = open.then(|| ObjectReader {
                             size: meta.size,
-                            body,
+                            body: body.into(),
                         });
                         Ok((meta, reader))
                     }
@@ -1433,7 +1438,7 @@ impl Places {
                 Place::Here(handle) => match handle.get(uri.key.clone()).await {
                     Ok((_, reader)) => {
                         return transform
-                            .apply(reader.body)
+                            .apply_body(reader.body)
                             .await
                             .map_err(|e| transform_failed(e.0));
                     }
@@ -1722,7 +1727,7 @@ impl PlacesHandler {
             DataRequest::Get { uri } => {
                 let uri = ObjectUri::parse(&uri)?;
                 let (meta, reader) = self.directory.get(&uri.tier)?.get(uri.key).await?;
-                (DataAnswer::Meta(meta), Some(reader.body))
+                (DataAnswer::Meta(meta), Some(reader.body.into_stream()))
             }
             DataRequest::Head { uri } => {
                 let uri = ObjectUri::parse(&uri)?;
@@ -1816,7 +1821,7 @@ impl PlacesHandler {
                     Err(e) => return Ok((DataAnswer::TransformFailed(e.to_string()), None)),
                 };
                 let (_, reader) = self.directory.get(&uri.tier)?.get(uri.key).await?;
-                match transform.apply(reader.body).await {
+                match transform.apply_body(reader.body).await {
                     Ok(output) => (DataAnswer::Done, Some(output)),
                     Err(e) => (DataAnswer::TransformFailed(e.0), None),
                 }

@@ -308,7 +308,7 @@ impl Rebalancer {
                             });
                         }
                         self.places
-                            .put_copy_on(home, &uri, reader.body, held, replaces)
+                            .put_copy_on(home, &uri, reader.body.into_stream(), held, replaces)
                             .await
                     };
                     match copied.await {

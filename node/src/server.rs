@@ -273,7 +273,7 @@ async fn get_object(
         return Ok(response);
     }
     let (meta, reader) = state.service.get(&uri).await?;
-    let mut response = Body::from_stream(reader.body).into_response();
+    let mut response = Body::from_stream(reader.body.into_stream()).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

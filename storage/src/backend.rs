@@ -47,10 +47,46 @@ pub struct BackendObject {
     pub stamp: u64,
 }
 
-/// A readable object: its size and a stream of its bytes.
+/// A readable object: its size and its bytes.
 pub struct ObjectReader {
     pub size: u64,
-    pub body: ByteStream,
+    pub body: ObjectBody,
+}
+
+/// An object's bytes as a get hands them over: a stream, or the object's open file (from a
+/// file-system tier or directory). A consumer that works on a blocking thread, such as a
+/// digest, reads the file itself, as `md5sum` does; any other turns it into a stream
+/// ([`ObjectBody::into_stream`]), which reads it on a thread of its own.
+pub enum ObjectBody {
+    Stream(ByteStream),
+    /// Positioned at the object's first byte.
+    File(std::fs::File),
+}
+
+impl ObjectBody {
+    /// The bytes as a stream. A file is read ahead on a blocking thread
+    /// ([`crate::read_blocks`]), so this needs a tokio runtime.
+    pub fn into_stream(self) -> ByteStream {
+        match self {
+            Self::Stream(stream) => stream,
+            Self::File(file) => crate::fs::read_blocks(file),
+        }
+    }
+}
+
+impl From<ByteStream> for ObjectBody {
+    fn from(stream: ByteStream) -> Self {
+        Self::Stream(stream)
+    }
+}
+
+impl fmt::Debug for ObjectBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stream(_) => f.write_str("ObjectBody::Stream"),
+            Self::File(file) => f.debug_tuple("ObjectBody::File").field(file).finish(),
+        }
+    }
 }
 
 impl fmt::Debug for ObjectReader {

@@ -18,8 +18,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::backend::{
-    BackendObject, ByteStream, CapacityGauge, Committed, LocalFile, ObjectReader, PutLimits,
-    Staged, TierBackend, TierDescription, check_final_len, check_running_len, reserve_for_put,
+    BackendObject, ByteStream, CapacityGauge, Committed, LocalFile, ObjectBody, ObjectReader,
+    PutLimits, Staged, TierBackend, TierDescription, check_final_len, check_running_len,
+    reserve_for_put,
 };
 use crate::clock::system_time_ms;
 use crate::error::{Result, StorageError};
@@ -453,7 +454,7 @@ impl TierBackend for FsTier {
         };
         Ok(ObjectReader {
             size,
-            body: read_blocks(file),
+            body: ObjectBody::File(file),
         })
     }
 

@@ -25,7 +25,8 @@ mod uri;
 
 pub use backend::{
     BackendObject, ByteStream, CapacityGauge, Committed, LIST_PAGE_ENTRIES_MAX, LocalFile,
-    ObjectReader, PutLimits, Reservation, Staged, TierBackend, TierDescription, hash_stream,
+    ObjectBody, ObjectReader, PutLimits, Reservation, Staged, TierBackend, TierDescription,
+    hash_stream,
 };
 pub use clock::{Clock, ManualClock, SystemClock, system_time_ms};
 pub use error::{Result, StorageError};

@@ -224,7 +224,7 @@ impl TierBackend for MemoryTier {
         };
         Ok(ObjectReader {
             size: data.len() as u64,
-            body: crate::stream_of(data, READ_CHUNK_BYTES),
+            body: crate::stream_of(data, READ_CHUNK_BYTES).into(),
         })
     }
 

@@ -110,7 +110,7 @@ async fn index_object(
         Err(StorageError::NotFound { .. }) => return Ok(()),
         Err(e) => return Err(e),
     };
-    let (size, hash) = hash_stream(reader.body)
+    let (size, hash) = hash_stream(reader.body.into_stream())
         .await
         .map_err(|e| StorageError::io(format!("rehash `{}`", object.key), e))?;
     let meta = ObjectMeta {

@@ -221,7 +221,13 @@ impl S3Tier {
                     .map(|chunk| (chunk.map_err(std::io::Error::other), body))
             },
         ));
-        Ok((ObjectReader { size, body }, stamp))
+        Ok((
+            ObjectReader {
+                size,
+                body: body.into(),
+            },
+            stamp,
+        ))
     }
 
     /// A client for a bucket of a source endpoint: read, never counted or written by letl.

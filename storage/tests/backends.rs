@@ -56,7 +56,7 @@ async fn put(
 
 async fn read(tier: &dyn TierBackend, k: &str) -> Result<(u64, ContentHash), StorageError> {
     let reader = tier.get(&key(k)).await?;
-    Ok(hash_stream(reader.body).await.unwrap())
+    Ok(hash_stream(reader.body.into_stream()).await.unwrap())
 }
 
 async fn fs_tier(dir: &Path, capacity: Option<u64>) -> FsTier {

@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use letl_storage::ByteStream;
+use futures_util::future::BoxFuture;
+use letl_storage::{ByteStream, ObjectBody};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
@@ -137,8 +138,11 @@ pub struct Stored {
 pub trait Source: Send + Sync + fmt::Debug + 'static {
     /// Inputs in key order after `after` (a key), at most `limit`.
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Input>, String>;
-    async fn open(&self, input: &Input) -> Result<ByteStream, String>;
+    async fn open(&self, input: &Input) -> Result<ObjectBody, String>;
 }
+
+/// An input as the transform stage takes it: opened when a worker starts on it.
+type Opening = BoxFuture<'static, Result<ObjectBody, String>>;
 
 /// Where a job's results go.
 #[async_trait::async_trait]
@@ -448,7 +452,7 @@ pub async fn run_job(
 /// Extract workers: open each input.
 struct Extract {
     source: Arc<dyn Source>,
-    next: async_channel::Sender<(Input, ByteStream)>,
+    next: async_channel::Sender<(Input, Opening)>,
     progress: Arc<JobProgress>,
 }
 
@@ -461,27 +465,18 @@ impl Work for Extract {
         item
     }
 
-    /// Hands the transform stage a stream that opens the input when first read: a queue of
-    /// opened inputs would hold a reader (and its read-ahead) per queued object. An input that
-    /// cannot be opened then fails its stream, and is dead-lettered where that is seen.
+    /// Hands the transform stage the input's opening, which a transform worker runs when it
+    /// starts on the input: a queue of opened inputs would hold an open object (and any
+    /// read-ahead) per queued input. An input that cannot be opened is dead-lettered there.
     async fn process(&self, input: Input) {
         self.progress.objects_in.fetch_add(1, Ordering::Relaxed);
         self.progress
             .bytes_in
             .fetch_add(input.size, Ordering::Relaxed);
         let source = Arc::clone(&self.source);
-        let opening = input.clone();
-        let body: ByteStream = Box::pin(
-            futures_util::stream::once(async move { source.open(&opening).await }).flat_map(
-                |opened| match opened {
-                    Ok(body) => body,
-                    Err(e) => Box::pin(futures_util::stream::once(std::future::ready(Err(
-                        std::io::Error::other(e),
-                    )))),
-                },
-            ),
-        );
-        if let Err(async_channel::SendError((input, _))) = self.next.send((input, body)).await {
+        let to_open = input.clone();
+        let opening: Opening = Box::pin(async move { source.open(&to_open).await });
+        if let Err(async_channel::SendError((input, _))) = self.next.send((input, opening)).await {
             self.dead_letter(input, "the transform stage stopped".to_string());
         }
     }
@@ -501,14 +496,18 @@ struct TransformStep {
 
 #[async_trait::async_trait]
 impl Work for TransformStep {
-    type Item = (Input, ByteStream);
+    type Item = (Input, Opening);
     const STAGE: &'static str = "transform";
 
-    fn input(item: &(Input, ByteStream)) -> &Input {
+    fn input(item: &(Input, Opening)) -> &Input {
         &item.0
     }
 
-    async fn process(&self, (input, body): (Input, ByteStream)) {
+    async fn process(&self, (input, opening): (Input, Opening)) {
+        let body = match opening.await {
+            Ok(body) => body,
+            Err(e) => return self.dead_letter(input, e),
+        };
         let mut output = match apply_chain(&self.chain, body).await {
             Ok(output) => output,
             Err(e) => return self.dead_letter(input, e.0),

@@ -10,9 +10,9 @@
 //! the argument.
 //!
 //! CPU-bound transforms implement the simpler [`BlockTransform`] (feed blocks, then finish) and
-//! run on a blocking thread that pulls its input stream itself (the stream's own bounded
-//! queue, such as a file reader's, is the read-ahead) and sends its output through a bounded
-//! queue.
+//! run on a blocking thread that reads its input itself, and sends its output through a
+//! bounded queue. An input that is a local file is read there directly, as `md5sum` reads
+//! it; a stream is pulled there (its own bounded queue is the read-ahead).
 
 mod builtin;
 mod md5;
@@ -25,12 +25,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use letl_storage::ByteStream;
+use letl_storage::{ByteStream, ObjectBody};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 /// Output blocks queued from a blocking transform's thread.
 const BLOCK_OUTPUT_IN_FLIGHT_MAX: usize = 4;
+
+/// The read size of a blocking transform that reads a local file itself: small enough that a
+/// block is still in the core's cache when the transform reads it.
+const FILE_READ_BYTES: usize = 128 << 10;
 
 /// One step of a pipeline's chain, built from its spec.
 #[async_trait::async_trait]
@@ -46,6 +50,13 @@ pub trait Transform: Send + Sync + fmt::Debug + 'static {
     /// that hangs up) arrive as an error item of the returned stream; the consumer must not
     /// publish a stream that ended in an error.
     async fn apply(&self, input: ByteStream) -> Result<ByteStream, TransformError>;
+
+    /// The same, for an object as a get hands it over. A transform that can read a local file
+    /// itself overrides this (a [`BlockTransform`] does, saving a reader thread and a queue);
+    /// by default the body is read as a stream.
+    async fn apply_body(&self, input: ObjectBody) -> Result<ByteStream, TransformError> {
+        self.apply(input.into_stream()).await
+    }
 }
 
 /// A transform that failed on one object: the object goes to the job's dead-letter list with
@@ -281,15 +292,21 @@ impl TransformRegistry {
     }
 }
 
-/// Applies a chain of transforms, each to the previous one's output.
+/// Applies a chain of transforms, each to the previous one's output; the first one takes the
+/// body as it is (a local file is read by the transform itself where it can).
 pub async fn apply_chain(
     chain: &[Arc<dyn Transform>],
-    mut input: ByteStream,
+    input: impl Into<ObjectBody>,
 ) -> Result<ByteStream, TransformError> {
-    for transform in chain {
-        input = transform.apply(input).await?;
+    let input = input.into();
+    let Some((first, rest)) = chain.split_first() else {
+        return Ok(input.into_stream());
+    };
+    let mut output = first.apply_body(input).await?;
+    for transform in rest {
+        output = transform.apply(output).await?;
     }
-    Ok(input)
+    Ok(output)
 }
 
 /// A CPU-bound transform, fed block after block on a blocking thread.
@@ -377,10 +394,14 @@ impl<T: BlockTransform> Transform for T {
         BlockTransform::version(self)
     }
 
-    async fn apply(&self, mut input: ByteStream) -> Result<ByteStream, TransformError> {
+    async fn apply(&self, input: ByteStream) -> Result<ByteStream, TransformError> {
+        Transform::apply_body(self, ObjectBody::Stream(input)).await
+    }
+
+    async fn apply_body(&self, input: ObjectBody) -> Result<ByteStream, TransformError> {
         let (out_tx, out_rx) = mpsc::channel::<Produced>(BLOCK_OUTPUT_IN_FLIGHT_MAX);
-        // The thread polls the input itself: no task and queue between the reader and it, one
-        // wake-up less per block (session 11, BENCHMARKS.md).
+        // The thread reads the input itself: no reader thread for a file, no task and queue
+        // between a stream and it (sessions 11 and 13, BENCHMARKS.md).
         let runtime = tokio::runtime::Handle::current();
         let mut state = self.start(Output {
             tx: out_tx.clone(),
@@ -389,8 +410,23 @@ impl<T: BlockTransform> Transform for T {
         let kind = BlockTransform::kind(self).to_string();
         tokio::task::spawn_blocking(move || {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                while let Some(block) = runtime.block_on(input.next()) {
-                    state.update(&block?)?;
+                match input {
+                    ObjectBody::File(mut file) => {
+                        let mut block = vec![0; FILE_READ_BYTES];
+                        loop {
+                            match io::Read::read(&mut file, &mut block) {
+                                Ok(0) => break,
+                                Ok(n) => state.update(&block[..n])?,
+                                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    }
+                    ObjectBody::Stream(mut stream) => {
+                        while let Some(block) = runtime.block_on(stream.next()) {
+                            state.update(&block?)?;
+                        }
+                    }
                 }
                 // Finishing drops the state's output, which sends what it still holds.
                 state.finish()

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use letl_actors::cache::CacheHandle;
 use letl_actors::pipeline::{Input, Ledger, Seen, Sink, Source, Stored};
 use letl_storage::{
-    ByteStream, DbRecords, KeyPrefix, ObjectKey, ObjectMeta, ObjectUri, PrefixUri, S3Settings,
-    S3Tier, TierBackend, read_blocks,
+    ByteStream, DbRecords, KeyPrefix, ObjectBody, ObjectKey, ObjectMeta, ObjectUri, PrefixUri,
+    S3Settings, S3Tier, TierBackend,
 };
 use serde::{Deserialize, Serialize};
 
@@ -116,7 +116,7 @@ impl Source for TierSource {
             .collect())
     }
 
-    async fn open(&self, input: &Input) -> Result<ByteStream, String> {
+    async fn open(&self, input: &Input) -> Result<ObjectBody, String> {
         let key = ObjectKey::new(format!("{}{}", self.from.prefix, input.key))
             .map_err(|e| e.to_string())?;
         let uri = ObjectUri::new(self.from.tier.clone(), key);
@@ -186,7 +186,7 @@ impl Source for S3Source {
             .collect())
     }
 
-    async fn open(&self, input: &Input) -> Result<ByteStream, String> {
+    async fn open(&self, input: &Input) -> Result<ObjectBody, String> {
         let key = ObjectKey::new(format!("{}{}", self.prefix.as_str(), input.key))
             .map_err(|e| e.to_string())?;
         let (reader, stamp) = self
@@ -288,12 +288,12 @@ impl Source for DirSource {
         Ok(all.iter().skip(start).take(limit).cloned().collect())
     }
 
-    async fn open(&self, input: &Input) -> Result<ByteStream, String> {
+    async fn open(&self, input: &Input) -> Result<ObjectBody, String> {
         let mut path = self.root.clone();
         path.extend(input.key.split('/'));
         let file =
             std::fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
-        Ok(read_blocks(file))
+        Ok(ObjectBody::File(file))
     }
 }
 
@@ -460,10 +460,10 @@ impl Source for CacheSource {
             .collect())
     }
 
-    async fn open(&self, input: &Input) -> Result<ByteStream, String> {
+    async fn open(&self, input: &Input) -> Result<ObjectBody, String> {
         let key = format!("{}{}", self.prefix, input.key);
         match self.cache.get(&key).await.map_err(|e| e.to_string())? {
-            Some((_, data)) => Ok(letl_storage::stream_of(data, CACHE_CHUNK_BYTES)),
+            Some((_, data)) => Ok(letl_storage::stream_of(data, CACHE_CHUNK_BYTES).into()),
             None => Err(format!("cache record `{key}` expired or unknown")),
         }
     }

@@ -23,7 +23,7 @@ use letl_actors::pipeline::{
 };
 use letl_actors::transform::TransformRegistry;
 use letl_storage::{
-    ByteStream, Clock, DbRecords, IndexDb, S3Settings, StorageError, check_request_id,
+    Clock, DbRecords, IndexDb, ObjectBody, S3Settings, StorageError, check_request_id,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1193,7 +1193,7 @@ impl Source for FixedSource {
             .collect())
     }
 
-    async fn open(&self, input: &Input) -> Result<ByteStream, String> {
+    async fn open(&self, input: &Input) -> Result<ObjectBody, String> {
         self.inner.open(input).await
     }
 }
