@@ -382,3 +382,170 @@ async fn a_stopped_job_finishes_what_it_took_in() {
     );
     assert_eq!(sink.stored.lock().unwrap().len() as u64, stats.objects_out);
 }
+
+/// An embedder's block transform: passes bytes through, panics on objects that start `bad`.
+#[derive(Debug)]
+struct PanicsOnBad;
+
+struct PanicsOnBadState(bool, letl_actors::transform::Output);
+
+impl letl_actors::transform::BlockState for PanicsOnBadState {
+    fn update(&mut self, block: &[u8]) -> std::io::Result<()> {
+        if !self.0 {
+            self.0 = true;
+            assert!(!block.starts_with(b"bad"), "met a bad object");
+        }
+        self.1.extend_from_slice(block)
+    }
+    fn finish(self: Box<Self>) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl letl_actors::transform::BlockTransform for PanicsOnBad {
+    fn kind(&self) -> &str {
+        "panics-on-bad"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn start(
+        &self,
+        out: letl_actors::transform::Output,
+    ) -> Box<dyn letl_actors::transform::BlockState> {
+        Box::new(PanicsOnBadState(false, out))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_transform_panicking_on_one_object_dead_letters_it_and_its_lane_goes_on() {
+    let mut objects = BTreeMap::new();
+    for i in 0..30 {
+        objects.insert(format!("k{i:02}"), format!("fine {i}").into_bytes());
+    }
+    objects.insert("k10-bad".to_string(), b"bad object".to_vec());
+    let source = Arc::new(MemorySource { objects });
+    let (sink, ledger) = (
+        Arc::new(MemorySink::default()),
+        Arc::new(MemoryLedger::default()),
+    );
+    let progress = Arc::new(JobProgress::default());
+    let (_stop_tx, stop) = watch::channel(false);
+    let one_worker = Scaling {
+        workers_min: 1,
+        workers_max: 1,
+        ..Scaling::default()
+    };
+    let end = run_job(
+        plan(
+            Arc::clone(&source),
+            vec![Arc::new(PanicsOnBad)],
+            Arc::clone(&sink),
+            ledger,
+            one_worker,
+        ),
+        Arc::clone(&progress),
+        stop,
+    )
+    .await
+    .unwrap();
+    assert_eq!(end, JobEnd::Finished);
+    let stats = progress.snapshot();
+    assert_eq!(
+        (stats.objects_out, stats.dead_lettered),
+        (30, 1),
+        "{stats:?}"
+    );
+    let letters = progress.dead_letters();
+    assert_eq!(letters[0].input.key, "k10-bad");
+    assert_eq!(letters[0].stage, "transform", "{letters:?}");
+    assert!(
+        letters[0]
+            .error
+            .contains("transform `panics-on-bad` panicked: met a bad object"),
+        "{letters:?}"
+    );
+    let stored = sink.stored.lock().unwrap().clone();
+    for (key, bytes) in &source.objects {
+        if key != "k10-bad" {
+            assert_eq!(stored.get(key), Some(bytes), "{key}");
+        }
+    }
+    assert!(!stored.contains_key("k10-bad"));
+}
+
+/// Large results from two lanes, one running and one queued on each, with the load stage
+/// asked for a single worker: every result arrives, byte for byte, and load is given a worker
+/// for each result in flight (so no running result waits for a load worker to read it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_results_from_two_lanes_all_arrive_with_one_load_worker_asked_for() {
+    let mut objects = BTreeMap::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..8 {
+        // Incompressible: each result is several output blocks.
+        let data: Vec<u8> = (0..(6 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[0]
+            })
+            .collect();
+        objects.insert(format!("big{i}"), data);
+    }
+    let source = Arc::new(MemorySource { objects });
+    let (sink, ledger) = (
+        Arc::new(MemorySink::default()),
+        Arc::new(MemoryLedger::default()),
+    );
+    let registry = TransformRegistry::builtin();
+    let chain = vec![
+        registry
+            .build(
+                "transform[0]",
+                serde_json::json!({"kind": "zstd", "level": 1})
+                    .as_object()
+                    .unwrap(),
+            )
+            .unwrap(),
+        registry.build_kind("unzstd").unwrap(),
+    ];
+    let two_workers = Scaling {
+        workers_min: 2,
+        workers_max: 2,
+        ..Scaling::default()
+    };
+    let mut job = plan(
+        Arc::clone(&source),
+        chain,
+        Arc::clone(&sink),
+        ledger,
+        two_workers,
+    );
+    job.load = Scaling {
+        workers_min: 1,
+        workers_max: 1,
+        ..Scaling::default()
+    };
+    let progress = Arc::new(JobProgress::default());
+    let (_stop_tx, stop) = watch::channel(false);
+    let end = tokio::time::timeout(
+        Duration::from_secs(120),
+        run_job(job, Arc::clone(&progress), stop),
+    )
+    .await
+    .expect("the job ends")
+    .unwrap();
+    assert_eq!(end, JobEnd::Finished);
+    let stats = progress.snapshot();
+    assert_eq!(
+        (stats.objects_out, stats.dead_lettered),
+        (8, 0),
+        "{stats:?}"
+    );
+    assert!(stats.load.workers_peak >= 4, "{stats:?}");
+    let stored = sink.stored.lock().unwrap().clone();
+    for (key, data) in &source.objects {
+        assert!(stored.get(key) == Some(data), "{key} differs");
+    }
+}

@@ -3,9 +3,10 @@
 //!
 //! [`run_job`] wires a job sink first, so the function reads as the pipeline does. A lister
 //! pages through the [`Source`], skips inputs the [`Ledger`] says were already produced by
-//! this pipeline version, and feeds the extract queue. Extract workers open inputs; transform
-//! workers run the chain and stream each result through a bounded pipe to a load worker,
-//! which stores it with the [`Sink`] and records it in the ledger. Each stage grows its pool
+//! this pipeline version, and feeds the extract queue. Extract workers hand on each input's
+//! opening; transform workers open it and run the chain (block transforms on the worker's
+//! [`Lane`], one object queued behind the running one), and the result streams to a load
+//! worker, which stores it with the [`Sink`] and records it in the ledger. Each stage grows its pool
 //! by its growth factor when its queue passes its threshold, and shrinks it when idle. A
 //! worker that panics is replaced; the object it held goes to the job's dead-letter list.
 //!
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
-use crate::transform::{Transform, apply_chain};
+use crate::transform::{LANE_PASSES_QUEUED, Lane, Transform, apply_chain_on};
 use stage::{Stage, Work};
 
 /// Inputs one page of a listing brings.
@@ -350,10 +351,17 @@ pub async fn run_job(
 ) -> Result<JobEnd, String> {
     let job = plan.job_id.clone();
     // Sink first: each stage is started before the one that feeds it. Each transform worker
-    // streams to a load worker, so load keeps at least as many workers as transform may have.
+    // streams to load workers, up to one result running on its lane and the ones queued
+    // there: load keeps a worker for each result transform workers may have in flight, so
+    // no running result waits for a reader. (Results reach the load queue in the order their
+    // lanes run them, so fewer would be slower, never stuck.)
+    let in_flight = plan
+        .transform
+        .workers_max
+        .saturating_mul(RESULTS_IN_FLIGHT_PER_WORKER);
     let load_scaling = Scaling {
-        workers_min: plan.load.workers_min.max(plan.transform.workers_max),
-        workers_max: plan.load.workers_max.max(plan.transform.workers_max),
+        workers_min: plan.load.workers_min.max(in_flight),
+        workers_max: plan.load.workers_max.max(in_flight),
         ..plan.load
     };
     let (to_load, load_queue) = async_channel::bounded(load_scaling.queue_capacity());
@@ -375,6 +383,7 @@ pub async fn run_job(
         plan.transform,
         transform_queue,
         Arc::new(TransformStep {
+            self_driven: plan.chain.iter().all(|t| t.self_driven()),
             chain: plan.chain.clone(),
             next: to_load,
             progress: Arc::clone(&progress),
@@ -459,6 +468,7 @@ struct Extract {
 #[async_trait::async_trait]
 impl Work for Extract {
     type Item = Input;
+    type Local = ();
     const STAGE: &'static str = "extract";
 
     fn input(item: &Input) -> &Input {
@@ -468,7 +478,7 @@ impl Work for Extract {
     /// Hands the transform stage the input's opening, which a transform worker runs when it
     /// starts on the input: a queue of opened inputs would hold an open object (and any
     /// read-ahead) per queued input. An input that cannot be opened is dead-lettered there.
-    async fn process(&self, input: Input) {
+    async fn process(&self, (): &mut (), input: Input) {
         self.progress.objects_in.fetch_add(1, Ordering::Relaxed);
         self.progress
             .bytes_in
@@ -486,10 +496,21 @@ impl Work for Extract {
     }
 }
 
-/// Transform workers: run the chain, and stream the result to a load worker through a pipe,
-/// busy until the whole result went through.
+/// Results a transform worker may have in flight to load workers: one running on its lane,
+/// the ones queued there.
+#[allow(clippy::cast_possible_truncation)] // a small constant
+const RESULTS_IN_FLIGHT_PER_WORKER: u32 = 1 + LANE_PASSES_QUEUED as u32;
+
+/// Transform workers: run the chain. A chain whose every step makes its output by itself
+/// (block transforms, on the worker's lane and threads) hands its output to a load worker as
+/// it is, and the worker takes its next object as soon as its lane can queue it: the lane
+/// thread goes from one object to the next without waiting on this task. Any other chain's
+/// output is streamed to a load worker through a pipe by the worker, busy until the whole
+/// result went through.
 struct TransformStep {
     chain: Vec<Arc<dyn Transform>>,
+    /// Every step of the chain makes its output by itself.
+    self_driven: bool,
     next: async_channel::Sender<(Input, ByteStream)>,
     progress: Arc<JobProgress>,
 }
@@ -497,21 +518,32 @@ struct TransformStep {
 #[async_trait::async_trait]
 impl Work for TransformStep {
     type Item = (Input, Opening);
+    type Local = Lane;
     const STAGE: &'static str = "transform";
 
     fn input(item: &(Input, Opening)) -> &Input {
         &item.0
     }
 
-    async fn process(&self, (input, opening): (Input, Opening)) {
+    async fn process(&self, lane: &mut Lane, (input, opening): (Input, Opening)) {
         let body = match opening.await {
             Ok(body) => body,
             Err(e) => return self.dead_letter(input, e),
         };
-        let mut output = match apply_chain(&self.chain, body).await {
+        let mut output = match apply_chain_on(&self.chain, body, lane).await {
             Ok(output) => output,
             Err(e) => return self.dead_letter(input, e.0),
         };
+        if self.self_driven {
+            // Its errors end the stream: the load worker sees them and does not store, and
+            // dead-letters the object as the transform's.
+            if let Err(async_channel::SendError((input, _))) = self.next.send((input, output)).await
+            {
+                return self.dead_letter(input, "the load stage stopped".to_string());
+            }
+            lane.ready().await;
+            return;
+        }
         let (pipe_tx, pipe_rx) = mpsc::channel::<Piped>(PIPE_CHUNKS_IN_FLIGHT);
         // Only an explicit end is an end: a pipe dropped half-way (this worker panicked while
         // the output streamed) fails the load, which then stores nothing.
@@ -531,7 +563,8 @@ impl Work for TransformStep {
         if let Err(async_channel::SendError((input, _))) = self.next.send((input, piped)).await {
             return self.dead_letter(input, "the load stage stopped".to_string());
         }
-        // Errors travel down the pipe: the load worker sees them and does not store.
+        // Errors travel down the pipe: the load worker sees them and does not store, and
+        // dead-letters the object as the transform's.
         while let Some(chunk) = output.next().await {
             let failed = chunk.is_err();
             if pipe_tx.send(Piped::Chunk(chunk)).await.is_err() || failed {
@@ -566,13 +599,24 @@ struct Load {
 #[async_trait::async_trait]
 impl Work for Load {
     type Item = (Input, ByteStream);
+    type Local = ();
     const STAGE: &'static str = "load";
 
     fn input(item: &(Input, ByteStream)) -> &Input {
         &item.0
     }
 
-    async fn process(&self, (input, output): (Input, ByteStream)) {
+    async fn process(&self, (): &mut (), (input, output): (Input, ByteStream)) {
+        // An error in the output is the transform's: dead-lettered as the transform's.
+        let transform_failed: Arc<Mutex<Option<String>>> = Arc::default();
+        let seen = Arc::clone(&transform_failed);
+        let output: ByteStream = Box::pin(output.inspect(move |chunk| {
+            if let Err(e) = chunk {
+                seen.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(|| e.to_string());
+            }
+        }));
         match self.sink.store(&input, output).await {
             Ok(stored) => {
                 self.progress.objects_out.fetch_add(1, Ordering::Relaxed);
@@ -587,7 +631,20 @@ impl Work for Load {
             Err(e) if e.contains(PIPE_BROKEN) => {
                 tracing::debug!(input = %input.uri, "output cut by its transform worker; not stored");
             }
-            Err(e) => self.dead_letter(input, e),
+            Err(e) => {
+                let failed = transform_failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                match failed {
+                    Some(error) => self.progress.dead_letter(DeadLetter {
+                        input,
+                        stage: TransformStep::STAGE.to_string(),
+                        error,
+                    }),
+                    None => self.dead_letter(input, e),
+                }
+            }
         }
     }
 

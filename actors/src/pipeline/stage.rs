@@ -18,10 +18,12 @@ use super::{IDLE_TICKS_BEFORE_SHRINK, Input, JobProgress, SCALE_TICK, Scaling, S
 #[async_trait::async_trait]
 pub(crate) trait Work: Send + Sync + 'static {
     type Item: Send + 'static;
+    /// What one worker keeps from one item to the next (a transform worker's lane).
+    type Local: Default + Send + 'static;
     const STAGE: &'static str;
     fn input(item: &Self::Item) -> &Input;
     /// Handles one item to its end; failures go to the dead-letter list, never back here.
-    async fn process(&self, item: Self::Item);
+    async fn process(&self, local: &mut Self::Local, item: Self::Item);
     /// The job's figures, where dead letters go.
     fn progress(&self) -> &JobProgress;
 
@@ -315,13 +317,18 @@ struct WorkerArgs<W: Work> {
     retire: Arc<Notify>,
 }
 
+struct WorkerState<W: Work> {
+    args: WorkerArgs<W>,
+    local: W::Local,
+}
+
 enum WorkerMsg {
     Next,
 }
 
 impl<W: Work> Actor for WorkerActor<W> {
     type Msg = WorkerMsg;
-    type State = WorkerArgs<W>;
+    type State = WorkerState<W>;
     type Arguments = WorkerArgs<W>;
 
     async fn pre_start(
@@ -330,7 +337,10 @@ impl<W: Work> Actor for WorkerActor<W> {
         args: WorkerArgs<W>,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.cast(WorkerMsg::Next)?;
-        Ok(args)
+        Ok(WorkerState {
+            args,
+            local: W::Local::default(),
+        })
     }
 
     async fn handle(
@@ -339,6 +349,7 @@ impl<W: Work> Actor for WorkerActor<W> {
         WorkerMsg::Next: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let WorkerState { args: state, local } = state;
         let item = tokio::select! {
             item = state.queue.recv() => item,
             () = state.retire.notified() => {
@@ -352,7 +363,7 @@ impl<W: Work> Actor for WorkerActor<W> {
             return Ok(());
         };
         *state.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(W::input(&item).clone());
-        state.work.process(item).await;
+        state.work.process(local, item).await;
         *state.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
         myself.cast(WorkerMsg::Next)?;
         Ok(())

@@ -10,12 +10,15 @@
 //! the argument.
 //!
 //! CPU-bound transforms implement the simpler [`BlockTransform`] (feed blocks, then finish) and
-//! run on a blocking thread that reads its input itself, and sends its output through a
-//! bounded queue. An input that is a local file is read there directly, as `md5sum` reads
+//! run on a thread that reads its input itself, and sends its output through a bounded queue:
+//! a pipeline's transform worker's [`Lane`], or else a blocking thread per object. An input that is a local file is read there directly, as `md5sum` reads
 //! it; a stream is pulled there (its own bounded queue is the read-ahead).
 
 mod builtin;
+mod lane;
 mod md5;
+
+pub use lane::{LANE_PASSES_QUEUED, Lane};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -56,6 +59,25 @@ pub trait Transform: Send + Sync + fmt::Debug + 'static {
     /// by default the body is read as a stream.
     async fn apply_body(&self, input: ObjectBody) -> Result<ByteStream, TransformError> {
         self.apply(input.into_stream()).await
+    }
+
+    /// The same, in a pipeline's transform worker, whose [`Lane`] a transform with a thread
+    /// per pass may run its pass on. By default, [`Transform::apply_body`].
+    async fn apply_body_on(
+        &self,
+        input: ObjectBody,
+        lane: &mut Lane,
+    ) -> Result<ByteStream, TransformError> {
+        let _ = lane;
+        self.apply_body(input).await
+    }
+
+    /// Whether the output is produced whether or not anyone reads it yet (by a thread or task
+    /// of the transform's own), bounded by its own queue: a pipeline's transform worker can
+    /// then hand it to the load as it is and take its next object. By default, no (the
+    /// output stream does the transform's work as it is read).
+    fn self_driven(&self) -> bool {
+        false
     }
 }
 
@@ -302,7 +324,27 @@ pub async fn apply_chain(
     let Some((first, rest)) = chain.split_first() else {
         return Ok(input.into_stream());
     };
-    let mut output = first.apply_body(input).await?;
+    let output = first.apply_body(input).await?;
+    apply_rest(rest, output).await
+}
+
+/// The same in a pipeline's transform worker: the first transform may run on its lane.
+pub async fn apply_chain_on(
+    chain: &[Arc<dyn Transform>],
+    input: ObjectBody,
+    lane: &mut Lane,
+) -> Result<ByteStream, TransformError> {
+    let Some((first, rest)) = chain.split_first() else {
+        return Ok(input.into_stream());
+    };
+    let output = first.apply_body_on(input, lane).await?;
+    apply_rest(rest, output).await
+}
+
+async fn apply_rest(
+    rest: &[Arc<dyn Transform>],
+    mut output: ByteStream,
+) -> Result<ByteStream, TransformError> {
     for transform in rest {
         output = transform.apply(output).await?;
     }
@@ -399,74 +441,96 @@ impl<T: BlockTransform> Transform for T {
     }
 
     async fn apply_body(&self, input: ObjectBody) -> Result<ByteStream, TransformError> {
-        let (out_tx, out_rx) = mpsc::channel::<Produced>(BLOCK_OUTPUT_IN_FLIGHT_MAX);
-        // The thread reads the input itself: no reader thread for a file, no task and queue
-        // between a stream and it (sessions 11 and 13, BENCHMARKS.md).
-        let runtime = tokio::runtime::Handle::current();
-        let mut state = self.start(Output {
-            tx: out_tx.clone(),
-            buf: Vec::new(),
-        });
-        let kind = BlockTransform::kind(self).to_string();
-        tokio::task::spawn_blocking(move || {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                match input {
-                    ObjectBody::File(mut file) => {
-                        let mut block = vec![0; FILE_READ_BYTES];
-                        loop {
-                            match io::Read::read(&mut file, &mut block) {
-                                Ok(0) => break,
-                                Ok(n) => state.update(&block[..n])?,
-                                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                                Err(e) => return Err(e),
-                            }
-                        }
-                    }
-                    ObjectBody::Stream(mut stream) => {
-                        while let Some(block) = runtime.block_on(stream.next()) {
-                            state.update(&block?)?;
-                        }
-                    }
-                }
-                // Finishing drops the state's output, which sends what it still holds.
-                state.finish()
-            }));
-            let last = match outcome {
-                Ok(Ok(())) => Produced::Done,
-                // The consumer went away: nobody to tell.
-                Ok(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe && out_tx.is_closed() => {
-                    return;
-                }
-                Ok(Err(e)) => Produced::Failed(e),
-                Err(panic) => Produced::Failed(io::Error::other(format!(
-                    "transform `{kind}` panicked: {}",
-                    panic_message(panic.as_ref())
-                ))),
-            };
-            let _ = out_tx.blocking_send(last);
-        });
-        let kind = BlockTransform::kind(self).to_string();
-        Ok(Box::pin(futures_util::stream::unfold(
-            (out_rx, kind, false),
-            |(mut rx, kind, ended)| async move {
-                if ended {
-                    return None;
-                }
-                match rx.recv().await {
-                    Some(Produced::Block(block)) => Some((Ok(block), (rx, kind, false))),
-                    Some(Produced::Done) => None,
-                    Some(Produced::Failed(e)) => Some((Err(e), (rx, kind, true))),
-                    // The thread vanished without saying how it ended: never a clean end.
-                    None => Some((
-                        Err(io::Error::other(format!(
-                            "transform `{kind}` stopped without finishing"
-                        ))),
-                        (rx, kind, true),
-                    )),
-                }
-            },
-        )))
+        let (pass, output) = block_pass(self, input);
+        tokio::task::spawn_blocking(pass);
+        Ok(output)
     }
+
+    async fn apply_body_on(
+        &self,
+        input: ObjectBody,
+        lane: &mut Lane,
+    ) -> Result<ByteStream, TransformError> {
+        let (pass, output) = block_pass(self, input);
+        lane.run(pass).await;
+        Ok(output)
+    }
+
+    fn self_driven(&self) -> bool {
+        true
+    }
+}
+
+/// One object's pass through a block transform, to run on a thread, and its output. The
+/// thread reads the input itself: no reader thread for a file, no task and queue between a
+/// stream and it (sessions 11 and 13, BENCHMARKS.md).
+fn block_pass<T: BlockTransform>(transform: &T, input: ObjectBody) -> (lane::Pass, ByteStream) {
+    let (out_tx, out_rx) = mpsc::channel::<Produced>(BLOCK_OUTPUT_IN_FLIGHT_MAX);
+    let runtime = tokio::runtime::Handle::current();
+    let mut state = transform.start(Output {
+        tx: out_tx.clone(),
+        buf: Vec::new(),
+    });
+    let kind = BlockTransform::kind(transform).to_string();
+    let pass_kind = kind.clone();
+    let pass: lane::Pass = Box::new(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            match input {
+                ObjectBody::File(mut file) => {
+                    let mut block = vec![0; FILE_READ_BYTES];
+                    loop {
+                        match io::Read::read(&mut file, &mut block) {
+                            Ok(0) => break,
+                            Ok(n) => state.update(&block[..n])?,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                ObjectBody::Stream(mut stream) => {
+                    while let Some(block) = runtime.block_on(stream.next()) {
+                        state.update(&block?)?;
+                    }
+                }
+            }
+            // Finishing drops the state's output, which sends what it still holds.
+            state.finish()
+        }));
+        let last = match outcome {
+            Ok(Ok(())) => Produced::Done,
+            // The consumer went away: nobody to tell.
+            Ok(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe && out_tx.is_closed() => {
+                return;
+            }
+            Ok(Err(e)) => Produced::Failed(e),
+            Err(panic) => Produced::Failed(io::Error::other(format!(
+                "transform `{pass_kind}` panicked: {}",
+                panic_message(panic.as_ref())
+            ))),
+        };
+        let _ = out_tx.blocking_send(last);
+    });
+    let output: ByteStream = Box::pin(futures_util::stream::unfold(
+        (out_rx, kind, false),
+        |(mut rx, kind, ended)| async move {
+            if ended {
+                return None;
+            }
+            match rx.recv().await {
+                Some(Produced::Block(block)) => Some((Ok(block), (rx, kind, false))),
+                Some(Produced::Done) => None,
+                Some(Produced::Failed(e)) => Some((Err(e), (rx, kind, true))),
+                // The thread vanished without saying how it ended: never a clean end.
+                None => Some((
+                    Err(io::Error::other(format!(
+                        "transform `{kind}` stopped without finishing"
+                    ))),
+                    (rx, kind, true),
+                )),
+            }
+        },
+    ));
+    (pass, output)
 }
 
 /// The text of a panic payload.
