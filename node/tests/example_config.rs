@@ -17,3 +17,26 @@ fn example_config_loads() {
         .unwrap();
     assert_eq!(pmem.capacity_bytes, Some(16 << 30));
 }
+
+#[test]
+fn example_pipelines_register() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines");
+    let registry = letl_node::transforms::registry();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let spec = letl_node::pipelines::spec::parse(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            spec.compile(&registry)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2,
+        "the example pipelines are in {}",
+        dir.display()
+    );
+}
