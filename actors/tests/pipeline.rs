@@ -19,6 +19,17 @@ use tokio::sync::watch;
 #[derive(Debug, Default)]
 struct MemorySource {
     objects: BTreeMap<String, Vec<u8>>,
+    /// Which thread opened each object, in order.
+    opened_on: Mutex<Vec<String>>,
+}
+
+impl MemorySource {
+    fn new(objects: BTreeMap<String, Vec<u8>>) -> Self {
+        Self {
+            objects,
+            ..Self::default()
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -39,6 +50,11 @@ impl Source for MemorySource {
     }
 
     async fn open(&self, input: &Input) -> Result<ObjectBody, String> {
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        self.opened_on.lock().unwrap().push(thread);
         let data = self.objects.get(&input.key).ok_or("gone")?;
         Ok(stream_of(Bytes::from(data.clone()), 1000).into())
     }
@@ -130,7 +146,7 @@ fn source(count: usize) -> Arc<MemorySource> {
             format!("object number {i}").into_bytes(),
         );
     }
-    Arc::new(MemorySource { objects })
+    Arc::new(MemorySource::new(objects))
 }
 
 fn plan(
@@ -251,7 +267,7 @@ async fn a_panicking_transform_dead_letters_its_object_and_the_rest_go_on() {
         objects.insert(format!("ok{i:02}"), b"fine".to_vec());
     }
     objects.insert("zz".to_string(), b"bad object".to_vec());
-    let source = Arc::new(MemorySource { objects });
+    let source = Arc::new(MemorySource::new(objects));
     let (sink, ledger) = (
         Arc::new(MemorySink::default()),
         Arc::new(MemoryLedger::default()),
@@ -424,7 +440,7 @@ async fn a_block_transform_panicking_on_one_object_dead_letters_it_and_its_lane_
         objects.insert(format!("k{i:02}"), format!("fine {i}").into_bytes());
     }
     objects.insert("k10-bad".to_string(), b"bad object".to_vec());
-    let source = Arc::new(MemorySource { objects });
+    let source = Arc::new(MemorySource::new(objects));
     let (sink, ledger) = (
         Arc::new(MemorySink::default()),
         Arc::new(MemoryLedger::default()),
@@ -472,11 +488,15 @@ async fn a_block_transform_panicking_on_one_object_dead_letters_it_and_its_lane_
         }
     }
     assert!(!stored.contains_key("k10-bad"));
+    // One lane took every object, before and after the panic.
+    let opened_on = source.opened_on.lock().unwrap().clone();
+    assert_eq!(opened_on.len(), 31);
+    assert!(opened_on.iter().all(|t| t == "letl-lane"), "{opened_on:?}");
 }
 
 /// Large results from two lanes, one running and one queued on each, with the load stage
-/// asked for a single worker: every result arrives, byte for byte, and load is given a worker
-/// for each result in flight (so no running result waits for a load worker to read it).
+/// asked for a single worker: every result arrives, byte for byte (load keeps a worker per
+/// transform worker), and every object was opened on a lane thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_results_from_two_lanes_all_arrive_with_one_load_worker_asked_for() {
     let mut objects = BTreeMap::new();
@@ -493,7 +513,7 @@ async fn large_results_from_two_lanes_all_arrive_with_one_load_worker_asked_for(
             .collect();
         objects.insert(format!("big{i}"), data);
     }
-    let source = Arc::new(MemorySource { objects });
+    let source = Arc::new(MemorySource::new(objects));
     let (sink, ledger) = (
         Arc::new(MemorySink::default()),
         Arc::new(MemoryLedger::default()),
@@ -543,9 +563,122 @@ async fn large_results_from_two_lanes_all_arrive_with_one_load_worker_asked_for(
         (8, 0),
         "{stats:?}"
     );
-    assert!(stats.load.workers_peak >= 4, "{stats:?}");
+    assert!(stats.load.workers_peak >= 2, "{stats:?}");
     let stored = sink.stored.lock().unwrap().clone();
     for (key, data) in &source.objects {
         assert!(stored.get(key) == Some(data), "{key} differs");
     }
+    let opened_on = source.opened_on.lock().unwrap().clone();
+    assert_eq!(opened_on.len(), 8);
+    assert!(opened_on.iter().all(|t| t == "letl-lane"), "{opened_on:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_with_no_transforms_copies_each_object_opened_by_its_worker() {
+    let source = source(40);
+    let (sink, ledger) = (
+        Arc::new(MemorySink::default()),
+        Arc::new(MemoryLedger::default()),
+    );
+    let progress = Arc::new(JobProgress::default());
+    let (_stop_tx, stop) = watch::channel(false);
+    let end = run_job(
+        plan(
+            Arc::clone(&source),
+            Vec::new(),
+            Arc::clone(&sink),
+            ledger,
+            Scaling::default(),
+        ),
+        Arc::clone(&progress),
+        stop,
+    )
+    .await
+    .unwrap();
+    assert_eq!(end, JobEnd::Finished);
+    assert_eq!(progress.snapshot().objects_out, 40);
+    assert_eq!(*sink.stored.lock().unwrap(), source.objects);
+    // No lane: nothing to run on one.
+    let opened_on = source.opened_on.lock().unwrap().clone();
+    assert!(opened_on.iter().all(|t| t != "letl-lane"), "{opened_on:?}");
+}
+
+/// A block transform that takes its time over each block.
+#[derive(Debug)]
+struct SlowBlock;
+
+struct SlowBlockState(letl_actors::transform::Output);
+
+impl letl_actors::transform::BlockState for SlowBlockState {
+    fn update(&mut self, block: &[u8]) -> std::io::Result<()> {
+        std::thread::sleep(Duration::from_millis(2));
+        self.0.extend_from_slice(block)
+    }
+    fn finish(self: Box<Self>) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl letl_actors::transform::BlockTransform for SlowBlock {
+    fn kind(&self) -> &str {
+        "slow-block"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn start(
+        &self,
+        out: letl_actors::transform::Output,
+    ) -> Box<dyn letl_actors::transform::BlockState> {
+        Box::new(SlowBlockState(out))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_job_finishes_the_passes_its_lanes_took_in() {
+    let (sink, ledger) = (
+        Arc::new(MemorySink::default()),
+        Arc::new(MemoryLedger::default()),
+    );
+    let progress = Arc::new(JobProgress::default());
+    let (stop_tx, stop) = watch::channel(false);
+    let source = source(3000);
+    let job = tokio::spawn(run_job(
+        plan(
+            Arc::clone(&source),
+            vec![Arc::new(SlowBlock)],
+            Arc::clone(&sink),
+            ledger,
+            Scaling {
+                workers_min: 2,
+                workers_max: 2,
+                ..Scaling::default()
+            },
+        ),
+        Arc::clone(&progress),
+        stop,
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_tx.send(true).unwrap();
+    let end = job.await.unwrap().unwrap();
+    assert_eq!(end, JobEnd::Stopped);
+    let stats = progress.snapshot();
+    assert!(
+        stats.objects_out > 0 && stats.objects_out < 3000,
+        "{stats:?}"
+    );
+    assert_eq!(
+        (stats.objects_in, stats.dead_lettered),
+        (stats.objects_out, 0),
+        "{stats:?}"
+    );
+    let stored = sink.stored.lock().unwrap().clone();
+    assert_eq!(stored.len() as u64, stats.objects_out);
+    for (key, bytes) in &stored {
+        assert_eq!(Some(bytes), source.objects.get(key), "{key}");
+    }
+    // Each object was opened once, by a lane as its pass started.
+    let opened_on = source.opened_on.lock().unwrap().clone();
+    assert_eq!(opened_on.len() as u64, stats.objects_in);
+    assert!(opened_on.iter().all(|t| t == "letl-lane"), "{opened_on:?}");
 }

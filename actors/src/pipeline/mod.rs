@@ -25,13 +25,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
 use letl_storage::{ByteStream, ObjectBody};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
-use crate::transform::{LANE_PASSES_QUEUED, Lane, Transform, apply_chain_on};
+use crate::transform::{Lane, Opening, Transform, apply_chain_on};
 use stage::{Stage, Work};
 
 /// Inputs one page of a listing brings.
@@ -141,9 +140,6 @@ pub trait Source: Send + Sync + fmt::Debug + 'static {
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Input>, String>;
     async fn open(&self, input: &Input) -> Result<ObjectBody, String>;
 }
-
-/// An input as the transform stage takes it: opened when a worker starts on it.
-type Opening = BoxFuture<'static, Result<ObjectBody, String>>;
 
 /// Where a job's results go.
 #[async_trait::async_trait]
@@ -351,17 +347,12 @@ pub async fn run_job(
 ) -> Result<JobEnd, String> {
     let job = plan.job_id.clone();
     // Sink first: each stage is started before the one that feeds it. Each transform worker
-    // streams to load workers, up to one result running on its lane and the ones queued
-    // there: load keeps a worker for each result transform workers may have in flight, so
-    // no running result waits for a reader. (Results reach the load queue in the order their
-    // lanes run them, so fewer would be slower, never stuck.)
-    let in_flight = plan
-        .transform
-        .workers_max
-        .saturating_mul(RESULTS_IN_FLIGHT_PER_WORKER);
+    // streams one result at a time to a load worker (a result queued on its lane reaches the
+    // load queue when its pass starts), so load keeps at least as many workers as transform
+    // may have.
     let load_scaling = Scaling {
-        workers_min: plan.load.workers_min.max(in_flight),
-        workers_max: plan.load.workers_max.max(in_flight),
+        workers_min: plan.load.workers_min.max(plan.transform.workers_max),
+        workers_max: plan.load.workers_max.max(plan.transform.workers_max),
         ..plan.load
     };
     let (to_load, load_queue) = async_channel::bounded(load_scaling.queue_capacity());
@@ -383,7 +374,7 @@ pub async fn run_job(
         plan.transform,
         transform_queue,
         Arc::new(TransformStep {
-            self_driven: plan.chain.iter().all(|t| t.self_driven()),
+            rest_self_driven: plan.chain.iter().skip(1).all(|t| t.self_driven()),
             chain: plan.chain.clone(),
             next: to_load,
             progress: Arc::clone(&progress),
@@ -475,9 +466,10 @@ impl Work for Extract {
         item
     }
 
-    /// Hands the transform stage the input's opening, which a transform worker runs when it
-    /// starts on the input: a queue of opened inputs would hold an open object (and any
-    /// read-ahead) per queued input. An input that cannot be opened is dead-lettered there.
+    /// Hands the transform stage the input's opening, which runs when a transform worker (or
+    /// its lane) starts on the input: a queue of opened inputs would hold an open object (and
+    /// any read-ahead) per queued input. An input that cannot be opened is dead-lettered
+    /// there.
     async fn process(&self, (): &mut (), input: Input) {
         self.progress.objects_in.fetch_add(1, Ordering::Relaxed);
         self.progress
@@ -496,21 +488,17 @@ impl Work for Extract {
     }
 }
 
-/// Results a transform worker may have in flight to load workers: one running on its lane,
-/// the ones queued there.
-#[allow(clippy::cast_possible_truncation)] // a small constant
-const RESULTS_IN_FLIGHT_PER_WORKER: u32 = 1 + LANE_PASSES_QUEUED as u32;
-
-/// Transform workers: run the chain. A chain whose every step makes its output by itself
-/// (block transforms, on the worker's lane and threads) hands its output to a load worker as
-/// it is, and the worker takes its next object as soon as its lane can queue it: the lane
-/// thread goes from one object to the next without waiting on this task. Any other chain's
-/// output is streamed to a load worker through a pipe by the worker, busy until the whole
-/// result went through.
+/// Transform workers: run the chain. When its first step queues its pass on the worker's lane
+/// (a block transform: the lane opens the object when the pass starts) and every later step
+/// makes its output by itself, the worker waits for the pass to start, hands the output to a
+/// load worker as it is, and takes its next object to queue behind it: the lane thread goes
+/// from one object to the next without waiting on this task. Any other chain's output is
+/// streamed to a load worker through a pipe by the worker, busy until the whole result went
+/// through.
 struct TransformStep {
     chain: Vec<Arc<dyn Transform>>,
-    /// Every step of the chain makes its output by itself.
-    self_driven: bool,
+    /// Every step of the chain after the first makes its output by itself.
+    rest_self_driven: bool,
     next: async_channel::Sender<(Input, ByteStream)>,
     progress: Arc<JobProgress>,
 }
@@ -526,22 +514,21 @@ impl Work for TransformStep {
     }
 
     async fn process(&self, lane: &mut Lane, (input, opening): (Input, Opening)) {
-        let body = match opening.await {
-            Ok(body) => body,
-            Err(e) => return self.dead_letter(input, e),
-        };
-        let mut output = match apply_chain_on(&self.chain, body, lane).await {
+        let queued_before = lane.passes_queued();
+        let mut output = match apply_chain_on(&self.chain, opening, lane).await {
             Ok(output) => output,
             Err(e) => return self.dead_letter(input, e.0),
         };
-        if self.self_driven {
-            // Its errors end the stream: the load worker sees them and does not store, and
-            // dead-letters the object as the transform's.
+        if self.rest_self_driven && lane.passes_queued() != queued_before {
+            // The output reaches the load when its pass starts (it opens the object then), so
+            // a put never waits for a pass ahead of it. Its errors end the stream: the load
+            // worker sees them and does not store, and dead-letters the object as the
+            // transform's.
+            lane.ready().await;
             if let Err(async_channel::SendError((input, _))) = self.next.send((input, output)).await
             {
                 return self.dead_letter(input, "the load stage stopped".to_string());
             }
-            lane.ready().await;
             return;
         }
         let (pipe_tx, pipe_rx) = mpsc::channel::<Piped>(PIPE_CHUNKS_IN_FLIGHT);

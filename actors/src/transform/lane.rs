@@ -6,35 +6,45 @@
 //! digest for the scheduler's next tick while a core idles (session 14, BENCHMARKS.md). A
 //! lane keeps one thread and a short queue of passes: its worker queues the next object's
 //! pass while the current one runs, and the thread goes from one pass to the next without
-//! waiting for anyone.
+//! waiting for its worker. Each pass opens its object when it starts, so no opened object
+//! waits in the queue (a remote body would time out there).
 
 use std::fmt;
 
 use tokio::sync::mpsc;
 use tracing::warn;
 
-/// Passes a lane holds queued behind the one it runs: each is an opened object waiting.
+/// Passes a lane holds queued behind the one it runs (each opens its object when it starts).
 pub const LANE_PASSES_QUEUED: usize = 1;
 
 /// One object's pass through a block transform, its failures and panics already caught.
 pub(crate) type Pass = Box<dyn FnOnce() + Send + 'static>;
 
 /// A thread for one worker's passes, started at its first pass and ended when the lane is
-/// dropped (after the passes queued on it).
+/// dropped (after the passes queued on it), or if a pass panics past its own guard (a
+/// new thread is started for the next pass then).
 #[derive(Default)]
 pub struct Lane {
     passes: Option<mpsc::Sender<Pass>>,
+    /// Passes queued on this lane so far.
+    queued: u64,
 }
 
 impl fmt::Debug for Lane {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lane")
             .field("started", &self.passes.is_some())
+            .field("queued", &self.queued)
             .finish()
     }
 }
 
 impl Lane {
+    /// Passes queued on this lane so far (a pass that had to run elsewhere is not counted).
+    pub fn passes_queued(&self) -> u64 {
+        self.queued
+    }
+
     /// Queues a pass behind the ones before it; waits while [`LANE_PASSES_QUEUED`] are queued.
     pub(crate) async fn run(&mut self, pass: Pass) {
         let passes = match &self.passes {
@@ -48,17 +58,20 @@ impl Lane {
                 }
             },
         };
-        if let Err(mpsc::error::SendError(pass)) = passes.send(pass).await {
-            // The thread is gone (it only ends when the lane is dropped, so this is a bug
-            // guard): the pass still runs, and its output stream still ends.
-            warn!("lane thread gone; running the pass on a blocking thread");
-            self.passes = None;
-            tokio::task::spawn_blocking(pass);
+        match passes.send(pass).await {
+            Ok(()) => self.queued += 1,
+            Err(mpsc::error::SendError(pass)) => {
+                // The thread is gone (passes catch their panics, so this is a bug guard): the
+                // pass still runs, and its output stream still ends.
+                warn!("lane thread gone; running the pass on a blocking thread");
+                self.passes = None;
+                tokio::task::spawn_blocking(pass);
+            }
         }
     }
 
-    /// Waits until the lane can take a pass without waiting: its worker takes the next
-    /// object then, so it opens that object while the current pass runs.
+    /// Waits until the lane can take a pass without waiting: with one pass queued, until
+    /// that pass has started.
     pub async fn ready(&self) {
         if let Some(passes) = &self.passes {
             // The permit is given back at once; only this lane's worker queues passes.

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use letl_storage::{ByteStream, ObjectBody};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -61,25 +62,33 @@ pub trait Transform: Send + Sync + fmt::Debug + 'static {
         self.apply(input.into_stream()).await
     }
 
-    /// The same, in a pipeline's transform worker, whose [`Lane`] a transform with a thread
-    /// per pass may run its pass on. By default, [`Transform::apply_body`].
-    async fn apply_body_on(
+    /// The same, in a pipeline's transform worker, for an object not opened yet: a transform
+    /// that runs its pass on a thread may queue it on the worker's [`Lane`], where the object
+    /// is opened when the pass starts (an open error then ends the output in that error). By
+    /// default, the object is opened here and given to [`Transform::apply_body`].
+    async fn apply_opening_on(
         &self,
-        input: ObjectBody,
+        opening: Opening,
         lane: &mut Lane,
     ) -> Result<ByteStream, TransformError> {
         let _ = lane;
-        self.apply_body(input).await
+        let body = opening.await.map_err(TransformError)?;
+        self.apply_body(body).await
     }
 
     /// Whether the output is produced whether or not anyone reads it yet (by a thread or task
-    /// of the transform's own), bounded by its own queue: a pipeline's transform worker can
-    /// then hand it to the load as it is and take its next object. By default, no (the
-    /// output stream does the transform's work as it is read).
+    /// of the transform's own), bounded by its own queue: a pipeline's transform worker whose
+    /// chain's first step queued its pass on the lane can then hand the output to the load
+    /// as it is when all the later steps are like this. By default, no (the output stream
+    /// does the transform's work as it is read).
     fn self_driven(&self) -> bool {
         false
     }
 }
+
+/// An object to be opened: a pipeline's transform worker gives it to its chain unopened (see
+/// [`Transform::apply_opening_on`]).
+pub type Opening = BoxFuture<'static, Result<ObjectBody, String>>;
 
 /// A transform that failed on one object: the object goes to the job's dead-letter list with
 /// this message.
@@ -328,16 +337,18 @@ pub async fn apply_chain(
     apply_rest(rest, output).await
 }
 
-/// The same in a pipeline's transform worker: the first transform may run on its lane.
+/// The same in a pipeline's transform worker, for an object not opened yet: the first
+/// transform may queue its pass on the worker's lane, which opens the object.
 pub async fn apply_chain_on(
     chain: &[Arc<dyn Transform>],
-    input: ObjectBody,
+    opening: Opening,
     lane: &mut Lane,
 ) -> Result<ByteStream, TransformError> {
     let Some((first, rest)) = chain.split_first() else {
-        return Ok(input.into_stream());
+        let body = opening.await.map_err(TransformError)?;
+        return Ok(body.into_stream());
     };
-    let output = first.apply_body_on(input, lane).await?;
+    let output = first.apply_opening_on(opening, lane).await?;
     apply_rest(rest, output).await
 }
 
@@ -441,17 +452,17 @@ impl<T: BlockTransform> Transform for T {
     }
 
     async fn apply_body(&self, input: ObjectBody) -> Result<ByteStream, TransformError> {
-        let (pass, output) = block_pass(self, input);
+        let (pass, output) = block_pass(self, Box::pin(std::future::ready(Ok(input))));
         tokio::task::spawn_blocking(pass);
         Ok(output)
     }
 
-    async fn apply_body_on(
+    async fn apply_opening_on(
         &self,
-        input: ObjectBody,
+        opening: Opening,
         lane: &mut Lane,
     ) -> Result<ByteStream, TransformError> {
-        let (pass, output) = block_pass(self, input);
+        let (pass, output) = block_pass(self, opening);
         lane.run(pass).await;
         Ok(output)
     }
@@ -462,9 +473,9 @@ impl<T: BlockTransform> Transform for T {
 }
 
 /// One object's pass through a block transform, to run on a thread, and its output. The
-/// thread reads the input itself: no reader thread for a file, no task and queue between a
-/// stream and it (sessions 11 and 13, BENCHMARKS.md).
-fn block_pass<T: BlockTransform>(transform: &T, input: ObjectBody) -> (lane::Pass, ByteStream) {
+/// thread opens the object and reads it itself: no reader thread for a file, no task and
+/// queue between a stream and it (sessions 11, 13 and 14, BENCHMARKS.md).
+fn block_pass<T: BlockTransform>(transform: &T, opening: Opening) -> (lane::Pass, ByteStream) {
     let (out_tx, out_rx) = mpsc::channel::<Produced>(BLOCK_OUTPUT_IN_FLIGHT_MAX);
     let runtime = tokio::runtime::Handle::current();
     let mut state = transform.start(Output {
@@ -475,6 +486,7 @@ fn block_pass<T: BlockTransform>(transform: &T, input: ObjectBody) -> (lane::Pas
     let pass_kind = kind.clone();
     let pass: lane::Pass = Box::new(move || {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let input = runtime.block_on(opening).map_err(io::Error::other)?;
             match input {
                 ObjectBody::File(mut file) => {
                     let mut block = vec![0; FILE_READ_BYTES];
