@@ -30,6 +30,13 @@ impl MemorySource {
             ..Self::default()
         }
     }
+
+    /// Opens made on lane threads, and elsewhere.
+    fn opens(&self) -> (usize, usize) {
+        let opened_on = self.opened_on.lock().unwrap();
+        let on_lanes = opened_on.iter().filter(|t| *t == "letl-lane").count();
+        (on_lanes, opened_on.len() - on_lanes)
+    }
 }
 
 #[async_trait::async_trait]
@@ -488,14 +495,14 @@ async fn a_block_transform_panicking_on_one_object_dead_letters_it_and_its_lane_
         }
     }
     assert!(!stored.contains_key("k10-bad"));
-    // One lane took every object, before and after the panic.
-    let opened_on = source.opened_on.lock().unwrap().clone();
-    assert_eq!(opened_on.len(), 31);
-    assert!(opened_on.iter().all(|t| t == "letl-lane"), "{opened_on:?}");
+    // One lane opened every object but the first, before and after the panic (this source
+    // gives streams: the worker's first open found that out, and its lane was idle, so that
+    // stream was used). Nothing was opened twice.
+    assert_eq!(source.opens(), (30, 1));
 }
 
 /// Large results from two lanes, one running and one queued on each, with the load stage
-/// asked for a single worker: every result arrives, byte for byte (load keeps a worker per
+/// asked for a single worker: every result arrives, byte for byte (load keeps two workers per
 /// transform worker), and every object was opened on a lane thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_results_from_two_lanes_all_arrive_with_one_load_worker_asked_for() {
@@ -563,14 +570,14 @@ async fn large_results_from_two_lanes_all_arrive_with_one_load_worker_asked_for(
         (8, 0),
         "{stats:?}"
     );
-    assert!(stats.load.workers_peak >= 2, "{stats:?}");
+    assert!(stats.load.workers_peak >= 4, "{stats:?}");
     let stored = sink.stored.lock().unwrap().clone();
     for (key, data) in &source.objects {
         assert!(stored.get(key) == Some(data), "{key} differs");
     }
-    let opened_on = source.opened_on.lock().unwrap().clone();
-    assert_eq!(opened_on.len(), 8);
-    assert!(opened_on.iter().all(|t| t == "letl-lane"), "{opened_on:?}");
+    let (on_lanes, elsewhere) = source.opens();
+    assert_eq!(on_lanes + elsewhere, 8, "each object opened once");
+    assert!(elsewhere <= 2, "{elsewhere} opens ahead of their passes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -599,8 +606,7 @@ async fn a_chain_with_no_transforms_copies_each_object_opened_by_its_worker() {
     assert_eq!(progress.snapshot().objects_out, 40);
     assert_eq!(*sink.stored.lock().unwrap(), source.objects);
     // No lane: nothing to run on one.
-    let opened_on = source.opened_on.lock().unwrap().clone();
-    assert!(opened_on.iter().all(|t| t != "letl-lane"), "{opened_on:?}");
+    assert_eq!(source.opens().0, 0);
 }
 
 /// A block transform that takes its time over each block.
@@ -677,8 +683,100 @@ async fn a_stopped_job_finishes_the_passes_its_lanes_took_in() {
     for (key, bytes) in &stored {
         assert_eq!(Some(bytes), source.objects.get(key), "{key}");
     }
-    // Each object was opened once, by a lane as its pass started.
-    let opened_on = source.opened_on.lock().unwrap().clone();
-    assert_eq!(opened_on.len() as u64, stats.objects_in);
-    assert!(opened_on.iter().all(|t| t == "letl-lane"), "{opened_on:?}");
+    // Each object taken in was opened once, by a lane as its pass started but for each
+    // worker's first.
+    let (on_lanes, elsewhere) = source.opens();
+    assert_eq!((on_lanes + elsewhere) as u64, stats.objects_in);
+    assert!(elsewhere <= 2, "{elsewhere} opens ahead of their passes");
+}
+
+/// Local files, opened as `ObjectBody::File`.
+#[derive(Debug)]
+struct FileSource {
+    dir: tempfile::TempDir,
+    keys: Vec<String>,
+    opens: Mutex<BTreeMap<String, usize>>,
+}
+
+#[async_trait::async_trait]
+impl Source for FileSource {
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Input>, String> {
+        Ok(self
+            .keys
+            .iter()
+            .filter(|k| after.is_none_or(|a| k.as_str() > a))
+            .take(limit)
+            .map(|k| Input {
+                uri: format!("file:/{k}"),
+                key: k.clone(),
+                size: 0,
+                fingerprint: k.clone(),
+            })
+            .collect())
+    }
+
+    async fn open(&self, input: &Input) -> Result<ObjectBody, String> {
+        *self
+            .opens
+            .lock()
+            .unwrap()
+            .entry(input.key.clone())
+            .or_default() += 1;
+        let file =
+            std::fs::File::open(self.dir.path().join(&input.key)).map_err(|e| e.to_string())?;
+        Ok(ObjectBody::File(file))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_files_are_opened_once_each_ahead_of_their_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut keys = Vec::new();
+    let mut objects = BTreeMap::new();
+    for i in 0..50 {
+        let key = format!("f{i:02}");
+        let data = format!("file number {i}").repeat(1000).into_bytes();
+        std::fs::write(dir.path().join(&key), &data).unwrap();
+        objects.insert(key.clone(), data);
+        keys.push(key);
+    }
+    let source = Arc::new(FileSource {
+        dir,
+        keys,
+        opens: Mutex::default(),
+    });
+    let (sink, ledger) = (
+        Arc::new(MemorySink::default()),
+        Arc::new(MemoryLedger::default()),
+    );
+    let progress = Arc::new(JobProgress::default());
+    let (_stop_tx, stop) = watch::channel(false);
+    let md5 = TransformRegistry::builtin().build_kind("md5").unwrap();
+    let mut job = plan(
+        Arc::new(MemorySource::default()),
+        vec![md5],
+        Arc::clone(&sink),
+        ledger,
+        Scaling {
+            workers_min: 2,
+            workers_max: 2,
+            ..Scaling::default()
+        },
+    );
+    job.source = Arc::clone(&source) as Arc<dyn Source>;
+    let end = run_job(job, Arc::clone(&progress), stop).await.unwrap();
+    assert_eq!(end, JobEnd::Finished);
+    assert_eq!(progress.snapshot().objects_out, 50);
+    let stored = sink.stored.lock().unwrap().clone();
+    use md5::Digest;
+    for (key, data) in &objects {
+        assert_eq!(
+            stored[key],
+            letl_actors::transform::hex(&md5::Md5::digest(data)).into_bytes(),
+            "{key}"
+        );
+    }
+    let opens = source.opens.lock().unwrap().clone();
+    assert_eq!(opens.len(), 50);
+    assert!(opens.values().all(|n| *n == 1), "{opens:?}");
 }

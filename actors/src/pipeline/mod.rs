@@ -3,10 +3,11 @@
 //!
 //! [`run_job`] wires a job sink first, so the function reads as the pipeline does. A lister
 //! pages through the [`Source`], skips inputs the [`Ledger`] says were already produced by
-//! this pipeline version, and feeds the extract queue. Extract workers hand on each input's
-//! opening; transform workers open it and run the chain (block transforms on the worker's
-//! [`Lane`], one object queued behind the running one), and the result streams to a load
-//! worker, which stores it with the [`Sink`] and records it in the ledger. Each stage grows its pool
+//! this pipeline version, and feeds the extract queue. Extract workers take inputs in and hand
+//! them on; transform workers open them (or leave that to the pass) and run the chain (block
+//! transforms on the worker's [`Lane`], one object queued behind the running one), and the
+//! result streams to a load worker, which stores it with the [`Sink`] and records it in the
+//! ledger. Each stage grows its pool
 //! by its growth factor when its queue passes its threshold, and shrinks it when idle. A
 //! worker that panics is replaced; the object it held goes to the job's dead-letter list.
 //!
@@ -19,7 +20,7 @@
 mod stage;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +44,9 @@ const QUEUE_CAPACITY_PER_THRESHOLD: usize = 2;
 const PIPE_CHUNKS_IN_FLIGHT: usize = 4;
 /// Most workers one stage may be given.
 pub const STAGE_WORKERS_LIMIT: u32 = 64;
+/// Load workers kept per transform worker: one storing a worker's result while another
+/// finishes (syncs) the one before.
+const LOAD_WORKERS_PER_TRANSFORM_WORKER: u32 = 2;
 /// Largest queue threshold: a queue holds twice this many items, allocated up front.
 pub const THRESHOLD_LIMIT: u32 = 10_000;
 
@@ -346,13 +350,18 @@ pub async fn run_job(
     mut stop: watch::Receiver<bool>,
 ) -> Result<JobEnd, String> {
     let job = plan.job_id.clone();
-    // Sink first: each stage is started before the one that feeds it. Each transform worker
-    // streams one result at a time to a load worker (a result queued on its lane reaches the
-    // load queue when its pass starts), so load keeps at least as many workers as transform
-    // may have.
+    // Sink first: each stage is started before the one that feeds it. A transform worker's
+    // result reaches the load queue when it starts being made (a result queued on its lane,
+    // when its pass starts); load keeps two workers per transform worker, so one can finish
+    // storing (and syncing) a worker's last result while another takes its next.
+    let paired = plan
+        .transform
+        .workers_max
+        .saturating_mul(LOAD_WORKERS_PER_TRANSFORM_WORKER)
+        .min(STAGE_WORKERS_LIMIT);
     let load_scaling = Scaling {
-        workers_min: plan.load.workers_min.max(plan.transform.workers_max),
-        workers_max: plan.load.workers_max.max(plan.transform.workers_max),
+        workers_min: plan.load.workers_min.max(paired),
+        workers_max: plan.load.workers_max.max(paired),
         ..plan.load
     };
     let (to_load, load_queue) = async_channel::bounded(load_scaling.queue_capacity());
@@ -374,7 +383,10 @@ pub async fn run_job(
         plan.transform,
         transform_queue,
         Arc::new(TransformStep {
+            source: Arc::clone(&plan.source),
             rest_self_driven: plan.chain.iter().skip(1).all(|t| t.self_driven()),
+            first_on_lane: plan.chain.first().is_some_and(|t| t.self_driven()),
+            source_gives_streams: AtomicBool::new(false),
             chain: plan.chain.clone(),
             next: to_load,
             progress: Arc::clone(&progress),
@@ -388,7 +400,6 @@ pub async fn run_job(
         plan.extract,
         extract_queue,
         Arc::new(Extract {
-            source: Arc::clone(&plan.source),
             next: to_transform,
             progress: Arc::clone(&progress),
         }),
@@ -449,10 +460,9 @@ pub async fn run_job(
     Ok(end)
 }
 
-/// Extract workers: open each input.
+/// Extract workers: take each input in and hand it to the transform stage.
 struct Extract {
-    source: Arc<dyn Source>,
-    next: async_channel::Sender<(Input, Opening)>,
+    next: async_channel::Sender<Input>,
     progress: Arc<JobProgress>,
 }
 
@@ -466,19 +476,15 @@ impl Work for Extract {
         item
     }
 
-    /// Hands the transform stage the input's opening, which runs when a transform worker (or
-    /// its lane) starts on the input: a queue of opened inputs would hold an open object (and
-    /// any read-ahead) per queued input. An input that cannot be opened is dead-lettered
-    /// there.
+    /// Takes the input in and hands it to the transform stage, which opens it when a worker
+    /// (or its lane) starts on it: a queue of opened inputs would hold an open object (and any
+    /// read-ahead) per queued input. An input that cannot be opened is dead-lettered there.
     async fn process(&self, (): &mut (), input: Input) {
         self.progress.objects_in.fetch_add(1, Ordering::Relaxed);
         self.progress
             .bytes_in
             .fetch_add(input.size, Ordering::Relaxed);
-        let source = Arc::clone(&self.source);
-        let to_open = input.clone();
-        let opening: Opening = Box::pin(async move { source.open(&to_open).await });
-        if let Err(async_channel::SendError((input, _))) = self.next.send((input, opening)).await {
+        if let Err(async_channel::SendError(input)) = self.next.send(input).await {
             self.dead_letter(input, "the transform stage stopped".to_string());
         }
     }
@@ -489,39 +495,86 @@ impl Work for Extract {
 }
 
 /// Transform workers: run the chain. When its first step queues its pass on the worker's lane
-/// (a block transform: the lane opens the object when the pass starts) and every later step
-/// makes its output by itself, the worker waits for the pass to start, hands the output to a
-/// load worker as it is, and takes its next object to queue behind it: the lane thread goes
-/// from one object to the next without waiting on this task. Any other chain's output is
-/// streamed to a load worker through a pipe by the worker, busy until the whole result went
-/// through.
+/// (a block transform) and every later step makes its output by itself, the worker waits for
+/// the pass to start, hands the output to a load worker as it is, and takes its next object to
+/// queue behind it: the lane thread goes from one object to the next without waiting on this
+/// task. Any other chain's output is streamed to a load worker through a pipe by the worker,
+/// busy until the whole result went through.
+///
+/// For a chain that starts on the lane, the worker opens each object itself, ahead of its
+/// pass, while the source gives local files: a file waits in the lane's queue as a handle. The
+/// first time an object comes as a stream (another node's, an S3 object), which would time
+/// out waiting unread behind a long pass, that stream is used only if the lane is idle (else
+/// dropped and opened again by its pass), and from then on the job's passes open their own
+/// objects as they start.
 struct TransformStep {
+    source: Arc<dyn Source>,
     chain: Vec<Arc<dyn Transform>>,
     /// Every step of the chain after the first makes its output by itself.
     rest_self_driven: bool,
+    /// The first step runs its passes on lanes (a block transform): objects are worth
+    /// opening ahead of their passes.
+    first_on_lane: bool,
+    /// The source gave a stream: objects are opened by their passes, not ahead (shared by
+    /// the job's workers, so each learns it once for all).
+    source_gives_streams: AtomicBool,
     next: async_channel::Sender<(Input, ByteStream)>,
     progress: Arc<JobProgress>,
 }
 
+/// What a transform worker keeps from one object to the next.
+#[derive(Debug, Default)]
+struct TransformLocal {
+    lane: Lane,
+}
+
+impl TransformStep {
+    fn opening(&self, input: &Input) -> Opening {
+        let source = Arc::clone(&self.source);
+        let input = input.clone();
+        Box::pin(async move { source.open(&input).await })
+    }
+}
+
 #[async_trait::async_trait]
 impl Work for TransformStep {
-    type Item = (Input, Opening);
-    type Local = Lane;
+    type Item = Input;
+    type Local = TransformLocal;
     const STAGE: &'static str = "transform";
 
-    fn input(item: &(Input, Opening)) -> &Input {
-        &item.0
+    fn input(item: &Input) -> &Input {
+        item
     }
 
-    async fn process(&self, lane: &mut Lane, (input, opening): (Input, Opening)) {
+    async fn process(&self, local: &mut TransformLocal, input: Input) {
+        let opening = if !self.first_on_lane || self.source_gives_streams.load(Ordering::Relaxed) {
+            self.opening(&input)
+        } else {
+            match self.source.open(&input).await {
+                Ok(body @ ObjectBody::File(_)) => Box::pin(std::future::ready(Ok(body))) as Opening,
+                Ok(ObjectBody::Stream(stream)) => {
+                    self.source_gives_streams.store(true, Ordering::Relaxed);
+                    if local.lane.idle() {
+                        // Its pass starts at once: nothing to wait behind.
+                        Box::pin(std::future::ready(Ok(ObjectBody::Stream(stream))))
+                    } else {
+                        drop(stream);
+                        debug!(input = %input.uri, "the source gives streams; opening each object as its pass starts");
+                        self.opening(&input)
+                    }
+                }
+                Err(e) => return self.dead_letter(input, e),
+            }
+        };
+        let lane = &mut local.lane;
         let queued_before = lane.passes_queued();
         let mut output = match apply_chain_on(&self.chain, opening, lane).await {
             Ok(output) => output,
             Err(e) => return self.dead_letter(input, e.0),
         };
         if self.rest_self_driven && lane.passes_queued() != queued_before {
-            // The output reaches the load when its pass starts (it opens the object then), so
-            // a put never waits for a pass ahead of it. Its errors end the stream: the load
+            // The output reaches the load when its pass starts, so a put never waits for a
+            // pass ahead of it. Its errors end the stream: the load
             // worker sees them and does not store, and dead-letters the object as the
             // transform's.
             lane.ready().await;

@@ -6,16 +6,20 @@
 //! digest for the scheduler's next tick while a core idles (session 14, BENCHMARKS.md). A
 //! lane keeps one thread and a short queue of passes: its worker queues the next object's
 //! pass while the current one runs, and the thread goes from one pass to the next without
-//! waiting for its worker. Each pass opens its object when it starts, so no opened object
-//! waits in the queue (a remote body would time out there).
+//! waiting for its worker. A queued pass holds a local file's handle, or opens its object
+//! as it starts (a remote body opened ahead would time out unread behind a long pass).
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 use tracing::warn;
 
-/// Passes a lane holds queued behind the one it runs (each opens its object when it starts).
+/// Passes a lane holds queued behind the one it runs. [`Lane::ready`] means "the queued pass
+/// has started" only with one.
 pub const LANE_PASSES_QUEUED: usize = 1;
+const _: () = assert!(LANE_PASSES_QUEUED == 1);
 
 /// One object's pass through a block transform, its failures and panics already caught.
 pub(crate) type Pass = Box<dyn FnOnce() + Send + 'static>;
@@ -28,6 +32,8 @@ pub struct Lane {
     passes: Option<mpsc::Sender<Pass>>,
     /// Passes queued on this lane so far.
     queued: u64,
+    /// Passes queued or running now.
+    pending: Arc<AtomicUsize>,
 }
 
 impl fmt::Debug for Lane {
@@ -45,11 +51,16 @@ impl Lane {
         self.queued
     }
 
+    /// No pass is queued or running.
+    pub fn idle(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0
+    }
+
     /// Queues a pass behind the ones before it; waits while [`LANE_PASSES_QUEUED`] are queued.
     pub(crate) async fn run(&mut self, pass: Pass) {
         let passes = match &self.passes {
             Some(passes) if !passes.is_closed() => passes,
-            _ => match start_thread() {
+            _ => match start_thread(Arc::clone(&self.pending)) {
                 Ok(passes) => self.passes.insert(passes),
                 Err(e) => {
                     warn!(error = %e, "could not start a lane thread; running the pass on a blocking thread");
@@ -58,9 +69,12 @@ impl Lane {
                 }
             },
         };
+        // Counted before the thread can take it (and count it done).
+        self.pending.fetch_add(1, Ordering::AcqRel);
         match passes.send(pass).await {
             Ok(()) => self.queued += 1,
             Err(mpsc::error::SendError(pass)) => {
+                self.pending.fetch_sub(1, Ordering::AcqRel);
                 // The thread is gone (passes catch their panics, so this is a bug guard): the
                 // pass still runs, and its output stream still ends.
                 warn!("lane thread gone; running the pass on a blocking thread");
@@ -80,13 +94,14 @@ impl Lane {
     }
 }
 
-fn start_thread() -> std::io::Result<mpsc::Sender<Pass>> {
+fn start_thread(pending: Arc<AtomicUsize>) -> std::io::Result<mpsc::Sender<Pass>> {
     let (tx, mut rx) = mpsc::channel::<Pass>(LANE_PASSES_QUEUED);
     std::thread::Builder::new()
         .name("letl-lane".to_string())
         .spawn(move || {
             while let Some(pass) = rx.blocking_recv() {
                 pass();
+                pending.fetch_sub(1, Ordering::AcqRel);
             }
         })?;
     Ok(tx)

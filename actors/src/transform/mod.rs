@@ -362,7 +362,8 @@ async fn apply_rest(
     Ok(output)
 }
 
-/// A CPU-bound transform, fed block after block on a blocking thread.
+/// A CPU-bound transform, fed block after block on a thread of its own (a pipeline worker's
+/// lane, or a blocking thread).
 pub trait BlockTransform: Send + Sync + fmt::Debug + 'static {
     fn kind(&self) -> &str;
     fn version(&self) -> u32;
