@@ -175,6 +175,21 @@ fn plan(
     }
 }
 
+/// Runs a job to its end, which must be `Finished`; gives its figures as they ended.
+async fn finished(job: JobPlan) -> Arc<JobProgress> {
+    let progress = Arc::new(JobProgress::default());
+    let (_stop_tx, stop) = watch::channel(false);
+    let end = tokio::time::timeout(
+        Duration::from_secs(120),
+        run_job(job, Arc::clone(&progress), stop),
+    )
+    .await
+    .expect("the job ends")
+    .unwrap();
+    assert_eq!(end, JobEnd::Finished);
+    progress
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_md5_job_produces_every_digest_and_a_rerun_skips_them_all() {
     let md5 = TransformRegistry::builtin().build_kind("md5").unwrap();
@@ -369,23 +384,23 @@ async fn a_worker_dying_mid_output_stores_nothing_and_counts_once() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_job_finishes_what_it_took_in() {
+/// Runs a job over `source` and stops it after 200 ms: it must end `Stopped`, having
+/// finished everything it took in, some but not all of the source. Gives its figures and
+/// what it stored.
+async fn stopped_midway(
+    source: Arc<MemorySource>,
+    chain: Vec<Arc<dyn Transform>>,
+    transform: Scaling,
+) -> (letl_actors::pipeline::JobStats, BTreeMap<String, Vec<u8>>) {
     let (sink, ledger) = (
         Arc::new(MemorySink::default()),
         Arc::new(MemoryLedger::default()),
     );
     let progress = Arc::new(JobProgress::default());
     let (stop_tx, stop) = watch::channel(false);
-    let slow: Arc<dyn Transform> = Arc::new(Slow(Duration::from_millis(20)));
+    let total = source.objects.len() as u64;
     let job = tokio::spawn(run_job(
-        plan(
-            source(3000),
-            vec![slow],
-            Arc::clone(&sink),
-            ledger,
-            Scaling::default(),
-        ),
+        plan(source, chain, Arc::clone(&sink), ledger, transform),
         Arc::clone(&progress),
         stop,
     ));
@@ -395,7 +410,7 @@ async fn a_stopped_job_finishes_what_it_took_in() {
     assert_eq!(end, JobEnd::Stopped);
     let stats = progress.snapshot();
     assert!(
-        stats.objects_out > 0 && stats.objects_out < 3000,
+        stats.objects_out > 0 && stats.objects_out < total,
         "{stats:?}"
     );
     assert_eq!(
@@ -403,31 +418,47 @@ async fn a_stopped_job_finishes_what_it_took_in() {
         stats.objects_out + stats.dead_lettered,
         "{stats:?}"
     );
-    assert_eq!(sink.stored.lock().unwrap().len() as u64, stats.objects_out);
+    let stored = sink.stored.lock().unwrap().clone();
+    assert_eq!(stored.len() as u64, stats.objects_out);
+    (stats, stored)
 }
 
-/// An embedder's block transform: passes bytes through, panics on objects that start `bad`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_job_finishes_what_it_took_in() {
+    let slow: Arc<dyn Transform> = Arc::new(Slow(Duration::from_millis(20)));
+    stopped_midway(source(3000), vec![slow], Scaling::default()).await;
+}
+
+/// An embedder's block transform: passes bytes through, sleeping over each block for the
+/// time it is given, and panics on objects that start `bad`.
 #[derive(Debug)]
-struct PanicsOnBad;
+struct PassThrough {
+    per_block: Duration,
+}
 
-struct PanicsOnBadState(bool, letl_actors::transform::Output);
+struct PassThroughState {
+    per_block: Duration,
+    started: bool,
+    out: letl_actors::transform::Output,
+}
 
-impl letl_actors::transform::BlockState for PanicsOnBadState {
+impl letl_actors::transform::BlockState for PassThroughState {
     fn update(&mut self, block: &[u8]) -> std::io::Result<()> {
-        if !self.0 {
-            self.0 = true;
+        if !self.started {
+            self.started = true;
             assert!(!block.starts_with(b"bad"), "met a bad object");
         }
-        self.1.extend_from_slice(block)
+        std::thread::sleep(self.per_block);
+        self.out.extend_from_slice(block)
     }
     fn finish(self: Box<Self>) -> std::io::Result<()> {
         Ok(())
     }
 }
 
-impl letl_actors::transform::BlockTransform for PanicsOnBad {
+impl letl_actors::transform::BlockTransform for PassThrough {
     fn kind(&self) -> &str {
-        "panics-on-bad"
+        "pass-through"
     }
     fn version(&self) -> u32 {
         1
@@ -436,7 +467,11 @@ impl letl_actors::transform::BlockTransform for PanicsOnBad {
         &self,
         out: letl_actors::transform::Output,
     ) -> Box<dyn letl_actors::transform::BlockState> {
-        Box::new(PanicsOnBadState(false, out))
+        Box::new(PassThroughState {
+            per_block: self.per_block,
+            started: false,
+            out,
+        })
     }
 }
 
@@ -452,27 +487,21 @@ async fn a_block_transform_panicking_on_one_object_dead_letters_it_and_its_lane_
         Arc::new(MemorySink::default()),
         Arc::new(MemoryLedger::default()),
     );
-    let progress = Arc::new(JobProgress::default());
-    let (_stop_tx, stop) = watch::channel(false);
     let one_worker = Scaling {
         workers_min: 1,
         workers_max: 1,
         ..Scaling::default()
     };
-    let end = run_job(
-        plan(
-            Arc::clone(&source),
-            vec![Arc::new(PanicsOnBad)],
-            Arc::clone(&sink),
-            ledger,
-            one_worker,
-        ),
-        Arc::clone(&progress),
-        stop,
-    )
-    .await
-    .unwrap();
-    assert_eq!(end, JobEnd::Finished);
+    let progress = finished(plan(
+        Arc::clone(&source),
+        vec![Arc::new(PassThrough {
+            per_block: Duration::ZERO,
+        })],
+        Arc::clone(&sink),
+        ledger,
+        one_worker,
+    ))
+    .await;
     let stats = progress.snapshot();
     assert_eq!(
         (stats.objects_out, stats.dead_lettered),
@@ -485,7 +514,7 @@ async fn a_block_transform_panicking_on_one_object_dead_letters_it_and_its_lane_
     assert!(
         letters[0]
             .error
-            .contains("transform `panics-on-bad` panicked: met a bad object"),
+            .contains("transform `pass-through` panicked: met a bad object"),
         "{letters:?}"
     );
     let stored = sink.stored.lock().unwrap().clone();
@@ -554,16 +583,7 @@ async fn large_results_from_two_lanes_all_arrive_with_one_load_worker_asked_for(
         workers_max: 1,
         ..Scaling::default()
     };
-    let progress = Arc::new(JobProgress::default());
-    let (_stop_tx, stop) = watch::channel(false);
-    let end = tokio::time::timeout(
-        Duration::from_secs(120),
-        run_job(job, Arc::clone(&progress), stop),
-    )
-    .await
-    .expect("the job ends")
-    .unwrap();
-    assert_eq!(end, JobEnd::Finished);
+    let progress = finished(job).await;
     let stats = progress.snapshot();
     assert_eq!(
         (stats.objects_out, stats.dead_lettered),
@@ -587,99 +607,36 @@ async fn a_chain_with_no_transforms_copies_each_object_opened_by_its_worker() {
         Arc::new(MemorySink::default()),
         Arc::new(MemoryLedger::default()),
     );
-    let progress = Arc::new(JobProgress::default());
-    let (_stop_tx, stop) = watch::channel(false);
-    let end = run_job(
-        plan(
-            Arc::clone(&source),
-            Vec::new(),
-            Arc::clone(&sink),
-            ledger,
-            Scaling::default(),
-        ),
-        Arc::clone(&progress),
-        stop,
-    )
-    .await
-    .unwrap();
-    assert_eq!(end, JobEnd::Finished);
+    let progress = finished(plan(
+        Arc::clone(&source),
+        Vec::new(),
+        Arc::clone(&sink),
+        ledger,
+        Scaling::default(),
+    ))
+    .await;
     assert_eq!(progress.snapshot().objects_out, 40);
     assert_eq!(*sink.stored.lock().unwrap(), source.objects);
     // No lane: nothing to run on one.
     assert_eq!(source.opens().0, 0);
 }
 
-/// A block transform that takes its time over each block.
-#[derive(Debug)]
-struct SlowBlock;
-
-struct SlowBlockState(letl_actors::transform::Output);
-
-impl letl_actors::transform::BlockState for SlowBlockState {
-    fn update(&mut self, block: &[u8]) -> std::io::Result<()> {
-        std::thread::sleep(Duration::from_millis(2));
-        self.0.extend_from_slice(block)
-    }
-    fn finish(self: Box<Self>) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl letl_actors::transform::BlockTransform for SlowBlock {
-    fn kind(&self) -> &str {
-        "slow-block"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn start(
-        &self,
-        out: letl_actors::transform::Output,
-    ) -> Box<dyn letl_actors::transform::BlockState> {
-        Box::new(SlowBlockState(out))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_job_finishes_the_passes_its_lanes_took_in() {
-    let (sink, ledger) = (
-        Arc::new(MemorySink::default()),
-        Arc::new(MemoryLedger::default()),
-    );
-    let progress = Arc::new(JobProgress::default());
-    let (stop_tx, stop) = watch::channel(false);
     let source = source(3000);
-    let job = tokio::spawn(run_job(
-        plan(
-            Arc::clone(&source),
-            vec![Arc::new(SlowBlock)],
-            Arc::clone(&sink),
-            ledger,
-            Scaling {
-                workers_min: 2,
-                workers_max: 2,
-                ..Scaling::default()
-            },
-        ),
-        Arc::clone(&progress),
-        stop,
-    ));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stop_tx.send(true).unwrap();
-    let end = job.await.unwrap().unwrap();
-    assert_eq!(end, JobEnd::Stopped);
-    let stats = progress.snapshot();
-    assert!(
-        stats.objects_out > 0 && stats.objects_out < 3000,
-        "{stats:?}"
-    );
-    assert_eq!(
-        (stats.objects_in, stats.dead_lettered),
-        (stats.objects_out, 0),
-        "{stats:?}"
-    );
-    let stored = sink.stored.lock().unwrap().clone();
-    assert_eq!(stored.len() as u64, stats.objects_out);
+    let (stats, stored) = stopped_midway(
+        Arc::clone(&source),
+        vec![Arc::new(PassThrough {
+            per_block: Duration::from_millis(2),
+        })],
+        Scaling {
+            workers_min: 2,
+            workers_max: 2,
+            ..Scaling::default()
+        },
+    )
+    .await;
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
     for (key, bytes) in &stored {
         assert_eq!(Some(bytes), source.objects.get(key), "{key}");
     }
@@ -749,8 +706,6 @@ async fn local_files_are_opened_once_each_ahead_of_their_passes() {
         Arc::new(MemorySink::default()),
         Arc::new(MemoryLedger::default()),
     );
-    let progress = Arc::new(JobProgress::default());
-    let (_stop_tx, stop) = watch::channel(false);
     let md5 = TransformRegistry::builtin().build_kind("md5").unwrap();
     let mut job = plan(
         Arc::new(MemorySource::default()),
@@ -764,8 +719,7 @@ async fn local_files_are_opened_once_each_ahead_of_their_passes() {
         },
     );
     job.source = Arc::clone(&source) as Arc<dyn Source>;
-    let end = run_job(job, Arc::clone(&progress), stop).await.unwrap();
-    assert_eq!(end, JobEnd::Finished);
+    let progress = finished(job).await;
     assert_eq!(progress.snapshot().objects_out, 50);
     let stored = sink.stored.lock().unwrap().clone();
     use md5::Digest;
