@@ -574,9 +574,8 @@ impl Work for TransformStep {
         };
         if self.rest_self_driven && lane.passes_queued() != queued_before {
             // The output reaches the load when its pass starts, so a put never waits for a
-            // pass ahead of it. Its errors end the stream: the load
-            // worker sees them and does not store, and dead-letters the object as the
-            // transform's.
+            // pass ahead of it. Its errors end the stream: the load worker sees them, does not
+            // store, and dead-letters the object as the transform's.
             lane.ready().await;
             if let Err(async_channel::SendError((input, _))) = self.next.send((input, output)).await
             {
