@@ -11,8 +11,9 @@
 //!
 //! CPU-bound transforms implement the simpler [`BlockTransform`] (feed blocks, then finish) and
 //! run on a thread that reads its input itself, and sends its output through a bounded queue:
-//! a pipeline's transform worker's [`Lane`], or else a blocking thread per object. An input that is a local file is read there directly, as `md5sum` reads
-//! it; a stream is pulled there (its own bounded queue is the read-ahead).
+//! a pipeline's transform worker's [`Lane`], or else a blocking thread per object. An input
+//! that is a local file is read there directly, as `md5sum` reads it; a stream is pulled
+//! there (its own bounded queue is the read-ahead).
 
 mod builtin;
 mod lane;
