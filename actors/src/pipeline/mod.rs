@@ -7,9 +7,9 @@
 //! them on; transform workers open them (or leave that to the pass) and run the chain (block
 //! transforms on the worker's [`Lane`], one object queued behind the running one), and the
 //! result streams to a load worker, which stores it with the [`Sink`] and records it in the
-//! ledger. Each stage grows its pool
-//! by its growth factor when its queue passes its threshold, and shrinks it when idle. A
-//! worker that panics is replaced; the object it held goes to the job's dead-letter list.
+//! ledger. Each stage grows its pool by its growth factor when its queue passes its
+//! threshold, and shrinks it when idle. A worker that panics is replaced; the object it held
+//! goes to the job's dead-letter list.
 //!
 //! Stopping a job (the node stopping, or a cancel) stops the lister; the stages then drain
 //! their queues and end, each closing the queue after it, so everything taken in is finished.
@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
-use crate::transform::{Lane, Opening, Transform, apply_chain_on};
+use crate::transform::{Lane, Opening, Transform, apply_chain_on, opened};
 use stage::{Stage, Work};
 
 /// Inputs one page of a listing brings.
@@ -522,51 +522,51 @@ struct TransformStep {
     progress: Arc<JobProgress>,
 }
 
-/// What a transform worker keeps from one object to the next.
-#[derive(Debug, Default)]
-struct TransformLocal {
-    lane: Lane,
-}
-
 impl TransformStep {
+    /// The input, to be opened by whoever runs the first step.
     fn opening(&self, input: &Input) -> Opening {
         let source = Arc::clone(&self.source);
         let input = input.clone();
         Box::pin(async move { source.open(&input).await })
+    }
+
+    /// The input for a worker whose lane runs `lane`'s passes: opened here while the source
+    /// gives local files, else left for its pass to open (see [`TransformStep`]).
+    async fn opening_ahead(&self, lane: &Lane, input: &Input) -> Result<Opening, String> {
+        if !self.first_on_lane || self.source_gives_streams.load(Ordering::Relaxed) {
+            return Ok(self.opening(input));
+        }
+        match self.source.open(input).await? {
+            body @ ObjectBody::File(_) => Ok(opened(body)),
+            // Its pass starts at once: nothing to wait behind.
+            body @ ObjectBody::Stream(_) if lane.idle() => {
+                self.source_gives_streams.store(true, Ordering::Relaxed);
+                Ok(opened(body))
+            }
+            ObjectBody::Stream(_) => {
+                self.source_gives_streams.store(true, Ordering::Relaxed);
+                debug!(input = %input.uri, "the source gives streams; opening each object as its pass starts");
+                Ok(self.opening(input))
+            }
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl Work for TransformStep {
     type Item = Input;
-    type Local = TransformLocal;
+    type Local = Lane;
     const STAGE: &'static str = "transform";
 
     fn input(item: &Input) -> &Input {
         item
     }
 
-    async fn process(&self, local: &mut TransformLocal, input: Input) {
-        let opening = if !self.first_on_lane || self.source_gives_streams.load(Ordering::Relaxed) {
-            self.opening(&input)
-        } else {
-            match self.source.open(&input).await {
-                Ok(body @ ObjectBody::File(_)) => Box::pin(std::future::ready(Ok(body))) as Opening,
-                Ok(ObjectBody::Stream(stream)) => {
-                    self.source_gives_streams.store(true, Ordering::Relaxed);
-                    if local.lane.idle() {
-                        // Its pass starts at once: nothing to wait behind.
-                        Box::pin(std::future::ready(Ok(ObjectBody::Stream(stream))))
-                    } else {
-                        drop(stream);
-                        debug!(input = %input.uri, "the source gives streams; opening each object as its pass starts");
-                        self.opening(&input)
-                    }
-                }
-                Err(e) => return self.dead_letter(input, e),
-            }
+    async fn process(&self, lane: &mut Lane, input: Input) {
+        let opening = match self.opening_ahead(lane, &input).await {
+            Ok(opening) => opening,
+            Err(e) => return self.dead_letter(input, e),
         };
-        let lane = &mut local.lane;
         let queued_before = lane.passes_queued();
         let mut output = match apply_chain_on(&self.chain, opening, lane).await {
             Ok(output) => output,

@@ -91,6 +91,11 @@ pub trait Transform: Send + Sync + fmt::Debug + 'static {
 /// [`Transform::apply_opening_on`]).
 pub type Opening = BoxFuture<'static, Result<ObjectBody, String>>;
 
+/// The opening of an object already open.
+pub fn opened(body: ObjectBody) -> Opening {
+    Box::pin(std::future::ready(Ok(body)))
+}
+
 /// A transform that failed on one object: the object goes to the job's dead-letter list with
 /// this message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -454,7 +459,7 @@ impl<T: BlockTransform> Transform for T {
     }
 
     async fn apply_body(&self, input: ObjectBody) -> Result<ByteStream, TransformError> {
-        let (pass, output) = block_pass(self, Box::pin(std::future::ready(Ok(input))));
+        let (pass, output) = block_pass(self, opened(input));
         tokio::task::spawn_blocking(pass);
         Ok(output)
     }
